@@ -1,0 +1,735 @@
+"""The plant configuration: one strict YAML format for the whole pipeline.
+
+A plant file describes the enterprise, its processes (工序), the buses and meters the gateway reads, the products
+and their energy boundaries, and how the stages connect (uplink broker, store, alert rules and notifiers).
+Every model forbids unknown keys; units are part of field names (``timeout_ms``, ``interval_secs``).
+Field checks live on the models; checks that span objects (duplicate ids, dangling references, register
+overlaps) live in :mod:`energymon.validators`. :func:`load_plant` runs both and raises one
+:class:`~energymon.errors.ConfigError` listing every problem with its file, line and key path.
+
+Loading opens no connection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import date
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from energymon import units
+from energymon.errors import ConfigError, ConfigIssue
+from energymon.schema import ID_PATTERN
+
+__all__ = [
+    "AlertsConfig",
+    "Bus",
+    "DataType",
+    "Enterprise",
+    "GatewayConfig",
+    "InfluxStoreConfig",
+    "Meter",
+    "MeteringLevel",
+    "ModbusRtuBus",
+    "ModbusRtuTcpBus",
+    "ModbusSource",
+    "ModbusTcpBus",
+    "MqttBus",
+    "MqttJsonField",
+    "MqttJsonSource",
+    "PlantConfig",
+    "PollGroup",
+    "Process",
+    "ProcessorConfig",
+    "Product",
+    "Register",
+    "RegisterFunction",
+    "RegisterMap",
+    "SqliteStoreConfig",
+    "ThresholdRule",
+    "UplinkConfig",
+    "WebhookNotifier",
+    "WordOrder",
+    "load_plant",
+    "parse_plant",
+    "uscc_is_valid",
+]
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+QuantityName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Severity = Literal["info", "warning", "critical"]
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known_unit(value: str) -> str:
+    if not units.is_known(value):
+        raise ValueError(f"unknown unit {value!r}; known units: {', '.join(units.UNITS)}")
+    return value
+
+
+Unit = Annotated[str, Field(min_length=1)]
+
+# --------------------------------------------------------------------------- enterprise and structure
+
+_USCC_CHARS = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_USCC_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+
+
+def uscc_is_valid(code: str) -> bool:
+    """Check an 18-character 统一社会信用代码 including its GB 32100-2015 check character."""
+    if len(code) != 18 or any(c not in _USCC_CHARS for c in code):
+        return False
+    total = sum(_USCC_CHARS.index(c) * w for c, w in zip(code[:17], _USCC_WEIGHTS, strict=True))
+    check = (31 - total % 31) % 31
+    return _USCC_CHARS[check] == code[17]
+
+
+class Enterprise(Strict):
+    """The key energy-consuming unit (重点用能单位)."""
+
+    uscc: str = Field(description="统一社会信用代码, 18 characters with a valid check character")
+    name: str = Field(min_length=1)
+    industry_code: str = Field(pattern=r"^[A-T]\d{2,4}$", description="GB/T 4754 code, e.g. C3011")
+    timezone: str = "Asia/Shanghai"
+    province: str | None = None
+
+    @field_validator("uscc")
+    @classmethod
+    def _uscc(cls, value: str) -> str:
+        if not uscc_is_valid(value):
+            raise ValueError(f"{value!r} is not a valid 统一社会信用代码 (GB 32100-2015 check failed)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The plant's local time zone; periods (day, month, year) are cut in it."""
+        return ZoneInfo(self.timezone)
+
+
+class Process(Strict):
+    """A process (工序) or a unit inside one; ``parent`` builds the enterprise → process → equipment tree."""
+
+    id: Id
+    name: str = ""
+    parent: Id | None = None
+
+
+# --------------------------------------------------------------------------- register maps
+
+class DataType(StrEnum):
+    """Data type of a Modbus value."""
+
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    BIT = "bit"
+
+    @property
+    def registers(self) -> int:
+        """Number of 16-bit registers the type occupies (a bit occupies one register or one coil)."""
+        return _REGISTERS[self]
+
+
+_REGISTERS = {
+    DataType.INT16: 1, DataType.UINT16: 1, DataType.INT32: 2, DataType.UINT32: 2, DataType.INT64: 4,
+    DataType.UINT64: 4, DataType.FLOAT32: 2, DataType.FLOAT64: 4, DataType.BIT: 1,
+}
+
+
+class WordOrder(StrEnum):
+    """Byte and word order of multi-register values, named as the bytes of a 32-bit value arrive.
+
+    ``ABCD`` big-endian (Modbus default); ``CDAB`` words swapped; ``BADC`` bytes swapped in each word;
+    ``DCBA`` little-endian. For 64-bit values the same four orders apply to the four registers
+    (``ABCD`` ≙ ABCDEFGH, ``CDAB`` ≙ GHEFCDAB, ``BADC`` ≙ BADCFEHG, ``DCBA`` ≙ HGFEDCBA).
+    """
+
+    ABCD = "ABCD"
+    CDAB = "CDAB"
+    BADC = "BADC"
+    DCBA = "DCBA"
+
+
+class RegisterFunction(StrEnum):
+    """Modbus table a value is read from (function codes 1–4)."""
+
+    COIL = "coil"  # FC 1
+    DISCRETE_INPUT = "discrete_input"  # FC 2
+    HOLDING = "holding"  # FC 3
+    INPUT = "input"  # FC 4
+
+    @property
+    def function_code(self) -> int:
+        """Modbus function code used to read this table."""
+        return {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}[self.value]
+
+
+class Register(Strict):
+    """One value in a register map."""
+
+    quantity: QuantityName
+    address: int = Field(ge=0, le=65535)
+    function: RegisterFunction = RegisterFunction.HOLDING
+    type: DataType = DataType.FLOAT32
+    count: int | None = Field(default=None, description="registers occupied; must fit the type if given")
+    bit: int | None = Field(default=None, ge=0, le=15, description="bit of a register, for type bit")
+    order: WordOrder = WordOrder.ABCD
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: Unit
+    kind: Literal["counter", "gauge"] = "gauge"
+    counter_max: float | None = Field(default=None, gt=0, description="value after which a counter rolls over")
+
+    _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
+
+    @model_validator(mode="after")
+    def _fits(self) -> Register:
+        if self.count is not None and self.count != self.type.registers:
+            raise ValueError(
+                f"count {self.count} does not fit type {self.type.value}, which occupies "
+                f"{self.type.registers} register(s)"
+            )
+        bit_table = self.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE_INPUT)
+        if bit_table and self.type is not DataType.BIT:
+            raise ValueError(f"function {self.function.value} reads single bits: type must be bit")
+        if self.bit is not None and (self.type is not DataType.BIT or bit_table):
+            raise ValueError("bit applies only to type bit on holding or input registers")
+        if self.type is DataType.BIT and not bit_table and self.bit is None:
+            raise ValueError("type bit on a register needs bit: 0..15")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if self.address + self.type.registers - 1 > 65535:
+            raise ValueError("value runs past register 65535")
+        return self
+
+    @property
+    def width(self) -> int:
+        """Registers (or coils) occupied."""
+        return self.type.registers
+
+
+class RegisterMap(Strict):
+    """A named register map: a meter model from the library or defined in the plant file."""
+
+    name: str = ""
+    manufacturer: str = ""
+    source: str = Field(default="", description="where the map comes from (manual, document, URL)")
+    addressing: Literal["zero_based", "one_based"] = "zero_based"
+    registers: list[Register] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- buses
+
+class ModbusTcpBus(Strict):
+    """A Modbus TCP server or TCP gateway; several unit ids may sit behind it."""
+
+    type: Literal["modbus_tcp"]
+    id: Id
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    timeout_ms: int = Field(default=1000, ge=10, le=60000)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class ModbusRtuTcpBus(Strict):
+    """RTU frames over a transparent TCP link (serial device server)."""
+
+    type: Literal["modbus_rtu_tcp"]
+    id: Id
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    timeout_ms: int = Field(default=1000, ge=10, le=60000)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class ModbusRtuBus(Strict):
+    """RTU over a serial line (RS-485)."""
+
+    type: Literal["modbus_rtu"]
+    id: Id
+    device: str = Field(description="serial device path, e.g. /dev/ttyUSB0")
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_ms: int = Field(default=1000, ge=10, le=60000)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class TlsConfig(Strict):
+    """TLS for an MQTT connection; paths are read when the connection starts."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+def _check_mqtt_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts", "inproc"):
+        raise ValueError(f"url {value!r}: scheme must be mqtt://, mqtts:// or inproc://")
+    if parts.scheme != "inproc" and not parts.hostname:
+        raise ValueError(f"url {value!r} has no host")
+    return value
+
+
+class MqttBus(Strict):
+    """An MQTT broker that field devices publish to (``inproc://name`` for an in-process bus)."""
+
+    type: Literal["mqtt"]
+    id: Id
+    url: str
+    username: str | None = None
+    password_env: str | None = Field(default=None, description="name of the environment variable with the password")
+    tls: TlsConfig | None = None
+
+    _url = field_validator("url")(classmethod(lambda cls, v: _check_mqtt_url(v)))
+
+
+Bus = Annotated[ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus, Field(discriminator="type")]
+
+# --------------------------------------------------------------------------- meters
+
+
+class MeteringLevel(IntEnum):
+    """GB 17167 metering level: 1 = enterprise boundary, 2 = process, 3 = main equipment."""
+
+    ENTERPRISE = 1
+    PROCESS = 2
+    EQUIPMENT = 3
+
+
+class ModbusSource(Strict):
+    """Read a meter over Modbus: a map from the library or the plant file (``model``) or inline registers."""
+
+    type: Literal["modbus"]
+    bus: Id
+    unit_id: int = Field(default=1, ge=0, le=255)
+    model: str | None = None
+    registers: list[Register] | None = None
+    addressing: Literal["zero_based", "one_based"] | None = None
+    poll_group: Id = "default"
+
+    @model_validator(mode="after")
+    def _one_map(self) -> ModbusSource:
+        if (self.model is None) == (self.registers is None):
+            raise ValueError("give exactly one of model (a register map name) or registers")
+        return self
+
+
+class MqttJsonField(Strict):
+    """Where one quantity stands in a JSON payload (dotted path, e.g. ``data.flow_total``)."""
+
+    path: str = Field(min_length=1)
+    quantity: QuantityName
+    unit: Unit
+    kind: Literal["counter", "gauge"] = "gauge"
+    scale: float = 1.0
+    counter_max: float | None = Field(default=None, gt=0)
+
+    _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
+
+
+class MqttJsonSource(Strict):
+    """A meter that publishes JSON on an MQTT topic."""
+
+    type: Literal["mqtt_json"]
+    bus: Id
+    topic: str = Field(min_length=1)
+    fields: list[MqttJsonField] = Field(min_length=1)
+    timestamp_path: str | None = Field(default=None, description="dotted path of the event time; None = arrival")
+    timestamp_format: Literal["epoch_ms", "epoch_s", "iso8601"] = "iso8601"
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if any(c in value for c in "+#") or "\x00" in value:
+            raise ValueError("topic must be a concrete topic, without wildcards")
+        return value
+
+
+Source = Annotated[ModbusSource | MqttJsonSource, Field(discriminator="type")]
+
+
+class Meter(Strict):
+    """An energy meter or a production counter.
+
+    ``carrier`` names the energy carrier (a key of the standard-coal coefficient table); a production counter has
+    no carrier. ``counter`` names the cumulative quantity the accounting turns into interval energy or output.
+    """
+
+    id: Id
+    name: str = ""
+    carrier: str | None = None
+    level: MeteringLevel | None = None
+    process: Id | None = None
+    counter: QuantityName | None = None
+    max_rate_per_hour: float | None = Field(
+        default=None, gt=0, description="plausibility bound: largest counter increase per hour, in the counter's unit"
+    )
+    calibration_due: date | None = None
+    source: Source
+
+
+# --------------------------------------------------------------------------- products
+
+
+class OutputRef(Strict):
+    """The counter that measures a product's output."""
+
+    meter: Id
+    quantity: QuantityName
+
+
+class Boundary(Strict):
+    """Which meters count toward a product: all meters of the listed processes, or an explicit list."""
+
+    processes: list[Id] = Field(default_factory=list)
+    meters: list[Id] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Boundary:
+        if not self.processes and not self.meters:
+            raise ValueError("a boundary lists processes or meters")
+        return self
+
+
+class Product(Strict):
+    """A product whose 单位产品综合能耗 is computed and graded."""
+
+    id: Id
+    name: str = ""
+    unit: Unit = "t"
+    output: OutputRef
+    indicator: str = Field(description="indicator id in the benchmark reference data, e.g. cement_clinker")
+    boundary: Boundary
+
+    _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class PollGroup(Strict):
+    """Meters polled together, aligned to the wall clock every ``interval_secs``."""
+
+    id: Id
+    interval_secs: float = Field(gt=0, le=86400)
+
+
+class UplinkConfig(Strict):
+    """The broker a gateway publishes to and processors subscribe from."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_env: str | None = None
+    tls: TlsConfig | None = None
+    keepalive_secs: int = Field(default=30, ge=5, le=3600)
+    compress: bool = False
+
+    _url = field_validator("url")(classmethod(lambda cls, v: _check_mqtt_url(v)))
+
+
+class GatewayConfig(Strict):
+    """The edge gateway: what it polls and how it batches."""
+
+    id: Id = "gw1"
+    poll_groups: list[PollGroup] = Field(default_factory=lambda: [PollGroup(id="default", interval_secs=15)])
+    batch_max_points: int = Field(default=2000, ge=1, le=100000)
+
+
+class InfluxStoreConfig(Strict):
+    """InfluxDB v2 write API (InfluxDB 2.x, or VictoriaMetrics which speaks it)."""
+
+    type: Literal["influxdb"]
+    url: str
+    org: str = "energymon"
+    bucket: str = "energymon"
+    token_env: str | None = Field(default=None, description="environment variable holding the API token")
+    batch_max_points: int = Field(default=5000, ge=1, le=100000)
+    flush_interval_ms: int = Field(default=200, ge=1, le=60000)
+    timeout_ms: int = Field(default=10000, ge=100, le=120000)
+
+
+class SqliteStoreConfig(Strict):
+    """The embedded store: one SQLite file (the demo and plants without a TSDB)."""
+
+    type: Literal["sqlite"]
+    path: Path
+
+
+Store = Annotated[InfluxStoreConfig | SqliteStoreConfig, Field(discriminator="type")]
+
+
+class ProcessorConfig(Strict):
+    """The processor: where it reads batches from and writes points to."""
+
+    share_group: Id | None = Field(default=None, description="MQTT v5 shared-subscription group for scale-out")
+    store: Store | None = None
+
+
+class ThresholdRule(Strict):
+    """Alert when a live value stays above (or below) a threshold for a duration.
+
+    ``clear_above`` / ``clear_below`` give hysteresis: a firing alert resolves only once the value is back past
+    the clear threshold. Without them, the alert clears at the threshold itself.
+    """
+
+    kind: Literal["threshold"]
+    id: Id
+    meter: Id
+    quantity: QuantityName
+    above: float | None = None
+    below: float | None = None
+    clear_above: float | None = None
+    clear_below: float | None = None
+    for_secs: float = Field(default=0, ge=0)
+    severity: Severity = "warning"
+    audience: list[Literal["energy_manager", "regulator"]] = Field(default_factory=lambda: ["energy_manager"])
+    notifiers: list[Id] = Field(default_factory=list)
+    summary: str = ""
+
+    @model_validator(mode="after")
+    def _direction(self) -> ThresholdRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of above or below")
+        if self.above is not None:
+            if self.clear_below is not None:
+                raise ValueError("an 'above' rule clears with clear_above (below the threshold), not clear_below")
+            if self.clear_above is not None and self.clear_above > self.above:
+                raise ValueError(f"clear_above {self.clear_above} must not exceed above {self.above}")
+        if self.below is not None:
+            if self.clear_above is not None:
+                raise ValueError("a 'below' rule clears with clear_below (above the threshold), not clear_above")
+            if self.clear_below is not None and self.clear_below < self.below:
+                raise ValueError(f"clear_below {self.clear_below} must not be under below {self.below}")
+        return self
+
+
+class WebhookNotifier(Strict):
+    """POST each alert change as JSON, signed with HMAC-SHA256 when a secret is set."""
+
+    type: Literal["webhook"]
+    id: Id
+    url: str = Field(pattern=r"^https?://")
+    secret_env: str | None = Field(default=None, description="environment variable holding the HMAC secret")
+    timeout_ms: int = Field(default=5000, ge=100, le=60000)
+    max_retries: int = Field(default=5, ge=0, le=100)
+
+
+Rule = Annotated[ThresholdRule, Field(discriminator="kind")]
+Notifier = Annotated[WebhookNotifier, Field(discriminator="type")]
+
+
+class AlertsConfig(Strict):
+    """Alert rules and where alerts go."""
+
+    rules: list[Rule] = Field(default_factory=list)
+    notifiers: list[Notifier] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the plant
+
+
+class PlantConfig(Strict):
+    """The whole plant file."""
+
+    version: Literal[1] = 1
+    enterprise: Enterprise
+    processes: list[Process] = Field(default_factory=list)
+    register_maps: dict[Id, RegisterMap] = Field(default_factory=dict)
+    buses: list[Bus] = Field(default_factory=list)
+    meters: list[Meter] = Field(default_factory=list)
+    products: list[Product] = Field(default_factory=list)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    processor: ProcessorConfig = Field(default_factory=ProcessorConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+    def meter(self, meter_id: str) -> Meter:
+        """Return a meter by id (KeyError if absent)."""
+        for m in self.meters:
+            if m.id == meter_id:
+                return m
+        raise KeyError(meter_id)
+
+    def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus:
+        """Return a bus by id (KeyError if absent)."""
+        for b in self.buses:
+            if b.id == bus_id:
+                return b
+        raise KeyError(bus_id)
+
+    def register_map(self, source: ModbusSource) -> RegisterMap:
+        """Resolve a Modbus source's registers: inline, a map in this file, or the meter library."""
+        if source.registers is not None:
+            return RegisterMap(registers=source.registers, addressing=source.addressing or "zero_based")
+        assert source.model is not None
+        found = self.register_maps.get(source.model)
+        if found is None:
+            from energymon.collectors.library import library_map  # noqa: PLC0415 - optional, loaded lazily
+
+            found = library_map(source.model)
+        if source.addressing and source.addressing != found.addressing:
+            return found.model_copy(update={"addressing": source.addressing})
+        return found
+
+    def quantities(self, meter: Meter) -> dict[str, tuple[str, str, float | None]]:
+        """Map quantity → (unit, kind, counter_max) for a meter."""
+        src = meter.source
+        if isinstance(src, MqttJsonSource):
+            return {f.quantity: (f.unit, f.kind, f.counter_max) for f in src.fields}
+        regmap = self.register_map(src)
+        return {r.quantity: (r.unit, r.kind, r.counter_max) for r in regmap.registers}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _LineIndex:
+    """Maps key paths of a YAML document to the line they start on."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.root = root
+
+    def line(self, loc: tuple[int | str, ...]) -> int | None:
+        node = self.root
+        best: int | None = node.start_mark.line + 1 if node is not None else None
+        for part in loc:
+            if node is None:
+                break
+            nxt: yaml.Node | None = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                        nxt = value
+                        best = key.start_mark.line + 1
+                        break
+                else:
+                    continue  # a discriminator tag or model name in the loc: skip it
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                nxt = node.value[part]
+                best = nxt.start_mark.line + 1
+            else:
+                continue
+            node = nxt
+        return best
+
+
+def _render_loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """Render a pydantic loc as ``meters[2].source.registers[0].count``, dropping union tags."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            if isinstance(node, dict) and part not in node:
+                continue  # a union tag (e.g. 'modbus') pydantic inserts into the loc
+            out += f".{part}" if out else part
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
+
+
+def _issues_from_validation(exc: ValidationError, data: Any, index: _LineIndex) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        elif err["type"] == "union_tag_invalid":
+            msg = f"{msg}"
+        issues.append(ConfigIssue(_render_loc(loc, data), msg, index.line(loc)))
+    return issues
+
+
+def parse_plant(text: str, file: str = "<plant>", *, check_references: bool = True) -> PlantConfig:
+    """Parse and validate plant YAML text.
+
+    Raises:
+        ConfigError: listing every problem with ``file:line: key.path: why``.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(file, [ConfigIssue("", f"not valid YAML: {getattr(exc, 'problem', exc)}", line)]) from None
+    index = _LineIndex(root)
+    if not isinstance(data, dict):
+        raise ConfigError(file, [ConfigIssue("", "a plant file is a YAML mapping", 1)])
+    try:
+        plant = PlantConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(file, _issues_from_validation(exc, data, index)) from None
+    if check_references:
+        from energymon.validators import check_plant  # noqa: PLC0415 - validators import this module
+
+        issues = [
+            ConfigIssue(path, message, index.line(_parse_path(path)))
+            for path, message in check_plant(plant)
+        ]
+        if issues:
+            raise ConfigError(file, issues)
+    return plant
+
+
+def _parse_path(path: str) -> tuple[int | str, ...]:
+    out: list[int | str] = []
+    for token in path.replace("]", "").replace("[", ".").split("."):
+        if token:
+            out.append(int(token) if token.isdigit() else token)
+    return tuple(out)
+
+
+def load_plant(path: str | os.PathLike[str]) -> PlantConfig:
+    """Read and validate a plant file.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML or invalid; every message names the file.
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, [ConfigIssue("", f"cannot read file: {exc}")]) from None
+    return parse_plant(text, file)
+
+
+def iter_registers(plant: PlantConfig) -> Iterator[tuple[Meter, ModbusSource, RegisterMap]]:
+    """Yield every Modbus meter with its resolved register map."""
+    for meter in plant.meters:
+        if isinstance(meter.source, ModbusSource):
+            yield meter, meter.source, plant.register_map(meter.source)

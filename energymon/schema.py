@@ -1,0 +1,135 @@
+"""Wire schema v1: what travels from a gateway to the processors.
+
+A gateway publishes one :class:`Batch` per MQTT message on ``energymon/v1/{enterprise}/{gateway}/readings``
+at QoS 1. A batch carries a per-gateway sequence number, so a batch re-sent after a crash or a lost PUBACK is
+recognised and not counted twice, and a list of :class:`Point`.
+
+Encoding: UTF-8 JSON. A gateway on a weak link may send the same JSON deflated with zlib; receivers tell
+the two apart by the first byte (``{`` is JSON). Example::
+
+    {"v": 1, "enterprise": "91530100MA6K7XYZ3B", "gateway": "gw-kiln", "seq": 42, "sent_ms": 1763880000123,
+     "points": [{"meter": "incoming", "quantity": "energy_active_import", "value": 1234567.8, "unit": "kWh",
+                 "ts_ms": 1763880000000, "quality": "good"}]}
+
+``ts_ms`` is the event time: when the value was read from the meter, in milliseconds since the Unix epoch
+(UTC by definition). A point that could not be read or decoded has ``quality: "bad"`` and ``value: null``:
+an unavailable value is never sent as 0.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from energymon.errors import SchemaError
+
+__all__ = [
+    "ID_PATTERN",
+    "SCHEMA_VERSION",
+    "Batch",
+    "Point",
+    "Quality",
+    "decode_batch",
+    "encode_batch",
+    "ms_to_datetime",
+    "datetime_to_ms",
+]
+
+SCHEMA_VERSION = 1
+
+#: Ids of enterprises, gateways, meters, processes and products: safe in MQTT topics and store tags.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class Quality(StrEnum):
+    """Quality flag of a value.
+
+    ``good``: read and decoded normally. ``uncertain``: a value exists but is suspect (e.g. estimated,
+    outside the registered range). ``bad``: no value (device did not answer, decode failed); value is null.
+    """
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class Point(BaseModel):
+    """One value of one quantity of one meter at one event time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    meter: Id
+    quantity: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    value: float | None
+    unit: Annotated[str, Field(min_length=1, max_length=16)]
+    ts_ms: Annotated[int, Field(ge=946684800000, le=4102444800000)]  # 2000-01-01 .. 2100-01-01
+    quality: Quality = Quality.GOOD
+
+    @model_validator(mode="after")
+    def _value_matches_quality(self) -> Point:
+        if self.value is None:
+            if self.quality is not Quality.BAD:
+                raise ValueError("value is null but quality is not 'bad'")
+        elif self.quality is Quality.BAD:
+            raise ValueError("quality 'bad' must carry value null")
+        elif not math.isfinite(self.value):
+            raise ValueError("value must be finite (NaN/inf are sent as quality 'bad', value null)")
+        return self
+
+
+class Batch(BaseModel):
+    """A gateway's batch of points, the unit of delivery and of de-duplication."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    enterprise: Id
+    gateway: Id
+    seq: Annotated[int, Field(ge=0)]
+    sent_ms: Annotated[int, Field(ge=0)]
+    points: list[Point]
+
+
+def encode_batch(batch: Batch, *, compress: bool = False) -> bytes:
+    """Serialise a batch to its wire form (JSON, optionally zlib-deflated)."""
+    raw = batch.model_dump_json().encode()
+    return zlib.compress(raw, 6) if compress else raw
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """Parse and validate a wire payload.
+
+    Raises:
+        SchemaError: the payload is not a valid v1 batch; the message says which field and why.
+    """
+    if payload[:1] != b"{":
+        try:
+            payload = zlib.decompress(payload)
+        except zlib.error as exc:
+            raise SchemaError(f"payload is neither JSON nor zlib-deflated JSON ({exc})") from None
+    try:
+        return Batch.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise SchemaError(f"invalid batch: {loc}: {first['msg']}{more}") from None
+
+
+def ms_to_datetime(ts_ms: int) -> datetime:
+    """Event time in ms since the epoch → aware UTC datetime."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+
+
+def datetime_to_ms(dt: datetime) -> int:
+    """Aware datetime → ms since the epoch. Naive datetimes are refused."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("naive datetime: event times must be timezone-aware")
+    return round(dt.timestamp() * 1000)
