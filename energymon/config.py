@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from energymon import units
 from energymon.errors import ConfigError, ConfigIssue
@@ -65,6 +65,7 @@ __all__ = [
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 QuantityName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Severity = Literal["info", "warning", "critical"]
+Audience = Literal["energy_manager", "regulator"]
 
 
 class Strict(BaseModel):
@@ -208,13 +209,18 @@ class Register(Strict):
 
     _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
 
+    @field_validator("count")
+    @classmethod
+    def _count_fits(cls, value: int | None, info: ValidationInfo) -> int | None:
+        dtype = info.data.get("type")
+        if value is not None and isinstance(dtype, DataType) and value != dtype.registers:
+            raise ValueError(
+                f"count {value} does not fit type {dtype.value}, which occupies {dtype.registers} register(s)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _fits(self) -> Register:
-        if self.count is not None and self.count != self.type.registers:
-            raise ValueError(
-                f"count {self.count} does not fit type {self.type.value}, which occupies "
-                f"{self.type.registers} register(s)"
-            )
         bit_table = self.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE_INPUT)
         if bit_table and self.type is not DataType.BIT:
             raise ValueError(f"function {self.function.value} reads single bits: type must be bit")
@@ -512,7 +518,7 @@ class ThresholdRule(Strict):
     clear_below: float | None = None
     for_secs: float = Field(default=0, ge=0)
     severity: Severity = "warning"
-    audience: list[Literal["energy_manager", "regulator"]] = Field(default_factory=lambda: ["energy_manager"])
+    audience: tuple[Audience, ...] = ("energy_manager",)
     notifiers: list[Id] = Field(default_factory=list)
     summary: str = ""
 

@@ -40,7 +40,7 @@ __all__ = [
     "datetime_to_ms",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 #: Ids of enterprises, gateways, meters, processes and products: safe in MQTT topics and store tags.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -1,0 +1,261 @@
+"""The processor: validated batches in, raw and derived rows out to the store, points on to the alerts.
+
+:meth:`Processor.handle` is called by the transport's delivery thread for every message; :meth:`Processor.flush`
+by a timer thread and when enough rows are pending. Both hold one lock. A message is acknowledged to the broker
+only after the rows it produced were written, so a crash or a store outage makes the broker redeliver it, and
+the store's overwrite-on-same-timestamp semantics plus the per-gateway sequence check keep a redelivered
+batch from being counted twice.
+
+Store rows (measurement → fields; see docs/ARCHITECTURE.md for tags):
+
+* ``reading``: ``value`` for every good or uncertain point (``uncertain=1`` marks the latter);
+* ``reading_unavailable``: ``count=1`` for a point of quality bad (never a 0 in ``reading``);
+* ``energy``: interval ``consumed`` in the counter's unit, ``kgce`` (当量值), ``kgce_equal`` (等价值, electricity);
+* ``production``: interval ``output``;
+* ``indicator``: per product and local hour/day, ``energy_kgce``, ``output``, ``value`` and the grade fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from energymon.config import Meter, ModbusSource, PlantConfig
+from energymon.errors import SchemaError, StoreError
+from energymon.interfaces import Message, Row, SeriesKey, Store, series_key
+from energymon.metrics import PipelineMetrics, private_metrics
+from energymon.processors.accounting import Accounting
+from energymon.processors.counters import CounterTracker
+from energymon.schema import Batch, Point, Quality, decode_batch
+
+__all__ = ["Processor", "Rejected"]
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[[Sequence[Point]], None]
+
+
+class Rejected:
+    """A message set aside, with the reason."""
+
+    __slots__ = ("payload", "reason", "topic")
+
+    def __init__(self, topic: str, reason: str, payload: bytes) -> None:
+        self.topic, self.reason, self.payload = topic, reason, payload
+
+    def to_json(self) -> str:
+        """One JSON line for the dead-letter file."""
+        return json.dumps(
+            {"topic": self.topic, "reason": self.reason, "payload": self.payload[:4096].decode("utf-8", "replace")},
+            ensure_ascii=False,
+        )
+
+
+class _SeqWindow:
+    """Sequence numbers seen from one gateway (bounded), to drop re-sent batches."""
+
+    def __init__(self, size: int = 65536) -> None:
+        self.size = size
+        self.seen: OrderedDict[int, None] = OrderedDict()
+
+    def add(self, seq: int) -> bool:
+        """Record ``seq``; False if it was seen already."""
+        if seq in self.seen:
+            return False
+        self.seen[seq] = None
+        if len(self.seen) > self.size:
+            self.seen.popitem(last=False)
+        return True
+
+
+class Processor:
+    """Turns batches into store rows for one plant.
+
+    Args:
+        plant: the validated plant configuration.
+        store: where rows go.
+        ref: reference data (coefficients, benchmark levels); defaults to the shipped tables.
+        metrics: self-metrics (stage ``processor``).
+        observers: called with the points of each batch after its rows were written (e.g. the alert engine).
+        max_pending_rows: flush when this many rows are pending.
+        dead_letter_path: JSON-lines file receiving rejected messages.
+    """
+
+    def __init__(
+        self,
+        plant: PlantConfig,
+        store: Store,
+        *,
+        ref: Any = None,
+        metrics: PipelineMetrics | None = None,
+        observers: Sequence[Observer] = (),
+        max_pending_rows: int = 5000,
+        dead_letter_path: Path | None = None,
+    ) -> None:
+        if ref is None:
+            from energymon.refdata import load_reference_data  # noqa: PLC0415
+
+            ref = load_reference_data()
+        self.plant = plant
+        self.store = store
+        self.enterprise = plant.enterprise.uscc
+        self.accounting = Accounting(plant, ref)
+        self.metrics = metrics or private_metrics()
+        self.stage = self.metrics.stage("processor")
+        self.observers = list(observers)
+        self.max_pending_rows = max_pending_rows
+        self.dead_letter_path = dead_letter_path
+        self.rejected: deque[Rejected] = deque(maxlen=100)
+        self._lock = threading.Lock()
+        self._rows: list[Row] = []
+        self._acks: list[Callable[[], None]] = []
+        self._points: list[Point] = []
+        self._seqs: dict[str, _SeqWindow] = {}
+        self._keys: dict[tuple[str, str, str, str], SeriesKey] = {}
+        self._bad_keys: dict[tuple[str, str, str], SeriesKey] = {}
+        self._counters: dict[str, CounterTracker] = {}
+        self.duplicates = 0
+        for meter in plant.meters:
+            if meter.counter is None:
+                continue
+            unit, _, cmax = plant.quantities(meter)[meter.counter]
+            if cmax is None:
+                cmax = counter_max_for(plant, meter)
+            self._counters[meter.id] = CounterTracker(max_rate_per_hour=meter.max_rate_per_hour, counter_max=cmax)
+
+    # ------------------------------------------------------------------ intake
+
+    def handle(self, msg: Message) -> None:
+        """Process one transport message (thread-safe)."""
+        try:
+            batch = decode_batch(msg.payload)
+        except SchemaError as exc:
+            self._reject(msg, str(exc))
+            return
+        with self._lock:
+            if not self._accept(batch, msg):
+                return
+            self._derive(batch)
+            self._acks.append(msg.ack)
+            pending = len(self._rows)
+        if pending >= self.max_pending_rows:
+            self.flush()
+
+    def handle_batch(self, batch: Batch) -> None:
+        """Process an already-decoded batch (in-process use and tests)."""
+        with self._lock:
+            if self._accept(batch, None):
+                self._derive(batch)
+        self.flush()
+
+    def _accept(self, batch: Batch, msg: Message | None) -> bool:
+        self.stage.received(len(batch.points))
+        if batch.enterprise != self.enterprise:
+            if msg is not None:
+                self._reject(msg, f"batch of enterprise {batch.enterprise!r}, this processor serves {self.enterprise!r}")
+            return False
+        window = self._seqs.get(batch.gateway)
+        if window is None:
+            window = self._seqs[batch.gateway] = _SeqWindow()
+        if not window.add(batch.seq):
+            self.duplicates += 1
+            self.stage.dropped("duplicate_batch", len(batch.points))
+            if msg is not None:
+                msg.ack()
+            return False
+        return True
+
+    def _reject(self, msg: Message, reason: str) -> None:
+        rejected = Rejected(msg.topic, reason, msg.payload)
+        self.rejected.append(rejected)
+        self.stage.dropped("bad_payload")
+        self.stage.error("SchemaError")
+        log.warning("set aside a message on %s: %s", msg.topic, reason)
+        if self.dead_letter_path is not None:
+            with self.dead_letter_path.open("a", encoding="utf-8") as fh:
+                fh.write(rejected.to_json() + "\n")
+        msg.ack()  # a malformed payload never becomes valid: do not let the broker redeliver it
+
+    # ------------------------------------------------------------------ derivation
+
+    def _derive(self, batch: Batch) -> None:
+        rows = self._rows
+        keys = self._keys
+        gw = batch.gateway
+        acc = self.accounting
+        counters = self._counters
+        for p in batch.points:
+            if p.value is None:
+                bkey = self._bad_keys.get((gw, p.meter, p.quantity))
+                if bkey is None:
+                    bkey = self._bad_keys[(gw, p.meter, p.quantity)] = series_key(
+                        "reading_unavailable", enterprise=self.enterprise, gateway=gw, meter=p.meter,
+                        quantity=p.quantity,
+                    )
+                rows.append((bkey, {"count": 1.0}, p.ts_ms))
+                continue
+            k = (gw, p.meter, p.quantity, p.unit)
+            key = keys.get(k)
+            if key is None:
+                key = keys[k] = series_key(
+                    "reading", enterprise=self.enterprise, gateway=gw, meter=p.meter, quantity=p.quantity, unit=p.unit
+                )
+            if p.quality is Quality.GOOD:
+                rows.append((key, {"value": p.value}, p.ts_ms))
+            else:
+                rows.append((key, {"value": p.value, "uncertain": 1.0}, p.ts_ms))
+            tracker = counters.get(p.meter)
+            if tracker is not None and p.quality is Quality.GOOD and acc.is_counter(p.meter, p.quantity):
+                delta = tracker.update(p.value, p.ts_ms)
+                if delta is not None:
+                    rows.extend(acc.book(p.meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
+        if self.observers:
+            self._points.extend(batch.points)
+
+    # ------------------------------------------------------------------ output
+
+    def flush(self) -> int:
+        """Write pending rows, then acknowledge their messages and notify observers.
+
+        Returns the number of rows written. On a store error nothing is acknowledged and the rows stay
+        pending for the next flush (the error is counted and re-raised as :class:`StoreError`).
+        """
+        with self._lock:
+            rows = self._rows + self.accounting.indicator_rows()
+            if not rows:
+                return 0
+            try:
+                self.store.write(rows)
+            except StoreError as exc:
+                self._rows = rows
+                self.stage.error(exc)
+                raise
+            acks, points = self._acks, self._points
+            self._rows, self._acks, self._points = [], [], []
+            self.stage.sent(len(rows))
+        for ack in acks:
+            ack()
+        for observer in self.observers:
+            try:
+                observer(points)
+            except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
+                self.stage.error(exc)
+                log.exception("observer failed")
+        return len(rows)
+
+
+def counter_max_for(plant: PlantConfig, meter: Meter) -> float | None:
+    """Rollover point of a Modbus counter register that does not state one (unsigned integer types)."""
+    if not isinstance(meter.source, ModbusSource):
+        return None
+    from energymon.collectors.codec import default_counter_max  # noqa: PLC0415
+
+    for reg in plant.register_map(meter.source).registers:
+        if reg.quantity == meter.counter:
+            return default_counter_max(reg)
+    return None
