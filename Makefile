@@ -1,0 +1,37 @@
+# energymon: two commands a newcomer needs.
+#   make demo   install into .venv and run the simulated cement plant
+#   make test   install dev dependencies and the services the tests use, then run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_ARGS ?= --speed 60
+
+.PHONY: demo test install dev services lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+dev: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+
+demo: install
+	$(BIN)/energymon demo $(DEMO_ARGS)
+
+services:
+	bash scripts/ensure-services.sh
+
+test: dev services
+	$(BIN)/python -m pytest
+
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy energymon collectors gateway processors alerts simulators
+
+bench: dev services
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,189 @@
+"""The ``energymon`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from energymon import __version__
+from energymon.errors import ConfigError, EnergymonError
+
+__all__ = ["main"]
+
+log = logging.getLogger("energymon")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="energymon",
+        description="Energy-monitoring pipeline for key energy-consuming units (重点用能单位).",
+    )
+    parser.add_argument("--version", action="version", version=f"energymon {__version__}")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a plant file and report every problem with file, line and key")
+    p.add_argument("plant", type=Path, help="plant YAML file")
+
+    p = sub.add_parser("demo", help="run a simulated cement plant through the whole pipeline, no server needed")
+    p.add_argument("--speed", type=_positive, default=60.0, help="simulated seconds per real second (default 60)")
+    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many real seconds")
+    p.add_argument("--config", type=Path, default=None, help="plant file (default: the shipped cement plant)")
+    p.add_argument("--data-dir", type=Path, default=None, help="keep the store and outbox here (default: a temp dir)")
+    p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="summary refresh interval")
+
+    p = sub.add_parser("simulate", help="serve simulated meters for a plant file (Modbus servers, MQTT meters)")
+    p.add_argument("--config", type=Path, required=True, help="plant file")
+    p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS")
+
+    for name, text in (
+        ("gateway", "run the edge gateway: poll meters, keep the outbox, publish to the uplink broker"),
+        ("processor", "run the processor: subscribe, derive energy and indicators, write the store, alert"),
+        ("run", "run gateway and processor in one process"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", type=Path, required=True, help="plant file")
+        p.add_argument("--data-dir", type=Path, default=Path("energymon-data"), help="outbox, dead letters")
+        p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+        p.add_argument("--metrics-host", default="127.0.0.1", help="address for the metrics endpoint")
+        p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS")
+    return parser
+
+
+def _validate(path: Path) -> int:
+    from energymon.config import load_plant  # noqa: PLC0415
+
+    plant = load_plant(path)
+    print(
+        f"{path}: OK — {plant.enterprise.name}: {len(plant.meters)} meters on {len(plant.buses)} buses, "
+        f"{len(plant.products)} products, {len(plant.alerts.rules)} alert rules"
+    )
+    return 0
+
+
+async def _until_stopped(stop: asyncio.Event, duration: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if duration is None:
+        await stop.wait()
+    else:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=duration)
+        stop.set()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from prometheus_client import REGISTRY, start_http_server  # noqa: PLC0415
+
+    from energymon.clock import WallClock  # noqa: PLC0415
+    from energymon.config import load_plant  # noqa: PLC0415
+    from energymon.metrics import PipelineMetrics  # noqa: PLC0415
+    from energymon.runtime import ProcessorService, build_gateway  # noqa: PLC0415
+
+    plant = load_plant(args.config)
+    metrics = PipelineMetrics(REGISTRY)
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
+    clock = WallClock()
+    stop = asyncio.Event()
+    service = None
+    gw_task = None
+    if args.command in ("processor", "run"):
+        service = ProcessorService(plant, clock=clock, metrics=metrics, data_dir=args.data_dir)
+        await service.start()
+    if args.command in ("gateway", "run"):
+        gateway = build_gateway(plant, data_dir=args.data_dir, clock=clock, metrics=metrics)
+        gw_task = asyncio.create_task(gateway.run(stop))
+    try:
+        await _until_stopped(stop, args.duration)
+    finally:
+        stop.set()
+        if gw_task is not None:
+            await gw_task
+        if service is not None:
+            await service.stop()
+    return 0
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from energymon.clock import ScaledClock  # noqa: PLC0415
+    from energymon.config import load_plant  # noqa: PLC0415
+    from energymon.simulators.plant import run_simulator  # noqa: PLC0415
+    from energymon.transport import open_transport  # noqa: PLC0415
+
+    plant = load_plant(args.config)
+    clock = ScaledClock(datetime.now(UTC), args.speed)
+    transports = {}
+    for bus in plant.buses:
+        if bus.type == "mqtt":
+            transports[bus.id] = open_transport(bus.url, client_id=f"energymon-sim-{bus.id}")
+            await transports[bus.id].connect()
+    # every MQTT meter publishes on the bus its meter entry names
+    topic_bus = {m.source.topic: m.source.bus for m in plant.meters if m.source.type == "mqtt_json"}
+
+    async def publish(topic: str, payload: bytes) -> None:
+        await transports[topic_bus[topic]].publish(topic, payload, qos=1)
+
+    sim = await run_simulator(plant, clock, publish=publish if transports else None)
+    for bus_id, port in sim.ports.items():
+        print(f"bus {bus_id}: serving on 127.0.0.1:{port}")
+    stop = asyncio.Event()
+    try:
+        await _until_stopped(stop, args.duration)
+    finally:
+        await sim.stop()
+        for t in transports.values():
+            await t.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``energymon`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "validate":
+            return _validate(args.plant)
+        if args.command == "demo":
+            from energymon.demo import run_demo  # noqa: PLC0415
+
+            return asyncio.run(
+                run_demo(
+                    speed=args.speed, duration_secs=args.duration, plant_path=args.config, data_dir=args.data_dir,
+                    refresh_secs=args.refresh,
+                )
+            )
+        if args.command == "simulate":
+            return asyncio.run(_simulate(args))
+        return asyncio.run(_serve(args))
+    except ConfigError as exc:
+        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    except EnergymonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

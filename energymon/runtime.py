@@ -1,0 +1,215 @@
+"""Runtime wiring: build each stage from a plant file and run it.
+
+``build_*`` functions construct stages without connecting anywhere (so they are cheap to test); ``run_*``
+coroutines run a stage until a stop event is set. :class:`ProcessorService` bundles the processor, its store,
+its alert engine and notifiers, the subscription, and the timer that flushes pending rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from energymon.config import (
+    InfluxStoreConfig,
+    ModbusRtuBus,
+    ModbusRtuTcpBus,
+    ModbusSource,
+    ModbusTcpBus,
+    MqttBus,
+    MqttJsonSource,
+    PlantConfig,
+    SqliteStoreConfig,
+)
+from energymon.errors import StoreError
+from energymon.interfaces import Clock, Collector, Message, PushCollector, Store, Transport
+from energymon.metrics import PipelineMetrics
+from energymon.topics import readings_filter, status_topic
+
+__all__ = [
+    "ProcessorService",
+    "build_alerting",
+    "build_collectors",
+    "build_gateway",
+    "open_store",
+    "uplink_transport",
+]
+
+log = logging.getLogger(__name__)
+
+
+def uplink_transport(
+    plant: PlantConfig, *, client_id: str, will: tuple[str, bytes] | None = None, clean_start: bool = True,
+    manual_ack: bool = False,
+) -> Transport:
+    """The transport to the plant's uplink broker."""
+    from energymon.transport import open_transport  # noqa: PLC0415
+
+    up = plant.uplink
+    return open_transport(
+        up.url, client_id=client_id, username=up.username, password_env=up.password_env, tls=up.tls,
+        keepalive_secs=up.keepalive_secs, will=will, clean_start=clean_start, manual_ack=manual_ack,
+    )
+
+
+def build_collectors(
+    plant: PlantConfig, *, clock: Clock, metrics: PipelineMetrics
+) -> tuple[list[Collector], list[PushCollector]]:
+    """One collector per bus that has meters."""
+    from energymon.collectors.modbus import ModbusCollector  # noqa: PLC0415
+    from energymon.collectors.mqtt_json import MqttJsonCollector  # noqa: PLC0415
+
+    polled: list[Collector] = []
+    pushed: list[PushCollector] = []
+    for bus in plant.buses:
+        meters = [m for m in plant.meters if m.source.bus == bus.id]
+        if not meters:
+            continue
+        if isinstance(bus, ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus):
+            pairs = [(m, plant.register_map(m.source)) for m in meters if isinstance(m.source, ModbusSource)]
+            polled.append(ModbusCollector(bus, pairs, metrics=metrics, clock=clock))
+        elif isinstance(bus, MqttBus):
+            json_meters = [m for m in meters if isinstance(m.source, MqttJsonSource)]
+            pushed.append(MqttJsonCollector(bus, json_meters, clock=clock, metrics=metrics))
+    return polled, pushed
+
+
+def build_gateway(
+    plant: PlantConfig,
+    *,
+    data_dir: Path,
+    clock: Clock,
+    metrics: PipelineMetrics,
+    transport: Transport | None = None,
+) -> Any:
+    """The edge gateway with its collectors, outbox file in ``data_dir`` and uplink transport."""
+    from energymon.gateway.gateway import Gateway  # noqa: PLC0415
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    polled, pushed = build_collectors(plant, clock=clock, metrics=metrics)
+    if transport is None:
+        will = (status_topic(plant.enterprise.uscc, plant.gateway.id), b"offline")
+        transport = uplink_transport(plant, client_id=f"energymon-gw-{plant.gateway.id}", will=will)
+    return Gateway(
+        plant, transport, polled, pushed, queue_path=data_dir / f"outbox-{plant.gateway.id}.sqlite",
+        clock=clock, metrics=metrics,
+    )
+
+
+def open_store(plant: PlantConfig, *, metrics: PipelineMetrics, override: Path | None = None) -> Store:
+    """The store named in the plant file (or an SQLite file at ``override``)."""
+    from energymon.processors.store import open_store as _open  # noqa: PLC0415
+
+    cfg: InfluxStoreConfig | SqliteStoreConfig | None = plant.processor.store
+    if override is not None:
+        cfg = SqliteStoreConfig(type="sqlite", path=override)
+    if cfg is None:
+        raise ValueError("the plant file has no processor.store")
+    store: Store = _open(cfg, metrics=metrics)
+    return store
+
+
+def build_alerting(
+    plant: PlantConfig, *, clock: Clock, metrics: PipelineMetrics, data_dir: Path
+) -> tuple[Any, list[Any]]:
+    """The alert engine and its notifiers; alerts are routed to the notifiers each rule names."""
+    from energymon.alerts.engine import AlertEngine  # noqa: PLC0415
+    from energymon.alerts.notifiers import WebhookNotifier  # noqa: PLC0415
+
+    notifiers = {
+        n.id: WebhookNotifier(
+            n, dead_letter_path=data_dir / f"dead-letter-{n.id}.jsonl", metrics=metrics, enterprise=plant.enterprise.uscc
+        )
+        for n in plant.alerts.notifiers
+    }
+    routes = {r.id: [notifiers[n] for n in r.notifiers] for r in plant.alerts.rules}
+
+    def notify(alert: Any) -> None:
+        for notifier in routes.get(alert.rule_id, []):
+            notifier.notify(alert)
+
+    engine = AlertEngine(list(plant.alerts.rules), notify=notify, clock=clock, metrics=metrics)
+    return engine, list(notifiers.values())
+
+
+class ProcessorService:
+    """Processor + store + alerts, fed by a subscription on the uplink broker.
+
+    Args:
+        plant: the plant configuration.
+        transport: the uplink transport (built with manual acks and a persistent session if None).
+        store: the store (opened from the plant file if None).
+        clock: event-time clock for the alert engine.
+        metrics: shared self-metrics.
+        data_dir: where dead-letter files go.
+        flush_interval_ms: how often pending rows are written even if few.
+    """
+
+    def __init__(
+        self,
+        plant: PlantConfig,
+        *,
+        clock: Clock,
+        metrics: PipelineMetrics,
+        data_dir: Path,
+        transport: Transport | None = None,
+        store: Store | None = None,
+        flush_interval_ms: int = 200,
+        observers: Sequence[Callable[[Sequence[Any]], None]] = (),
+    ) -> None:
+        from energymon.processors.processor import Processor  # noqa: PLC0415
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.plant = plant
+        self.store = store or open_store(plant, metrics=metrics)
+        self.alerts, self.notifiers = build_alerting(plant, clock=clock, metrics=metrics, data_dir=data_dir)
+        self.processor = Processor(
+            plant, self.store, metrics=metrics, observers=[self.alerts.observe, *observers],
+            dead_letter_path=data_dir / "rejected-messages.jsonl",
+        )
+        if transport is None:
+            transport = uplink_transport(
+                plant, client_id=f"energymon-proc-{plant.enterprise.uscc}-{os.getpid()}", clean_start=False,
+                manual_ack=True,
+            )
+        self.transport = transport
+        self.flush_interval_s = flush_interval_ms / 1000
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def _on_message(self, msg: Message) -> None:
+        self.processor.handle(msg)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.processor.flush()
+            except StoreError as exc:
+                log.warning("store write failed, keeping rows for the next try: %s", exc)
+
+    async def start(self) -> None:
+        """Subscribe and start the flush timer."""
+        flt = readings_filter(self.plant.enterprise.uscc, self.plant.processor.share_group)
+        self.transport.subscribe(flt, self._on_message, qos=1)
+        await self.transport.connect()
+        self._flusher = threading.Thread(target=self._flush_loop, name="energymon-flush", daemon=True)
+        self._flusher.start()
+
+    async def stop(self) -> None:
+        """Flush what is pending, unsubscribe, close the store and drain the notifiers."""
+        await self.transport.close()
+        self._stop.set()
+        if self._flusher is not None:
+            await asyncio.to_thread(self._flusher.join, 5)
+        try:
+            self.processor.flush()
+        except StoreError as exc:
+            log.warning("stopping with unwritten rows (the broker redelivers them): %s", exc)
+        for n in self.notifiers:
+            await asyncio.to_thread(n.close, 5.0)
+        self.store.close()
