@@ -160,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``energymon`` command."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pymodbus logs every timeout; energymon logs a device once when it drops and once when it recovers
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         if args.command == "validate":
             return _validate(args.plant)

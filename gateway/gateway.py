@@ -76,6 +76,7 @@ class Gateway:
         self.stage = self.metrics.stage("gateway")
         self.queue = OutboundQueue(queue_path)
         self.publish_window = publish_window
+        self._window = publish_window
         self.topic = readings_topic(self.enterprise, self.gateway_id)
         self._pushed: list[Point] = []
         self._push_lock = threading.Lock()
@@ -130,15 +131,14 @@ class Gateway:
                 await pc.stop()
             for c in self.collectors:
                 await c.stop()
-            self._flush_pushed()
-            self._wake.set()
-            try:
-                await asyncio.wait_for(self.drain(), timeout=5)
-            except (TimeoutError, TransportError):
-                log.warning("stopping with %d batch(es) still in the outbox; they are sent on the next start",
-                            self.queue.depth()[0])
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
+            self._flush_pushed()
+            try:
+                await asyncio.wait_for(self._drain_retrying(), timeout=5)
+            except TimeoutError:
+                log.warning("stopping with %d batch(es) still in the outbox; they are sent on the next start",
+                            self.queue.depth()[0])
             try:
                 await self._status(b"offline")
             except TransportError:
@@ -196,27 +196,44 @@ class Gateway:
             self._flush_pushed()
 
     async def drain(self) -> None:
-        """Publish until the outbox is empty (raises TransportError if the broker fails)."""
+        """Publish until the outbox is empty (raises TransportError if the broker fails).
+
+        Up to ``publish_window`` batches are in flight at once. After a failure the window shrinks to one
+        batch until a publish succeeds again, so a broker outage does not reorder the backlog.
+        """
         while True:
-            batch = self.queue.peek(self.publish_window)
+            batch = self.queue.peek(self._window)
             if not batch:
                 return
             await self._publish_window(batch)
+
+    async def _drain_retrying(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self.drain()
+                return
+            except TransportError:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
 
     async def _publish_window(self, window: list[tuple[int, int, bytes]]) -> None:
         results = await asyncio.gather(
             *(self.transport.publish(self.topic, payload, qos=1) for _, _, payload in window), return_exceptions=True
         )
         done: list[int] = []
+        failure: BaseException | None = None
         for (seq, n, _), res in zip(window, results, strict=True):
             if isinstance(res, BaseException):
-                break  # keep order: this batch and the ones after it are sent again
+                failure = failure or res
+                continue  # sent again later; the ones the broker acknowledged are not
             done.append(seq)
             self.stage.sent(n)
         self.queue.remove(done)
-        for res in results:
-            if isinstance(res, BaseException):
-                raise res if isinstance(res, TransportError) else TransportError(str(res))
+        if failure is not None:
+            self._window = 1
+            raise failure if isinstance(failure, TransportError) else TransportError(str(failure))
+        self._window = self.publish_window
 
     async def _publisher(self, stop: asyncio.Event) -> None:
         backoff = 0.5
