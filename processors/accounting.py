@@ -72,6 +72,32 @@ def split_by_period(
         cur = nxt
 
 
+class PeriodCache:
+    """Boundaries of the local period last asked for: most readings fall in the current hour and day, so the
+    time-zone arithmetic runs once per period instead of once per reading."""
+
+    __slots__ = ("end", "period", "start", "tz")
+
+    def __init__(self, period: str, tz: ZoneInfo) -> None:
+        self.period, self.tz = period, tz
+        self.start, self.end = 0, 0
+
+    def bounds(self, ts_ms: int) -> tuple[int, int]:
+        """[start, end) of the period containing ``ts_ms``."""
+        if self.start <= ts_ms < self.end:
+            return self.start, self.end
+        start = period_start(ts_ms, self.period, self.tz)
+        self.start, self.end = start, _next_start(start, self.period, self.tz)
+        return self.start, self.end
+
+    def split(self, start_ms: int, end_ms: int, amount: float) -> list[tuple[int, float]]:
+        """Like :func:`split_by_period`, with the fast path for an interval inside one period."""
+        lo, _ = self.bounds(end_ms - 1)
+        if start_ms >= lo or end_ms <= start_ms:
+            return [(lo, amount)]
+        return list(split_by_period(start_ms, end_ms, amount, self.period, self.tz))
+
+
 @dataclass(slots=True)
 class _MeterInfo:
     meter: Meter
@@ -104,6 +130,9 @@ class Accounting:
         self._dirty: set[tuple[str, str, int]] = set()
         self._indicator_keys: dict[tuple[str, str], SeriesKey] = {}
         self._level_cache: dict[tuple[str, date], Levels | None] = {}
+        self._periods = {p: PeriodCache(p, self.tz) for p in PERIODS}
+        self._day_of = PeriodCache("day", self.tz)
+        self._dates: dict[int, date] = {}
         boundary = {p.id: self._boundary_meters(p) for p in plant.products}
         for meter in plant.meters:
             if meter.counter is None:
@@ -180,7 +209,10 @@ class Accounting:
         rows: list[Row] = []
         interval_s = (end_ms - start_ms) / 1000
         if info.energy_key is not None:
-            day = datetime.fromtimestamp(end_ms / 1000, self.tz).date()
+            day_start = self._day_of.bounds(end_ms - 1)[0]
+            day = self._dates.get(day_start)
+            if day is None:
+                day = self._dates[day_start] = datetime.fromtimestamp(day_start / 1000, self.tz).date()
             kgce_per_unit, equal_per_unit = self._factors(info, day)
             fields = {"consumed": amount, "kgce": amount * kgce_per_unit, "interval_s": interval_s}
             if equal_per_unit is not None:
@@ -188,18 +220,19 @@ class Accounting:
             if flag != "ok":
                 fields["flag_" + flag] = 1.0
             rows.append((info.energy_key, fields, end_ms))
-            for pid in info.products_energy:
-                for period in PERIODS:
-                    for pstart, share in split_by_period(start_ms, end_ms, amount, period, self.tz):
-                        self._add(pid, period, pstart, kgce=share * kgce_per_unit)
+            if info.products_energy:
+                for period, cache in self._periods.items():
+                    for pstart, share in cache.split(start_ms, end_ms, amount):
+                        for pid in info.products_energy:
+                            self._add(pid, period, pstart, kgce=share * kgce_per_unit)
         if info.production_key is not None:
             fields = {"output": amount, "interval_s": interval_s}
             rows.append((info.production_key, fields, end_ms))
             for pid in info.products_output:
                 product = self._products[pid]
                 factor = units.convert(1.0, info.unit, product.unit)
-                for period in PERIODS:
-                    for pstart, share in split_by_period(start_ms, end_ms, amount, period, self.tz):
+                for period, cache in self._periods.items():
+                    for pstart, share in cache.split(start_ms, end_ms, amount):
                         self._add(pid, period, pstart, output=share * factor)
         return rows
 

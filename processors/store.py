@@ -1,0 +1,760 @@
+"""The stores: InfluxDB v2 write API (InfluxDB 2.x or VictoriaMetrics) and an embedded SQLite file.
+
+Both implement :class:`energymon.interfaces.Store`: one writer thread calls ``write(rows)`` with
+``(SeriesKey, {field: value}, ts_ms)`` rows; a failed write raises :class:`~energymon.errors.StoreError`
+(retriable), and writing the same (series, field, ts) again never stores it twice, so a replayed batch is
+harmless. Non-finite values (NaN, ±inf) are never written: each one is counted as dropped with reason
+``"non_finite"``.
+
+:class:`InfluxStore` turns rows into line protocol itself (the series' precomputed ``lp`` prefix, the fields
+with ``repr()`` floats so no digit is lost in transit, the ms timestamp) and posts one body per
+``batch_max_points`` lines through influxdb-client's SYNCHRONOUS write API, which is about ten times faster
+than building ``Point`` objects. Notes for VictoriaMetrics, measured against 1.79.5:
+
+* metric names are ``{measurement}_{field}``; tags become labels; bucket and org are not stored;
+* VictoriaMetrics keeps about 12 significant decimal digits (``lib/decimal``, conversion precision 1e12):
+  ``0.1 + 0.2`` is read back as ``0.3`` and ``math.pi`` as ``3.141592653589`` (InfluxDB 2 keeps float64
+  exactly);
+* "the same (series, field, ts) is stored once" needs ``-dedup.minScrapeInterval=1ms`` (without it a
+  replayed batch is stored twice). With it, samples that share a timestamp are collapsed, but
+  VictoriaMetrics keeps the **largest** value, not the last one written: a replay of identical rows is
+  harmless, a correction of a past value to a smaller one is not possible;
+* samples stamped more than about 2 days ahead of VictoriaMetrics' wall clock are dropped silently (the
+  write still answers 204), and its ``/api/v1/export`` range ends at *now* unless told otherwise;
+* Flux does not work there, so :meth:`InfluxStore.export` reads through ``/api/v1/export`` instead.
+
+:class:`SqliteStore` keeps everything in one SQLite file (WAL, ``synchronous=NORMAL``). It uses a single
+connection guarded by a lock, so a writer thread and reader threads (the demo's live summary,
+``energymon serve``) can share one store object: a read waits at most for the batch being written (a few
+milliseconds) and always sees whole batches, never half of one. Other processes may read the file at the
+same time (WAL readers never block the writer).
+
+Time ranges of the SQLite queries are half-open, ``start_ms <= ts_ms < end_ms``, so consecutive periods
+(days, months) never count a sample twice. :meth:`InfluxStore.export` follows VictoriaMetrics, whose range
+is inclusive at both ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import operator
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import urllib3.exceptions
+from influxdb_client.client.exceptions import InfluxDBError
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+
+from energymon.config import InfluxStoreConfig, SqliteStoreConfig
+from energymon.errors import ConfigError, ConfigIssue, StoreError
+from energymon.interfaces import Row, SeriesKey, Store
+from energymon.metrics import PipelineMetrics, StageMetrics
+
+__all__ = ["DUMMY_TOKEN", "ExportedSeries", "InfluxStore", "SqliteStore", "open_store", "to_line_protocol"]
+
+#: Token sent when ``token_env`` is not configured (VictoriaMetrics ignores it; InfluxDB 2 would answer 401).
+DUMMY_TOKEN = "energymon-no-token"
+
+#: One series from :meth:`InfluxStore.export`: labels (with ``__name__``), timestamps in ms, values.
+ExportedSeries = tuple[dict[str, str], list[int], list[float]]
+
+_STAGE = "store"
+_NON_FINITE = "non_finite"
+_INVALID_KEY = "invalid_key"
+_INVALID_VALUE = "invalid_value"
+_INVALID_TIME = "invalid_time"
+_TS_MIN, _TS_MAX = -(2**63), 2**63 - 1  # SQLite INTEGER
+_SAMPLE_KEY = operator.itemgetter(0, 1, 2)
+_MS = cast(WritePrecision, WritePrecision.MS)  # a str constant the stubs type as the class
+_EXPORT_END_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+_SQL_IN_CHUNK = 500  # ids per "IN (...)" clause, far below SQLite's variable limit
+_CACHE_KIB = 32 * 1024  # SQLite page cache; the default 2 MiB thrashes once the file outgrows it
+
+
+# --------------------------------------------------------------------------- line protocol
+
+
+def _escape_key(name: str) -> str:
+    """Escape a field key like the kernel escapes tag keys and values (backslash first)."""
+    escaped = name.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+    if "\n" in escaped:
+        raise ValueError(f"field key {name!r} contains a line break")
+    return escaped
+
+
+class _Templates(dict[tuple[str, ...], str]):
+    """``"%s key1=%s,key2=%s %d"`` per tuple of field names, built once (a few tuples, millions of rows)."""
+
+    def __missing__(self, names: tuple[str, ...]) -> str:
+        if len(self) >= 10_000:  # field names are a small fixed set; never grow without bound
+            self.clear()
+        fields = ",".join(_escape_key(name).replace("%", "%%") + "=%s" for name in names)
+        template = f"%s {fields} %d"
+        self[names] = template
+        return template
+
+
+_TEMPLATES = _Templates()
+
+
+def _slow_line(
+    lp: str, fields: dict[str, float], ts_ms: int, dropped: dict[str, int]
+) -> tuple[str, int] | None:
+    """Serialise a row the fast path refused, dropping each bad value with its reason."""
+    parts: list[str] = []
+    for name, value in fields.items():
+        if not isinstance(value, numbers.Real):
+            dropped[_INVALID_VALUE] += 1
+            continue
+        number = float(value)
+        if not math.isfinite(number):
+            dropped[_NON_FINITE] += 1
+            continue
+        try:
+            parts.append(f"{_escape_key(name)}={number!r}")
+        except ValueError:
+            dropped[_INVALID_KEY] += 1
+    if not parts:
+        return None
+    if "\n" in lp or not isinstance(ts_ms, numbers.Real):
+        dropped[_INVALID_KEY if "\n" in lp else _INVALID_VALUE] += len(parts)
+        return None
+    return f"{lp} {','.join(parts)} {int(ts_ms)}", len(parts)
+
+
+def to_line_protocol(rows: Iterable[Row]) -> tuple[list[str], list[int], dict[str, int]]:
+    """Serialise rows to line protocol with ms timestamps.
+
+    Values are written as ``repr(float)``, the shortest text that parses back to the same float64 (also for
+    numpy floats, whose ``repr`` is not line protocol). Each value that cannot be written is left out and
+    counted by reason: ``"non_finite"`` (NaN, ±inf), ``"invalid_value"`` (not a real number) or
+    ``"invalid_key"`` (a line break in the series key or field key, which line protocol cannot carry). A row
+    left with no value is left out.
+
+    The fast path formats a whole row with one cached template; a row whose sum is not finite (or not a
+    number) takes the slow path, which checks value by value.
+
+    Args:
+        rows: ``(SeriesKey, {field: value}, ts_ms)`` rows.
+
+    Returns:
+        ``(lines, values, dropped)``: the lines; the number of values on each line; dropped values by reason
+        (reasons with a zero count included).
+    """
+    lines: list[str] = []
+    counts: list[int] = []
+    append = lines.append
+    count = counts.append
+    templates = _TEMPLATES
+    dropped = {_NON_FINITE: 0, _INVALID_VALUE: 0, _INVALID_KEY: 0}
+    for key, fields, ts_ms in rows:
+        lp = key.lp
+        values = fields.values()
+        try:
+            total = sum(values)
+            if total - total == 0.0 and "\n" not in lp:
+                append(templates[tuple(fields)] % (lp, *values, ts_ms))
+                count(len(fields))
+                continue
+        except (TypeError, ValueError):  # not numbers, or a field key with a line break
+            pass
+        slow = _slow_line(lp, fields, ts_ms, dropped)
+        if slow is not None:
+            append(slow[0])
+            count(slow[1])
+    return lines, counts, dropped
+
+
+def _chunk_bounds(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def _public_url(url: str) -> str:
+    """The URL without user info (``http://user:secret@host`` → ``http://host``), for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url.rstrip("/")
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)).rstrip("/")
+
+
+def _ms_to_seconds_text(ms: int) -> str:
+    """Exact decimal seconds for VictoriaMetrics' ``start``/``end`` (which reads plain numbers as seconds)."""
+    sign = "-" if ms < 0 else ""
+    whole, frac = divmod(abs(int(ms)), 1000)
+    return f"{sign}{whole}.{frac:03d}"
+
+
+# --------------------------------------------------------------------------- InfluxStore
+
+
+class InfluxStore:
+    """Write rows to an InfluxDB v2 write endpoint (InfluxDB 2.x, or VictoriaMetrics' ``/api/v2/write``).
+
+    Args:
+        config: URL, org, bucket, token variable, batch size and timeout.
+        metrics: Self-metrics; write durations and the store stage's sent/dropped/error counters.
+        gzip: Gzip request bodies. Off by default: on loopback it halved the throughput (zlib's CPU cost
+            outweighs the bytes saved; see ``bench/bench_store.py --gzip``). Worth turning on only for a slow
+            link to a remote InfluxDB.
+
+    Raises:
+        ConfigError: ``token_env`` names an environment variable that is not set.
+    """
+
+    def __init__(
+        self, config: InfluxStoreConfig, *, metrics: PipelineMetrics | None = None, gzip: bool = False
+    ) -> None:
+        self.config = config
+        self.url = _public_url(config.url)
+        if config.token_env is None:
+            token = DUMMY_TOKEN
+        else:
+            value = os.environ.get(config.token_env)
+            if not value:
+                message = f"environment variable {config.token_env} is not set"
+                issue = ConfigIssue("processor.store.token_env", message)
+                raise ConfigError("environment", [issue])
+            token = value
+        self._token = token
+        self._metrics = metrics
+        self._stage: StageMetrics | None = metrics.stage(_STAGE) if metrics is not None else None
+        self._client = InfluxDBClient(
+            url=config.url, token=token, org=config.org, timeout=config.timeout_ms, enable_gzip=gzip
+        )
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._http = httpx.Client(timeout=config.timeout_ms / 1000)
+        self._closed = False
+
+    # ----------------------------------------------------------------- Store protocol
+
+    def write(self, rows: Sequence[Row]) -> None:
+        """Serialise ``rows`` and post them in chunks of ``batch_max_points`` lines.
+
+        Raises:
+            StoreError: The store could not be reached or refused a chunk. Earlier chunks of the same call may
+                have been stored; writing the rows again is safe (same timestamps, same values).
+        """
+        if self._closed:
+            raise StoreError(f"InfluxDB store {self.url} is closed")
+        began = time.perf_counter()
+        try:
+            lines, counts, dropped = to_line_protocol(rows)
+            if self._stage is not None:
+                for reason, n in dropped.items():
+                    if n:
+                        self._stage.dropped(reason, n)
+            for start, end in _chunk_bounds(len(lines), self.config.batch_max_points):
+                body = "\n".join(lines[start:end]).encode()
+                try:
+                    self._write_api.write(
+                        bucket=self.config.bucket,
+                        org=self.config.org,
+                        record=body,
+                        write_precision=_MS,
+                    )
+                except (InfluxDBError, urllib3.exceptions.HTTPError, OSError) as exc:
+                    error = StoreError(f"InfluxDB write to {self.url} failed: {self._describe(exc)}")
+                    if self._stage is not None:
+                        self._stage.error(error)
+                    raise error from exc
+                if self._stage is not None:
+                    self._stage.sent(sum(counts[start:end]))
+        finally:
+            if self._metrics is not None:
+                self._metrics.store_write_duration.observe(time.perf_counter() - began)
+
+    def close(self) -> None:
+        """Close the HTTP connections. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._write_api.close()  # type: ignore[no-untyped-call]
+        self._client.close()  # type: ignore[no-untyped-call]
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- extras
+
+    def ping(self) -> bool:
+        """Tell whether the store answers ``GET /ping`` (never raises)."""
+        if self._closed:
+            return False
+        return bool(self._client.ping())
+
+    def export(
+        self, match: str, start_ms: int | None = None, end_ms: int | None = None, *, flush: bool = True
+    ) -> list[ExportedSeries]:
+        """Read raw samples back from VictoriaMetrics (``GET /api/v1/export``), for tests and reports.
+
+        Args:
+            match: Series selector, e.g. ``'energy_kwh{meter="m1"}'`` or ``'{__name__=~"energy_.*"}'``.
+            start_ms: First timestamp (inclusive); all history when omitted.
+            end_ms: Last timestamp (inclusive); when omitted, the year 2100. (VictoriaMetrics' own default is
+                *now*, which hides samples stamped ahead of the wall clock, e.g. by the demo's fast clock.)
+            flush: Call ``/internal/force_flush`` first so fresh writes are visible (ignored if absent).
+
+        Returns:
+            ``(labels, timestamps_ms, values)`` per series, sorted by labels; labels include ``__name__``.
+
+        Raises:
+            StoreError: VictoriaMetrics could not be reached or refused the query.
+        """
+        params: dict[str, str] = {"match[]": match}
+        if start_ms is not None:
+            params["start"] = _ms_to_seconds_text(start_ms)
+        params["end"] = _ms_to_seconds_text(_EXPORT_END_MS if end_ms is None else end_ms)
+        try:
+            if flush:
+                flushed = self._http.get(f"{self.config.url.rstrip('/')}/internal/force_flush")
+                if flushed.status_code != 404:
+                    flushed.raise_for_status()
+            response = self._http.get(f"{self.config.url.rstrip('/')}/api/v1/export", params=params)
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            body = exc.response.text.strip()[:300]
+            raise StoreError(
+                f"export from {self.url} failed: HTTP {exc.response.status_code}: {self._scrub(body)}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise StoreError(f"export from {self.url} failed: {detail}") from exc
+        result: list[ExportedSeries] = []
+        for line in response.text.splitlines():
+            if not line.strip():
+                continue
+            item: dict[str, Any] = json.loads(line)
+            labels = {str(k): str(v) for k, v in item["metric"].items()}
+            result.append((labels, [int(t) for t in item["timestamps"]], [float(v) for v in item["values"]]))
+        result.sort(key=lambda series: sorted(series[0].items()))
+        return result
+
+    # ----------------------------------------------------------------- internals
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, ApiException):
+            body = (exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or ""))
+            detail = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
+            if body.strip():
+                detail += f": {body.strip()[:300]}"
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        return self._scrub(detail)
+
+
+# --------------------------------------------------------------------------- SqliteStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    measurement TEXT NOT NULL,
+    tags TEXT NOT NULL,  -- JSON object, keys sorted
+    UNIQUE (measurement, tags)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    series_id INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (series_id, field, ts_ms)
+) WITHOUT ROWID;
+"""
+
+_UPSERT = (
+    "INSERT INTO samples (series_id, field, ts_ms, value) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (series_id, field, ts_ms) DO UPDATE SET value = excluded.value"
+)
+
+
+def _tags_json(tags: Iterable[tuple[str, str]]) -> str:
+    return json.dumps(dict(tags), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _as_ts(value: object) -> int | None:
+    """``value`` as an int64 timestamp (numpy integers, integral floats), or None."""
+    try:
+        ts = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        if not isinstance(value, float) or not value.is_integer():
+            return None
+        ts = int(value)
+    return ts if _TS_MIN <= ts <= _TS_MAX else None
+
+
+def _time_clause(start_ms: int | None, end_ms: int | None) -> tuple[str, list[int]]:
+    clause = ""
+    args: list[int] = []
+    if start_ms is not None:
+        clause += " AND ts_ms >= ?"
+        args.append(int(start_ms))
+    if end_ms is not None:
+        clause += " AND ts_ms < ?"
+        args.append(int(end_ms))
+    return clause, args
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file with a ``series`` and a ``samples`` table.
+
+    One connection, guarded by a lock (``check_same_thread=False``), serves the writer and every reader
+    thread; a read waits at most for the batch being written and sees whole batches only. Each
+    :meth:`write` is one transaction. Series ids are cached in memory once committed.
+
+    Args:
+        config: The file path (``:memory:`` also works, for tests).
+        metrics: Self-metrics; write durations and the store stage's sent/dropped/error counters.
+
+    Raises:
+        StoreError: The file cannot be opened or is not an energymon database.
+    """
+
+    def __init__(self, config: SqliteStoreConfig, *, metrics: PipelineMetrics | None = None) -> None:
+        self.config = config
+        self.path = config.path
+        self._metrics = metrics
+        self._stage: StageMetrics | None = metrics.stage(_STAGE) if metrics is not None else None
+        self._lock = threading.Lock()
+        self._ids: dict[tuple[str, str], int] = {}  # (measurement, lp) -> series id, committed rows only
+        self._tags_by_id: dict[int, dict[str, str]] = {}
+        self._closed = False
+        try:
+            if str(self.path) != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"SQLite store {self.path}: cannot open: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"SQLite store {self.path}: cannot initialise: {exc}") from exc
+
+    # ----------------------------------------------------------------- Store protocol
+
+    def write(self, rows: Sequence[Row]) -> None:
+        """Upsert every finite value of ``rows`` in one transaction (the last value of a key wins).
+
+        Raises:
+            StoreError: SQLite failed (disk full, file locked for longer than 10 s, store closed...); nothing
+                of this call is stored.
+        """
+        began = time.perf_counter()
+        try:
+            with self._lock:
+                self._check_open()
+                self._write_locked(rows)
+        except StoreError as error:
+            if self._stage is not None:
+                self._stage.error(error)
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.store_write_duration.observe(time.perf_counter() - began)
+
+    def _write_locked(self, rows: Sequence[Row]) -> None:
+        conn = self._conn
+        ids = self._ids
+        isfinite = math.isfinite
+        pending: dict[tuple[str, str], int] = {}
+        params: list[tuple[int, str, int, float]] = []
+        append = params.append
+        dropped = {_NON_FINITE: 0, _INVALID_VALUE: 0, _INVALID_TIME: 0}
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key, fields, ts_ms in rows:
+                    if type(ts_ms) is not int or not _TS_MIN <= ts_ms <= _TS_MAX:
+                        ts = _as_ts(ts_ms)
+                        if ts is None:
+                            dropped[_INVALID_TIME] += len(fields)
+                            continue
+                        ts_ms = ts
+                    sid: int | None = None
+                    for name, value in fields.items():
+                        try:
+                            finite = isfinite(value)
+                        except TypeError:
+                            dropped[_INVALID_VALUE] += 1
+                            continue
+                        if not finite:
+                            dropped[_NON_FINITE] += 1
+                            continue
+                        if sid is None:
+                            cache_key = (key.measurement, key.lp)
+                            sid = ids.get(cache_key) or pending.get(cache_key)
+                            if sid is None:
+                                sid = pending[cache_key] = self._series_id(key)
+                        append((sid, name, ts_ms, value if type(value) is float else float(value)))
+                # Key order touches each B-tree page once; the sort is stable, so of two values for one key
+                # the one written last is still upserted last and wins.
+                params.sort(key=_SAMPLE_KEY)
+                conn.executemany(_UPSERT, params)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write to {self.path} failed: {exc}") from exc
+        ids.update(pending)  # only now: ids of a rolled-back transaction must never be cached
+        if self._stage is not None:
+            if params:
+                self._stage.sent(len(params))
+            for reason, n in dropped.items():
+                if n:
+                    self._stage.dropped(reason, n)
+
+    def _series_id(self, key: SeriesKey) -> int:
+        tags = _tags_json(key.tags)
+        self._conn.execute(
+            "INSERT INTO series (measurement, tags) VALUES (?, ?) ON CONFLICT (measurement, tags) DO NOTHING",
+            (key.measurement, tags),
+        )
+        row = self._conn.execute(
+            "SELECT id FROM series WHERE measurement = ? AND tags = ?", (key.measurement, tags)
+        ).fetchone()
+        sid: int = row[0]
+        return sid
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL). Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def ping(self) -> bool:
+        """Tell whether the database answers (never raises)."""
+        try:
+            with self._lock:
+                self._check_open()
+                self._conn.execute("SELECT 1").fetchone()
+            return True
+        except (StoreError, sqlite3.Error):
+            return False
+
+    # ----------------------------------------------------------------- queries
+
+    def query(
+        self,
+        measurement: str,
+        field: str,
+        *,
+        tags: dict[str, str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[tuple[dict[str, str], int, float]]:
+        """Samples of one field of the series that carry all of ``tags``, in ``[start_ms, end_ms)``.
+
+        A filter value ``""`` matches series without that tag. Results are sorted by tags, then time.
+
+        Raises:
+            StoreError: SQLite failed or the store is closed.
+        """
+        clause, time_args = _time_clause(start_ms, end_ms)
+        out: list[tuple[dict[str, str], int, float]] = []
+        with self._reading():
+            series = self._matching_series(measurement, tags)
+            for ids in _id_chunks(series):
+                marks = ",".join("?" * len(ids))
+                cursor = self._conn.execute(
+                    f"SELECT series_id, ts_ms, value FROM samples WHERE series_id IN ({marks}) AND field = ?"
+                    f"{clause} ORDER BY series_id, ts_ms",
+                    (*ids, field, *time_args),
+                )
+                out.extend((series[sid], ts, value) for sid, ts, value in cursor)
+        out.sort(key=lambda item: (sorted(item[0].items()), item[1]))
+        return out
+
+    def latest(
+        self, measurement: str, field: str, tags: dict[str, str] | None = None
+    ) -> list[tuple[dict[str, str], int, float]]:
+        """The newest sample of one field for each series that carries all of ``tags``, sorted by tags.
+
+        Raises:
+            StoreError: SQLite failed or the store is closed.
+        """
+        out: list[tuple[dict[str, str], int, float]] = []
+        with self._reading():
+            series = self._matching_series(measurement, tags)
+            for ids in _id_chunks(series):
+                marks = ",".join("?" * len(ids))
+                # SQLite guarantees that the bare column ``value`` comes from the row holding max(ts_ms).
+                cursor = self._conn.execute(
+                    f"SELECT series_id, max(ts_ms), value FROM samples WHERE series_id IN ({marks}) "
+                    "AND field = ? GROUP BY series_id",
+                    (*ids, field),
+                )
+                out.extend((series[sid], ts, value) for sid, ts, value in cursor)
+        out.sort(key=lambda item: sorted(item[0].items()))
+        return out
+
+    def sum(
+        self,
+        measurement: str,
+        field: str,
+        tags: dict[str, str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        group_by: str | None = None,
+    ) -> dict[str, float]:
+        """Sum of one field over ``[start_ms, end_ms)``, per value of the tag ``group_by``.
+
+        Without ``group_by`` the result has one key, ``""``. Series without the ``group_by`` tag are summed
+        under ``""``. Only groups with at least one sample appear; keys are sorted.
+
+        Raises:
+            StoreError: SQLite failed or the store is closed.
+        """
+        clause, time_args = _time_clause(start_ms, end_ms)
+        parts: dict[str, list[float]] = {}
+        with self._reading():
+            series = self._matching_series(measurement, tags)
+            for ids in _id_chunks(series):
+                marks = ",".join("?" * len(ids))
+                cursor = self._conn.execute(
+                    f"SELECT series_id, sum(value) FROM samples WHERE series_id IN ({marks}) AND field = ?"
+                    f"{clause} GROUP BY series_id",
+                    (*ids, field, *time_args),
+                )
+                for sid, total in cursor:
+                    group = series[sid].get(group_by, "") if group_by is not None else ""
+                    parts.setdefault(group, []).append(total)
+        return {group: math.fsum(parts[group]) for group in sorted(parts)}
+
+    def count(self) -> int:
+        """Number of stored samples (one per series, field and timestamp).
+
+        Raises:
+            StoreError: SQLite failed or the store is closed.
+        """
+        with self._reading():
+            row = self._conn.execute("SELECT count(*) FROM samples").fetchone()
+        n: int = row[0]
+        return n
+
+    def series(self, measurement: str | None = None) -> list[tuple[str, dict[str, str]]]:
+        """The stored series as ``(measurement, tags)``, sorted.
+
+        Raises:
+            StoreError: SQLite failed or the store is closed.
+        """
+        with self._reading():
+            if measurement is None:
+                rows = self._conn.execute("SELECT measurement, tags FROM series").fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT measurement, tags FROM series WHERE measurement = ?", (measurement,)
+                ).fetchall()
+        out = [(str(m), {str(k): str(v) for k, v in json.loads(t).items()}) for m, t in rows]
+        out.sort(key=lambda item: (item[0], sorted(item[1].items())))
+        return out
+
+    # ----------------------------------------------------------------- internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path} is closed")
+
+    def _reading(self) -> _Reading:
+        return _Reading(self)
+
+    def _matching_series(self, measurement: str, tags: dict[str, str] | None) -> dict[int, dict[str, str]]:
+        """Series of ``measurement`` carrying all of ``tags`` (caller holds the lock)."""
+        wanted = list((tags or {}).items())
+        found: dict[int, dict[str, str]] = {}
+        cache = self._tags_by_id
+        rows = self._conn.execute("SELECT id, tags FROM series WHERE measurement = ?", (measurement,))
+        for sid, text in rows:
+            series_tags = cache.get(sid)
+            if series_tags is None:
+                series_tags = {str(k): str(v) for k, v in json.loads(text).items()}
+                cache[sid] = series_tags
+            if all(series_tags.get(k, "") == v for k, v in wanted):
+                found[sid] = series_tags
+        return found
+
+
+class _Reading:
+    """Hold the store's lock for a read and map SQLite errors to StoreError."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._store._lock.acquire()
+        try:
+            self._store._check_open()
+        except BaseException:
+            self._store._lock.release()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._store._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"SQLite query on {self._store.path} failed: {exc}") from exc
+
+
+def _id_chunks(series: dict[int, dict[str, str]]) -> Iterator[list[int]]:
+    ids = sorted(series)
+    for start in range(0, len(ids), _SQL_IN_CHUNK):
+        yield ids[start : start + _SQL_IN_CHUNK]
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def open_store(
+    config: InfluxStoreConfig | SqliteStoreConfig, *, metrics: PipelineMetrics | None = None
+) -> Store:
+    """Open the store a processor config names.
+
+    Raises:
+        StoreError: The SQLite file cannot be opened.
+        ConfigError: An InfluxDB ``token_env`` variable is not set.
+    """
+    if isinstance(config, InfluxStoreConfig):
+        return InfluxStore(config, metrics=metrics)
+    return SqliteStore(config, metrics=metrics)
