@@ -32,6 +32,10 @@ __all__ = [
     "AlertsConfig",
     "Bus",
     "DataType",
+    "Dlt645Item",
+    "Dlt645SerialBus",
+    "Dlt645Source",
+    "Dlt645TcpBus",
     "Enterprise",
     "GatewayConfig",
     "InfluxStoreConfig",
@@ -319,7 +323,35 @@ class MqttBus(Strict):
     _url = field_validator("url")(classmethod(lambda cls, v: _check_mqtt_url(v)))
 
 
-Bus = Annotated[ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus, Field(discriminator="type")]
+class Dlt645SerialBus(Strict):
+    """DL/T 645-2007 meters on an RS-485 line (default 2400 baud, 8E1, as the standard specifies)."""
+
+    type: Literal["dlt645_serial"]
+    id: Id
+    device: str = Field(description="serial device path, e.g. /dev/ttyUSB1")
+    baudrate: int = 2400
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_ms: int = Field(default=1500, ge=10, le=60000)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class Dlt645TcpBus(Strict):
+    """DL/T 645-2007 frames over a transparent TCP link (serial device server)."""
+
+    type: Literal["dlt645_tcp"]
+    id: Id
+    host: str
+    port: int = Field(ge=1, le=65535)
+    timeout_ms: int = Field(default=1500, ge=10, le=60000)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+Bus = Annotated[
+    ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus | Dlt645SerialBus | Dlt645TcpBus,
+    Field(discriminator="type"),
+]
 
 # --------------------------------------------------------------------------- meters
 
@@ -381,7 +413,30 @@ class MqttJsonSource(Strict):
         return value
 
 
-Source = Annotated[ModbusSource | MqttJsonSource, Field(discriminator="type")]
+class Dlt645Item(Strict):
+    """One DL/T 645-2007 data item: its data identifier (DI3..DI0 as 8 hex digits) and what it measures."""
+
+    quantity: QuantityName
+    di: str = Field(pattern=r"^[0-9A-Fa-f]{8}$", description="data identifier, e.g. 00010000 = 正向有功总电能")
+    unit: Unit
+    kind: Literal["counter", "gauge"] = "gauge"
+    scale: float = 1.0
+    counter_max: float | None = Field(default=None, gt=0)
+
+    _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
+
+
+class Dlt645Source(Strict):
+    """Read a DL/T 645-2007 meter by its 12-digit address."""
+
+    type: Literal["dlt645"]
+    bus: Id
+    address: str = Field(pattern=r"^\d{12}$", description="meter address, 12 decimal digits as printed on the meter")
+    items: list[Dlt645Item] = Field(min_length=1)
+    poll_group: Id = "default"
+
+
+Source = Annotated[ModbusSource | MqttJsonSource | Dlt645Source, Field(discriminator="type")]
 
 
 class Meter(Strict):
@@ -586,7 +641,7 @@ class PlantConfig(Strict):
                 return m
         raise KeyError(meter_id)
 
-    def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus:
+    def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus | Dlt645SerialBus | Dlt645TcpBus:
         """Return a bus by id (KeyError if absent)."""
         for b in self.buses:
             if b.id == bus_id:
@@ -612,6 +667,8 @@ class PlantConfig(Strict):
         src = meter.source
         if isinstance(src, MqttJsonSource):
             return {f.quantity: (f.unit, f.kind, f.counter_max) for f in src.fields}
+        if isinstance(src, Dlt645Source):
+            return {i.quantity: (i.unit, i.kind, i.counter_max) for i in src.items}
         regmap = self.register_map(src)
         return {r.quantity: (r.unit, r.kind, r.counter_max) for r in regmap.registers}
 

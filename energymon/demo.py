@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from energymon.clock import ScaledClock
-from energymon.config import ModbusRtuTcpBus, ModbusTcpBus, PlantConfig, SqliteStoreConfig, load_plant, parse_plant
+from energymon.config import ModbusRtuTcpBus, ModbusTcpBus, PlantConfig, SqliteStoreConfig, load_plant
 from energymon.interfaces import Clock
 from energymon.metrics import PipelineMetrics
 from energymon.runtime import ProcessorService, build_gateway
@@ -60,10 +60,15 @@ def render_summary(
         f" ×{clock.speed():g}",
         f"readings/s {rate:,.1f}   stored samples {store.count():,}   outbox {gateway.queue.depth()[0]} batch(es)",
         "",
-        "Energy so far             consumed               standard coal (当量值)",
+        "Energy so far (enterprise meters)   consumed      standard coal (当量值)",
     ]
-    consumed = store.sum("energy", "consumed", group_by="carrier")
-    kgce = store.sum("energy", "kgce", group_by="carrier")
+    by_meter = store.sum("energy", "consumed", group_by="meter")
+    kgce_by_meter = store.sum("energy", "kgce", group_by="meter")
+    consumed: dict[str, float] = {}
+    kgce: dict[str, float] = {}
+    for carrier, meter_ids in service.processor.accounting.enterprise_meters().items():
+        consumed[carrier] = sum(by_meter.get(m, 0.0) for m in meter_ids)
+        kgce[carrier] = sum(kgce_by_meter.get(m, 0.0) for m in meter_ids)
     unit_of = {m.carrier: plant.quantities(m)[m.counter][0] for m in plant.meters if m.carrier and m.counter}
     for carrier in sorted(consumed):
         lines.append(
@@ -118,7 +123,7 @@ async def run_demo(
     from energymon.transport import open_transport  # noqa: PLC0415
 
     path = plant_path or example_plant_path()
-    plant = load_plant(path) if plant_path else parse_plant(path.read_text(encoding="utf-8"), str(path))
+    plant = load_plant(path)
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="energymon-demo-")
@@ -135,6 +140,7 @@ async def run_demo(
     clock = ScaledClock(datetime.now(UTC), speed)
     metrics = PipelineMetrics(registry=CollectorRegistry())
     field = open_transport("inproc://field", client_id="demo-field-devices")
+    await field.connect()
 
     async def publish(topic: str, payload: bytes) -> None:
         await field.publish(topic, payload, qos=1)

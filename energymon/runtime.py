@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from energymon.config import (
+    Dlt645SerialBus,
+    Dlt645TcpBus,
     InfluxStoreConfig,
     ModbusRtuBus,
     ModbusRtuTcpBus,
@@ -76,6 +78,10 @@ def build_collectors(
         elif isinstance(bus, MqttBus):
             json_meters = [m for m in meters if isinstance(m.source, MqttJsonSource)]
             pushed.append(MqttJsonCollector(bus, json_meters, clock=clock, metrics=metrics))
+        elif isinstance(bus, Dlt645SerialBus | Dlt645TcpBus):
+            from energymon.collectors.dlt645 import Dlt645Collector  # noqa: PLC0415
+
+            polled.append(Dlt645Collector(bus, meters, metrics=metrics, clock=clock))
     return polled, pushed
 
 

@@ -14,6 +14,9 @@ from datetime import date
 from energymon import units
 from energymon.config import (
     DataType,
+    Dlt645SerialBus,
+    Dlt645Source,
+    Dlt645TcpBus,
     Meter,
     ModbusRtuBus,
     ModbusRtuTcpBus,
@@ -81,6 +84,7 @@ def _check_meters(plant: PlantConfig) -> Iterator[Issue]:
     groups = {g.id: g for g in plant.gateway.poll_groups}
     units_on_bus: dict[tuple[str, int], int] = {}
     topics: dict[tuple[str, str], int] = {}
+    addresses: dict[tuple[str, str], int] = {}
     for i, meter in enumerate(plant.meters):
         base = f"meters[{i}]"
         src = meter.source
@@ -112,6 +116,21 @@ def _check_meters(plant: PlantConfig) -> Iterator[Issue]:
                         f"than poll group {group.id!r} interval {group.interval_secs} s",
                     )
             yield from _check_modbus_map(plant, base, src)
+        elif isinstance(src, Dlt645Source):
+            if bus is not None and not isinstance(bus, Dlt645SerialBus | Dlt645TcpBus):
+                yield f"{base}.source.bus", f"bus {src.bus!r} is {bus.type}, not a DL/T 645 bus"
+            key3 = (src.bus, src.address)
+            if key3 in addresses:
+                yield f"{base}.source.address", f"address {src.address} on bus {src.bus!r} is already used by meters[{addresses[key3]}]"
+            else:
+                addresses[key3] = i
+            if src.poll_group not in groups:
+                yield f"{base}.source.poll_group", f"unknown poll group {src.poll_group!r}"
+            seen3: dict[str, int] = {}
+            for j, item in enumerate(src.items):
+                if item.quantity in seen3:
+                    yield f"{base}.source.items[{j}].quantity", f"duplicate quantity {item.quantity!r}"
+                seen3[item.quantity] = j
         elif isinstance(src, MqttJsonSource):
             if bus is not None and not isinstance(bus, MqttBus):
                 yield f"{base}.source.bus", f"bus {src.bus!r} is {bus.type}, not an MQTT bus"

@@ -178,6 +178,19 @@ class Accounting:
             }
         return chosen
 
+    def enterprise_meters(self) -> dict[str, list[str]]:
+        """Per carrier, the meters that measure the enterprise's intake: those at the top metering level
+        present for that carrier (一级 where there is one), so sub-meters are not added to their parent."""
+        top: dict[str, int] = {}
+        for m in self.plant.meters:
+            if m.carrier is not None and m.counter is not None:
+                top[m.carrier] = min(top.get(m.carrier, 99), int(m.level) if m.level else 1)
+        out: dict[str, list[str]] = {}
+        for m in self.plant.meters:
+            if m.carrier is not None and m.counter is not None and (int(m.level) if m.level else 1) == top[m.carrier]:
+                out.setdefault(m.carrier, []).append(m.id)
+        return out
+
     def is_counter(self, meter_id: str, quantity: str) -> bool:
         """True if (meter, quantity) is an accounted counter."""
         info = self._meters.get(meter_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -114,7 +114,9 @@ class Capture:
         self.client.disconnect()
 
 
-async def run_pipeline(plant: PlantConfig, tmp: Path, polls: int, clock: ScaledClock) -> tuple[ProcessorService, Any]:
+async def run_pipeline(
+    plant: PlantConfig, tmp: Path, polls: int, clock: ScaledClock, during: Callable[[], None] | None = None
+) -> tuple[ProcessorService, Any]:
     metrics = PipelineMetrics(CollectorRegistry())
     service = ProcessorService(plant, clock=clock, metrics=metrics, data_dir=tmp / "proc")
     await service.start()
@@ -122,7 +124,10 @@ async def run_pipeline(plant: PlantConfig, tmp: Path, polls: int, clock: ScaledC
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop))
     for _ in range(600):
-        if gateway.polls >= polls:
+        if during is not None and (metrics.registry.get_sample_value("energymon_received_total", {"stage": "processor"}) or 0):
+            during()  # the processor is subscribed and receiving
+            during = None
+        if gateway.polls >= polls and during is None:
             break
         await asyncio.sleep(0.05)
     stop.set()
@@ -161,10 +166,11 @@ def test_end_to_end_on_real_services(
             bad.loop_start()
             service, gateway = None, None
             try:
-                task = asyncio.create_task(run_pipeline(plant, tmp_path, polls=6, clock=clock))
-                await asyncio.sleep(0.3)
-                bad.publish(readings_topic(USCC, "gw-test"), b'{"v": 1, "points": "oops"}', qos=1).wait_for_publish(5)
-                service, gateway = await task
+
+                def publish_bad() -> None:
+                    bad.publish(readings_topic(USCC, "gw-test"), b'{"v": 1, "points": "oops"}', qos=1)
+
+                service, gateway = await run_pipeline(plant, tmp_path, polls=6, clock=clock, during=publish_bad)
             finally:
                 bad.loop_stop()
                 bad.disconnect()
