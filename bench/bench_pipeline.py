@@ -160,19 +160,19 @@ def run(points: int, batch: int, meters: int) -> dict[str, Any]:
             cpu0 = cpu_seconds(proc.pid)
             parent.send("go")
             _, t0, t_pub = parent.recv()
-            last, stable = -1.0, 0
+            # poll the processor's metrics sparingly (a scrape costs it CPU); the end time is when the rows
+            # written last changed, once every point was received
+            last, stable, t1 = -1.0, 0, time.time()
             while True:
                 got = scrape(mport, "energymon_received_total", "processor")
                 sent = scrape(mport, "energymon_sent_total", "processor")
-                if got >= points and sent == last:
+                if sent != last:
+                    last, t1, stable = sent, time.time(), 0
+                elif got >= points:
                     stable += 1
                     if stable >= 2:
                         break
-                else:
-                    stable = 0
-                last = sent
-                time.sleep(0.05)
-            t1 = time.time() - 0.1  # the two stable polls after the last write
+                time.sleep(0.2)
             cpu1 = cpu_seconds(proc.pid)
             pub.join(30)
             vm.flush()

@@ -18,7 +18,6 @@ an unavailable value is never sent as 0.
 
 from __future__ import annotations
 
-import math
 import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -61,27 +60,27 @@ class Quality(StrEnum):
 
 
 class Point(BaseModel):
-    """One value of one quantity of one meter at one event time."""
+    """One value of one quantity of one meter at one event time.
+
+    ``value`` is null exactly when ``quality`` is ``bad``; the :class:`Batch` that carries points checks this
+    for all of them at once (one pass per batch keeps decoding fast).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     meter: Id
     quantity: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-    value: float | None
+    value: Annotated[float, Field(allow_inf_nan=False)] | None
     unit: Annotated[str, Field(min_length=1, max_length=16)]
     ts_ms: Annotated[int, Field(ge=946684800000, le=4102444800000)]  # 2000-01-01 .. 2100-01-01
     quality: Quality = Quality.GOOD
 
-    @model_validator(mode="after")
-    def _value_matches_quality(self) -> Point:
-        if self.value is None:
-            if self.quality is not Quality.BAD:
-                raise ValueError("value is null but quality is not 'bad'")
-        elif self.quality is Quality.BAD:
-            raise ValueError("quality 'bad' must carry value null")
-        elif not math.isfinite(self.value):
-            raise ValueError("value must be finite (NaN/inf are sent as quality 'bad', value null)")
-        return self
+
+
+def _quality_mismatch(point: Point) -> str:
+    if point.value is None:
+        return "value is null but quality is not 'bad'"
+    return "quality 'bad' must carry value null"
 
 
 class Batch(BaseModel):
@@ -95,6 +94,14 @@ class Batch(BaseModel):
     seq: Annotated[int, Field(ge=0)]
     sent_ms: Annotated[int, Field(ge=0)]
     points: list[Point]
+
+    @model_validator(mode="after")
+    def _values_match_quality(self) -> Batch:
+        bad = Quality.BAD
+        for i, p in enumerate(self.points):
+            if (p.value is None) != (p.quality is bad):
+                raise ValueError(f"points.{i}: {_quality_mismatch(p)}")
+        return self
 
 
 def encode_batch(batch: Batch, *, compress: bool = False) -> bytes:
@@ -119,8 +126,9 @@ def decode_batch(payload: bytes) -> Batch:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise SchemaError(f"invalid batch: {loc}: {first['msg']}{more}") from None
+        raise SchemaError(f"invalid batch: {loc + ': ' if loc else ''}{msg}{more}") from None
 
 
 def ms_to_datetime(ts_ms: int) -> datetime:

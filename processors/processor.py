@@ -111,14 +111,15 @@ class Processor:
         self.max_pending_rows = max_pending_rows
         self.dead_letter_path = dead_letter_path
         self.rejected: deque[Rejected] = deque(maxlen=100)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the pending rows, acks and points
+        self._flush_lock = threading.Lock()  # one store write at a time, in order
         self._rows: list[Row] = []
         self._acks: list[Callable[[], None]] = []
         self._points: list[Point] = []
         self._seqs: dict[str, _SeqWindow] = {}
         self._keys: dict[tuple[str, str, str, str], SeriesKey] = {}
         self._bad_keys: dict[tuple[str, str, str], SeriesKey] = {}
-        self._counters: dict[str, CounterTracker] = {}
+        self._counters: dict[str, tuple[str, CounterTracker]] = {}
         self.duplicates = 0
         for meter in plant.meters:
             if meter.counter is None:
@@ -126,7 +127,8 @@ class Processor:
             unit, _, cmax = plant.quantities(meter)[meter.counter]
             if cmax is None:
                 cmax = counter_max_for(plant, meter)
-            self._counters[meter.id] = CounterTracker(max_rate_per_hour=meter.max_rate_per_hour, counter_max=cmax)
+            tracker = CounterTracker(max_rate_per_hour=meter.max_rate_per_hour, counter_max=cmax)
+            self._counters[meter.id] = (meter.counter, tracker)
 
     # ------------------------------------------------------------------ intake
 
@@ -189,6 +191,7 @@ class Processor:
         gw = batch.gateway
         acc = self.accounting
         counters = self._counters
+        good = Quality.GOOD
         for p in batch.points:
             if p.value is None:
                 bkey = self._bad_keys.get((gw, p.meter, p.quantity))
@@ -205,15 +208,15 @@ class Processor:
                 key = keys[k] = series_key(
                     "reading", enterprise=self.enterprise, gateway=gw, meter=p.meter, quantity=p.quantity, unit=p.unit
                 )
-            if p.quality is Quality.GOOD:
+            if p.quality is good:
                 rows.append((key, {"value": p.value}, p.ts_ms))
+                counter = counters.get(p.meter)
+                if counter is not None and counter[0] == p.quantity:
+                    delta = counter[1].update(p.value, p.ts_ms)
+                    if delta is not None:
+                        rows.extend(acc.book(p.meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
             else:
                 rows.append((key, {"value": p.value, "uncertain": 1.0}, p.ts_ms))
-            tracker = counters.get(p.meter)
-            if tracker is not None and p.quality is Quality.GOOD and acc.is_counter(p.meter, p.quantity):
-                delta = tracker.update(p.value, p.ts_ms)
-                if delta is not None:
-                    rows.extend(acc.book(p.meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
         if self.observers:
             self._points.extend(batch.points)
 
@@ -222,31 +225,36 @@ class Processor:
     def flush(self) -> int:
         """Write pending rows, then acknowledge their messages and notify observers.
 
-        Returns the number of rows written. On a store error nothing is acknowledged and the rows stay
-        pending for the next flush (the error is counted and re-raised as :class:`StoreError`).
+        Intake goes on while the store write is in flight (only one flush runs at a time). Returns the number
+        of rows written. On a store error nothing is acknowledged and the rows are kept, ahead of newer ones,
+        for the next flush; the error is counted and re-raised as :class:`StoreError`.
         """
-        with self._lock:
-            rows = self._rows + self.accounting.indicator_rows()
+        with self._flush_lock:
+            with self._lock:
+                rows = self._rows + self.accounting.indicator_rows()
+                acks, points = self._acks, self._points
+                self._rows, self._acks, self._points = [], [], []
             if not rows:
                 return 0
             try:
                 self.store.write(rows)
             except StoreError as exc:
-                self._rows = rows
+                with self._lock:
+                    self._rows = rows + self._rows
+                    self._acks = acks + self._acks
+                    self._points = points + self._points
                 self.stage.error(exc)
                 raise
-            acks, points = self._acks, self._points
-            self._rows, self._acks, self._points = [], [], []
             self.stage.sent(len(rows))
-        for ack in acks:
-            ack()
-        for observer in self.observers:
-            try:
-                observer(points)
-            except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
-                self.stage.error(exc)
-                log.exception("observer failed")
-        return len(rows)
+            for ack in acks:
+                ack()
+            for observer in self.observers:
+                try:
+                    observer(points)
+                except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
+                    self.stage.error(exc)
+                    log.exception("observer failed")
+            return len(rows)
 
 
 def counter_max_for(plant: PlantConfig, meter: Meter) -> float | None:

@@ -31,12 +31,19 @@ def test_round_trip(compress: bool) -> None:
 
 
 def test_bad_quality_carries_null_never_zero() -> None:
-    with pytest.raises(ValueError, match="quality 'bad' must carry value null"):
-        Point(meter="m", quantity="p", value=0.0, unit="kW", ts_ms=TS, quality=Quality.BAD)
-    with pytest.raises(ValueError, match="value is null"):
-        Point(meter="m", quantity="p", value=None, unit="kW", ts_ms=TS)
+    def one(point: Point) -> Batch:
+        return Batch(enterprise="E", gateway="g", seq=1, sent_ms=TS, points=[point])
+
+    with pytest.raises(ValueError, match=r"points\.0: quality 'bad' must carry value null"):
+        one(Point(meter="m", quantity="p", value=0.0, unit="kW", ts_ms=TS, quality=Quality.BAD))
+    with pytest.raises(ValueError, match=r"points\.0: value is null"):
+        one(Point(meter="m", quantity="p", value=None, unit="kW", ts_ms=TS))
     with pytest.raises(ValueError, match="finite"):
         Point(meter="m", quantity="p", value=float("nan"), unit="kW", ts_ms=TS)
+    doc = json.loads(encode_batch(batch()))
+    doc["points"][0]["value"] = None
+    with pytest.raises(SchemaError, match=r"points\.0: value is null but quality is not 'bad'"):
+        decode_batch(json.dumps(doc).encode())
 
 
 @pytest.mark.parametrize(
