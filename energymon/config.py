@@ -75,7 +75,7 @@ Audience = Literal["energy_manager", "regulator"]
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _known_unit(value: str) -> str:
@@ -106,9 +106,12 @@ class Enterprise(Strict):
 
     uscc: str = Field(description="统一社会信用代码, 18 characters with a valid check character")
     name: str = Field(min_length=1)
+    """registered name"""
     industry_code: str = Field(pattern=r"^[A-T]\d{2,4}$", description="GB/T 4754 code, e.g. C3011")
     timezone: str = "Asia/Shanghai"
+    """IANA time zone; days, months and years are cut in it"""
     province: str | None = None
+    """province key (selects the provincial 等价值 and grid factors)"""
 
     @field_validator("uscc")
     @classmethod
@@ -136,8 +139,11 @@ class Process(Strict):
     """A process (工序) or a unit inside one; ``parent`` builds the enterprise → process → equipment tree."""
 
     id: Id
+    """process id, used by meters and product boundaries"""
     name: str = ""
+    """display name, e.g. 熟料烧成"""
     parent: Id | None = None
+    """id of the enclosing process, for equipment inside a process"""
 
 
 # --------------------------------------------------------------------------- register maps
@@ -199,16 +205,25 @@ class Register(Strict):
     """One value in a register map."""
 
     quantity: QuantityName
+    """what the value measures, snake_case (e.g. `energy_active_import`, `power_active`)"""
     address: int = Field(ge=0, le=65535)
+    """register (or coil) address as the map numbers it"""
     function: RegisterFunction = RegisterFunction.HOLDING
+    """table read: coil (FC1), discrete_input (FC2), holding (FC3), input (FC4)"""
     type: DataType = DataType.FLOAT32
+    """data type"""
     count: int | None = Field(default=None, description="registers occupied; must fit the type if given")
     bit: int | None = Field(default=None, ge=0, le=15, description="bit of a register, for type bit")
     order: WordOrder = WordOrder.ABCD
+    """byte/word order of multi-register values (`ABCD` big-endian, `CDAB` word-swapped, `BADC` byte-swapped, `DCBA` little-endian)"""
     scale: float = 1.0
+    """engineering value = raw × scale + offset"""
     offset: float = 0.0
+    """added after scaling"""
     unit: Unit
+    """unit of the engineering value (see units)"""
     kind: Literal["counter", "gauge"] = "gauge"
+    """`counter` for cumulative totals (energy, volume, mass), `gauge` for instantaneous values"""
     counter_max: float | None = Field(default=None, gt=0, description="value after which a counter rolls over")
 
     _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
@@ -248,10 +263,14 @@ class RegisterMap(Strict):
     """A named register map: a meter model from the library or defined in the plant file."""
 
     name: str = ""
+    """meter model name"""
     manufacturer: str = ""
+    """manufacturer"""
     source: str = Field(default="", description="where the map comes from (manual, document, URL)")
     addressing: Literal["zero_based", "one_based"] = "zero_based"
+    """`one_based` when the manual numbers registers from 1"""
     registers: list[Register] = Field(min_length=1)
+    """the values to read"""
 
 
 # --------------------------------------------------------------------------- buses
@@ -261,10 +280,15 @@ class ModbusTcpBus(Strict):
 
     type: Literal["modbus_tcp"]
     id: Id
+    """bus id"""
     host: str
+    """host name or address"""
     port: int = Field(default=502, ge=1, le=65535)
+    """TCP port"""
     timeout_ms: int = Field(default=1000, ge=10, le=60000)
+    """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
+    """extra tries after a timeout"""
 
 
 class ModbusRtuTcpBus(Strict):
@@ -272,10 +296,15 @@ class ModbusRtuTcpBus(Strict):
 
     type: Literal["modbus_rtu_tcp"]
     id: Id
+    """bus id"""
     host: str
+    """serial server host"""
     port: int = Field(default=502, ge=1, le=65535)
+    """TCP port"""
     timeout_ms: int = Field(default=1000, ge=10, le=60000)
+    """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
+    """extra tries after a timeout"""
 
 
 class ModbusRtuBus(Strict):
@@ -283,22 +312,33 @@ class ModbusRtuBus(Strict):
 
     type: Literal["modbus_rtu"]
     id: Id
+    """bus id"""
     device: str = Field(description="serial device path, e.g. /dev/ttyUSB0")
     baudrate: int = 9600
+    """line speed"""
     parity: Literal["N", "E", "O"] = "N"
+    """parity"""
     stopbits: Literal[1, 2] = 1
+    """stop bits"""
     bytesize: Literal[7, 8] = 8
+    """data bits"""
     timeout_ms: int = Field(default=1000, ge=10, le=60000)
+    """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
+    """extra tries after a timeout"""
 
 
 class TlsConfig(Strict):
     """TLS for an MQTT connection; paths are read when the connection starts."""
 
     ca_file: Path | None = None
+    """CA certificate (PEM) that signed the broker's certificate"""
     cert_file: Path | None = None
+    """client certificate (PEM)"""
     key_file: Path | None = None
+    """client private key (PEM)"""
     insecure_skip_verify: bool = False
+    """skip verifying the broker's host name (test set-ups only)"""
 
 
 def _check_mqtt_url(value: str) -> str:
@@ -315,10 +355,14 @@ class MqttBus(Strict):
 
     type: Literal["mqtt"]
     id: Id
+    """bus id"""
     url: str
+    """`mqtt://host:port`, `mqtts://host:port` or `inproc://name`"""
     username: str | None = None
+    """user name"""
     password_env: str | None = Field(default=None, description="name of the environment variable with the password")
     tls: TlsConfig | None = None
+    """TLS settings (`mqtts://`)"""
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_mqtt_url(v)))
 
@@ -328,13 +372,20 @@ class Dlt645SerialBus(Strict):
 
     type: Literal["dlt645_serial"]
     id: Id
+    """bus id"""
     device: str = Field(description="serial device path, e.g. /dev/ttyUSB1")
     baudrate: int = 2400
+    """line speed"""
     parity: Literal["N", "E", "O"] = "E"
+    """parity"""
     stopbits: Literal[1, 2] = 1
+    """stop bits"""
     bytesize: Literal[7, 8] = 8
+    """data bits"""
     timeout_ms: int = Field(default=1500, ge=10, le=60000)
+    """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
+    """extra tries after a timeout"""
 
 
 class Dlt645TcpBus(Strict):
@@ -342,10 +393,15 @@ class Dlt645TcpBus(Strict):
 
     type: Literal["dlt645_tcp"]
     id: Id
+    """bus id"""
     host: str
+    """serial server host"""
     port: int = Field(ge=1, le=65535)
+    """TCP port"""
     timeout_ms: int = Field(default=1500, ge=10, le=60000)
+    """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
+    """extra tries after a timeout"""
 
 
 Bus = Annotated[
@@ -369,11 +425,17 @@ class ModbusSource(Strict):
 
     type: Literal["modbus"]
     bus: Id
+    """id of a Modbus bus"""
     unit_id: int = Field(default=1, ge=0, le=255)
+    """Modbus unit (slave) id"""
     model: str | None = None
+    """register map name: in `register_maps` or the meter library"""
     registers: list[Register] | None = None
+    """inline register map (instead of `model`)"""
     addressing: Literal["zero_based", "one_based"] | None = None
+    """overrides the map's addressing"""
     poll_group: Id = "default"
+    """poll group id"""
 
     @model_validator(mode="after")
     def _one_map(self) -> ModbusSource:
@@ -386,11 +448,17 @@ class MqttJsonField(Strict):
     """Where one quantity stands in a JSON payload (dotted path, e.g. ``data.flow_total``)."""
 
     path: str = Field(min_length=1)
+    """dotted path of the value in the JSON payload"""
     quantity: QuantityName
+    """quantity name"""
     unit: Unit
+    """unit"""
     kind: Literal["counter", "gauge"] = "gauge"
+    """`counter` or `gauge`"""
     scale: float = 1.0
+    """multiplier"""
     counter_max: float | None = Field(default=None, gt=0)
+    """value after which the counter rolls over"""
 
     _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
 
@@ -400,10 +468,14 @@ class MqttJsonSource(Strict):
 
     type: Literal["mqtt_json"]
     bus: Id
+    """id of an MQTT bus"""
     topic: str = Field(min_length=1)
+    """topic the meter publishes on"""
     fields: list[MqttJsonField] = Field(min_length=1)
+    """values to take from each payload"""
     timestamp_path: str | None = Field(default=None, description="dotted path of the event time; None = arrival")
     timestamp_format: Literal["epoch_ms", "epoch_s", "iso8601"] = "iso8601"
+    """format of the event time"""
 
     @field_validator("topic")
     @classmethod
@@ -417,11 +489,16 @@ class Dlt645Item(Strict):
     """One DL/T 645-2007 data item: its data identifier (DI3..DI0 as 8 hex digits) and what it measures."""
 
     quantity: QuantityName
+    """quantity name"""
     di: str = Field(pattern=r"^[0-9A-Fa-f]{8}$", description="data identifier, e.g. 00010000 = 正向有功总电能")
     unit: Unit
+    """unit"""
     kind: Literal["counter", "gauge"] = "gauge"
+    """`counter` or `gauge`"""
     scale: float = 1.0
+    """multiplier (e.g. CT ratio)"""
     counter_max: float | None = Field(default=None, gt=0)
+    """value after which the counter rolls over"""
 
     _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
 
@@ -431,9 +508,12 @@ class Dlt645Source(Strict):
 
     type: Literal["dlt645"]
     bus: Id
+    """id of a DL/T 645 bus"""
     address: str = Field(pattern=r"^\d{12}$", description="meter address, 12 decimal digits as printed on the meter")
     items: list[Dlt645Item] = Field(min_length=1)
+    """data items to read"""
     poll_group: Id = "default"
+    """poll group id"""
 
 
 Source = Annotated[ModbusSource | MqttJsonSource | Dlt645Source, Field(discriminator="type")]
@@ -447,16 +527,24 @@ class Meter(Strict):
     """
 
     id: Id
+    """meter id, unique in the plant"""
     name: str = ""
+    """display name"""
     carrier: str | None = None
+    """energy carrier, a key of the standard-coal table (`electricity`, `raw_coal`, `natural_gas`, ...); empty for a production counter"""
     level: MeteringLevel | None = None
+    """GB 17167 metering level: 1 enterprise boundary, 2 process, 3 main equipment"""
     process: Id | None = None
+    """process the meter belongs to"""
     counter: QuantityName | None = None
+    """the cumulative quantity turned into interval consumption (or output)"""
     max_rate_per_hour: float | None = Field(
         default=None, gt=0, description="plausibility bound: largest counter increase per hour, in the counter's unit"
     )
     calibration_due: date | None = None
+    """next calibration date"""
     source: Source
+    """how the meter is read: one of the `meters[].source` types below"""
 
 
 # --------------------------------------------------------------------------- products
@@ -466,14 +554,18 @@ class OutputRef(Strict):
     """The counter that measures a product's output."""
 
     meter: Id
+    """meter id"""
     quantity: QuantityName
+    """its cumulative quantity"""
 
 
 class Boundary(Strict):
     """Which meters count toward a product: all meters of the listed processes, or an explicit list."""
 
     processes: list[Id] = Field(default_factory=list)
+    """processes inside the boundary (per process and carrier, only the top metering level present counts)"""
     meters: list[Id] = Field(default_factory=list)
+    """meters inside the boundary, in addition"""
 
     @model_validator(mode="after")
     def _not_empty(self) -> Boundary:
@@ -486,11 +578,16 @@ class Product(Strict):
     """A product whose 单位产品综合能耗 is computed and graded."""
 
     id: Id
+    """product id"""
     name: str = ""
+    """display name, e.g. 水泥熟料"""
     unit: Unit = "t"
+    """unit of output"""
     output: OutputRef
+    """the counter measuring output"""
     indicator: str = Field(description="indicator id in the benchmark reference data, e.g. cement_clinker")
     boundary: Boundary
+    """the meters whose energy counts toward the product"""
 
     _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
 
@@ -502,18 +599,26 @@ class PollGroup(Strict):
     """Meters polled together, aligned to the wall clock every ``interval_secs``."""
 
     id: Id
+    """group id"""
     interval_secs: float = Field(gt=0, le=86400)
+    """poll interval; polls are aligned to multiples of it"""
 
 
 class UplinkConfig(Strict):
     """The broker a gateway publishes to and processors subscribe from."""
 
     url: str = "mqtt://127.0.0.1:1883"
+    """`mqtt://host:port`, `mqtts://host:port` or `inproc://name`"""
     username: str | None = None
+    """user name"""
     password_env: str | None = None
+    """environment variable holding the password"""
     tls: TlsConfig | None = None
+    """TLS settings"""
     keepalive_secs: int = Field(default=30, ge=5, le=3600)
+    """MQTT keep-alive"""
     compress: bool = False
+    """zlib-deflate batches (weak links)"""
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_mqtt_url(v)))
 
@@ -522,8 +627,11 @@ class GatewayConfig(Strict):
     """The edge gateway: what it polls and how it batches."""
 
     id: Id = "gw1"
+    """gateway id, part of every topic"""
     poll_groups: list[PollGroup] = Field(default_factory=lambda: [PollGroup(id="default", interval_secs=15)])
+    """poll groups"""
     batch_max_points: int = Field(default=2000, ge=1, le=100000)
+    """largest number of points in one published batch"""
 
 
 class InfluxStoreConfig(Strict):
@@ -531,12 +639,18 @@ class InfluxStoreConfig(Strict):
 
     type: Literal["influxdb"]
     url: str
+    """base URL of InfluxDB 2 or VictoriaMetrics"""
     org: str = "energymon"
+    """organisation"""
     bucket: str = "energymon"
+    """bucket"""
     token_env: str | None = Field(default=None, description="environment variable holding the API token")
     batch_max_points: int = Field(default=5000, ge=1, le=100000)
+    """lines per HTTP write"""
     flush_interval_ms: int = Field(default=200, ge=1, le=60000)
+    """longest time rows wait before a write"""
     timeout_ms: int = Field(default=10000, ge=100, le=120000)
+    """HTTP timeout"""
 
 
 class SqliteStoreConfig(Strict):
@@ -544,6 +658,7 @@ class SqliteStoreConfig(Strict):
 
     type: Literal["sqlite"]
     path: Path
+    """database file"""
 
 
 Store = Annotated[InfluxStoreConfig | SqliteStoreConfig, Field(discriminator="type")]
@@ -554,6 +669,7 @@ class ProcessorConfig(Strict):
 
     share_group: Id | None = Field(default=None, description="MQTT v5 shared-subscription group for scale-out")
     store: Store | None = None
+    """where rows are written: one of the `processor.store` types below"""
 
 
 class ThresholdRule(Strict):
@@ -565,17 +681,29 @@ class ThresholdRule(Strict):
 
     kind: Literal["threshold"]
     id: Id
+    """rule id"""
     meter: Id
+    """meter id"""
     quantity: QuantityName
+    """quantity watched"""
     above: float | None = None
+    """fire when the value is above this"""
     below: float | None = None
+    """fire when the value is below this"""
     clear_above: float | None = None
+    """an `above` alert resolves only at or under this (hysteresis)"""
     clear_below: float | None = None
+    """a `below` alert resolves only at or over this (hysteresis)"""
     for_secs: float = Field(default=0, ge=0)
+    """the condition must hold this long (event time) before the alert fires"""
     severity: Severity = "warning"
+    """severity"""
     audience: tuple[Audience, ...] = ("energy_manager",)
+    """who the alert is for"""
     notifiers: list[Id] = Field(default_factory=list)
+    """notifier ids the alert goes to"""
     summary: str = ""
+    """one-line text sent with the alert"""
 
     @model_validator(mode="after")
     def _direction(self) -> ThresholdRule:
@@ -599,10 +727,14 @@ class WebhookNotifier(Strict):
 
     type: Literal["webhook"]
     id: Id
+    """notifier id"""
     url: str = Field(pattern=r"^https?://")
+    """endpoint receiving POSTed JSON"""
     secret_env: str | None = Field(default=None, description="environment variable holding the HMAC secret")
     timeout_ms: int = Field(default=5000, ge=100, le=60000)
+    """HTTP timeout per attempt"""
     max_retries: int = Field(default=5, ge=0, le=100)
+    """retries before the alert goes to the dead-letter file"""
 
 
 Rule = Annotated[ThresholdRule, Field(discriminator="kind")]
@@ -613,7 +745,9 @@ class AlertsConfig(Strict):
     """Alert rules and where alerts go."""
 
     rules: list[Rule] = Field(default_factory=list)
+    """alert rules"""
     notifiers: list[Notifier] = Field(default_factory=list)
+    """notifiers"""
 
 
 # --------------------------------------------------------------------------- the plant
@@ -623,16 +757,27 @@ class PlantConfig(Strict):
     """The whole plant file."""
 
     version: Literal[1] = 1
+    """format version of the plant file"""
     enterprise: Enterprise
+    """the unit itself"""
     processes: list[Process] = Field(default_factory=list)
+    """processes (工序) and their units"""
     register_maps: dict[Id, RegisterMap] = Field(default_factory=dict)
+    """register maps defined in this file, by name (they take precedence over the meter library)"""
     buses: list[Bus] = Field(default_factory=list)
+    """connections the gateway reads meters through (one of the `buses[]` types below)"""
     meters: list[Meter] = Field(default_factory=list)
+    """energy meters and production counters"""
     products: list[Product] = Field(default_factory=list)
+    """products whose 单位产品综合能耗 is computed and graded"""
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    """the edge gateway"""
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    """the MQTT broker between gateway and processors"""
     processor: ProcessorConfig = Field(default_factory=ProcessorConfig)
+    """the processor and its store"""
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    """alert rules and notifiers"""
 
     def meter(self, meter_id: str) -> Meter:
         """Return a meter by id (KeyError if absent)."""
