@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from energymon import units
+from energymon.accounting_config import AccountingConfig
 from energymon.errors import ConfigError, ConfigIssue
 from energymon.schema import ID_PATTERN
 
@@ -778,6 +779,8 @@ class PlantConfig(Strict):
     """the processor and its store"""
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     """alert rules and notifiers"""
+    accounting: AccountingConfig = Field(default_factory=AccountingConfig)
+    """energy-accounting settings (see the `accounting` sections below)"""
 
     def meter(self, meter_id: str) -> Meter:
         """Return a meter by id (KeyError if absent)."""

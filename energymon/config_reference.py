@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from energymon import config
+from energymon.accounting_config import AccountingConfig
 
 __all__ = ["render"]
 
@@ -49,6 +50,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("alerts", config.AlertsConfig),
     ("alerts.rules[] kind: threshold", config.ThresholdRule),
     ("alerts.notifiers[] type: webhook", config.WebhookNotifier),
+    ("accounting", AccountingConfig),
 ]
 
 

@@ -28,6 +28,7 @@ from energymon.config import (
     RegisterFunction,
     RegisterMap,
 )
+from energymon.accounting_config import check_accounting
 from energymon.topics import RESERVED_GATEWAY_IDS
 
 __all__ = ["check_plant"]
@@ -60,6 +61,7 @@ def check_plant(plant: PlantConfig) -> list[Issue]:
     issues += _check_meters(plant)
     issues += _check_products(plant)
     issues += _check_rules(plant)
+    issues += check_accounting(plant)
     return issues
 
 
