@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
-from energymon.alerts.engine import Alert, AlertState
 
+from energymon.alerts.engine import Alert, AlertState
 from energymon.config import WebhookNotifier as WebhookConfig
 from energymon.errors import ConfigError, ConfigIssue, NotifyError
 from energymon.metrics import PipelineMetrics, StageMetrics

@@ -76,11 +76,11 @@ def plant_yaml(meters: int, mqtt_url: str, vm_url: str) -> str:
 
 def publisher(host: str, port: int, points: int, batch: int, meters: int, start_ms: int, conn: Any) -> None:
     """Child process: encode all batches first, then publish them at QoS 1 and wait for every PUBACK."""
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    from energymon.schema import Batch, Point, encode_batch  # noqa: PLC0415
-    from energymon.topics import readings_topic  # noqa: PLC0415
+    from energymon.schema import Batch, Point, encode_batch
+    from energymon.topics import readings_topic
 
     payloads: list[bytes] = []
     pts: list[Point] = []

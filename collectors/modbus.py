@@ -30,14 +30,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from energymon.collectors.codec import decode
-from energymon.collectors.planner import ReadRequest, plan
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from energymon.clock import WallClock
+from energymon.collectors.codec import decode
+from energymon.collectors.planner import ReadRequest, plan
 from energymon.config import Meter, ModbusRtuBus, ModbusRtuTcpBus, ModbusSource, ModbusTcpBus, RegisterMap
 from energymon.errors import (
     ConnectionLostError,

@@ -93,7 +93,7 @@ def _default(field: Any) -> str:
         value = value.value
     if isinstance(value, tuple):
         value = list(value)
-    return f"`{value}`" if value != "" else '`""`' 
+    return f"`{value}`" if value != "" else '`""`'
 
 
 def render() -> str:
@@ -108,7 +108,9 @@ def render() -> str:
         out.append("| key | type | default | meaning |")
         out.append("|---|---|---|---|")
         for name, field in model.model_fields.items():
-            desc = (field.description or ("selects this variant" if name in ("type", "kind") else "")).replace("|", "\\|")
+            desc = (field.description or ("selects this variant" if name in ("type", "kind") else "")).replace(
+                "|", "\\|"
+            )
             out.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} | {desc} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

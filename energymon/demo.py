@@ -39,7 +39,8 @@ def example_plant_path() -> Path:
 def _with_ports(plant: PlantConfig, ports: dict[str, int]) -> PlantConfig:
     buses = [
         b.model_copy(update={"host": "127.0.0.1", "port": ports[b.id]})
-        if isinstance(b, ModbusTcpBus | ModbusRtuTcpBus) and b.id in ports else b
+        if isinstance(b, ModbusTcpBus | ModbusRtuTcpBus) and b.id in ports
+        else b
         for b in plant.buses
     ]
     return plant.model_copy(update={"buses": buses})
@@ -84,7 +85,8 @@ def render_summary(
             continue
         start, e, out, grade = latest
         hour = datetime.fromtimestamp(start / 1000, tz)
-        text = f"{product.name or product.id} 单位产品综合能耗 (hour from {hour:%H:%M}): {e / out:,.1f} kgce/{product.unit}"
+        name = product.name or product.id
+        text = f"{name} 单位产品综合能耗 (hour from {hour:%H:%M}): {e / out:,.1f} kgce/{product.unit}"
         text += f"   ({_fmt(e, 0)} kgce / {_fmt(out, 1)} {product.unit})"
         lines.append(text)
         if grade is not None:
@@ -103,8 +105,7 @@ def render_summary(
             since = datetime.fromtimestamp(alert.started_ms / 1000, tz)
             lines.append(
                 f"  [{alert.severity}] {alert.rule_id} on {alert.source}: {alert.state}"
-                f" since {since:%H:%M:%S}, value {_fmt(alert.value)}"
-                + (f" — {alert.summary}" if alert.summary else "")
+                f" since {since:%H:%M:%S}, value {_fmt(alert.value)}" + (f" — {alert.summary}" if alert.summary else "")
             )
     return "\n".join(lines)
 
@@ -119,8 +120,8 @@ async def run_demo(
     out: TextIO = sys.stdout,
 ) -> int:
     """Run the demo until ``duration_secs`` (real seconds) pass or SIGINT/SIGTERM; returns the exit code."""
-    from energymon.simulators.plant import run_simulator  # noqa: PLC0415
-    from energymon.transport import open_transport  # noqa: PLC0415
+    from energymon.simulators.plant import run_simulator
+    from energymon.transport import open_transport
 
     path = plant_path or example_plant_path()
     plant = load_plant(path)

@@ -46,16 +46,27 @@ log = logging.getLogger(__name__)
 
 
 def uplink_transport(
-    plant: PlantConfig, *, client_id: str, will: tuple[str, bytes] | None = None, clean_start: bool = True,
+    plant: PlantConfig,
+    *,
+    client_id: str,
+    will: tuple[str, bytes] | None = None,
+    clean_start: bool = True,
     manual_ack: bool = False,
 ) -> Transport:
     """The transport to the plant's uplink broker."""
-    from energymon.transport import open_transport  # noqa: PLC0415
+    from energymon.transport import open_transport
 
     up = plant.uplink
     return open_transport(
-        up.url, client_id=client_id, username=up.username, password_env=up.password_env, tls=up.tls,
-        keepalive_secs=up.keepalive_secs, will=will, clean_start=clean_start, manual_ack=manual_ack,
+        up.url,
+        client_id=client_id,
+        username=up.username,
+        password_env=up.password_env,
+        tls=up.tls,
+        keepalive_secs=up.keepalive_secs,
+        will=will,
+        clean_start=clean_start,
+        manual_ack=manual_ack,
     )
 
 
@@ -63,8 +74,8 @@ def build_collectors(
     plant: PlantConfig, *, clock: Clock, metrics: PipelineMetrics
 ) -> tuple[list[Collector], list[PushCollector]]:
     """One collector per bus that has meters."""
-    from energymon.collectors.modbus import ModbusCollector  # noqa: PLC0415
-    from energymon.collectors.mqtt_json import MqttJsonCollector  # noqa: PLC0415
+    from energymon.collectors.modbus import ModbusCollector
+    from energymon.collectors.mqtt_json import MqttJsonCollector
 
     polled: list[Collector] = []
     pushed: list[PushCollector] = []
@@ -79,7 +90,7 @@ def build_collectors(
             json_meters = [m for m in meters if isinstance(m.source, MqttJsonSource)]
             pushed.append(MqttJsonCollector(bus, json_meters, clock=clock, metrics=metrics))
         elif isinstance(bus, Dlt645SerialBus | Dlt645TcpBus):
-            from energymon.collectors.dlt645 import Dlt645Collector  # noqa: PLC0415
+            from energymon.collectors.dlt645 import Dlt645Collector
 
             polled.append(Dlt645Collector(bus, meters, metrics=metrics, clock=clock))
     return polled, pushed
@@ -94,7 +105,7 @@ def build_gateway(
     transport: Transport | None = None,
 ) -> Any:
     """The edge gateway with its collectors, outbox file in ``data_dir`` and uplink transport."""
-    from energymon.gateway.gateway import Gateway  # noqa: PLC0415
+    from energymon.gateway.gateway import Gateway
 
     data_dir.mkdir(parents=True, exist_ok=True)
     polled, pushed = build_collectors(plant, clock=clock, metrics=metrics)
@@ -102,14 +113,19 @@ def build_gateway(
         will = (status_topic(plant.enterprise.uscc, plant.gateway.id), b"offline")
         transport = uplink_transport(plant, client_id=f"energymon-gw-{plant.gateway.id}", will=will)
     return Gateway(
-        plant, transport, polled, pushed, queue_path=data_dir / f"outbox-{plant.gateway.id}.sqlite",
-        clock=clock, metrics=metrics,
+        plant,
+        transport,
+        polled,
+        pushed,
+        queue_path=data_dir / f"outbox-{plant.gateway.id}.sqlite",
+        clock=clock,
+        metrics=metrics,
     )
 
 
 def open_store(plant: PlantConfig, *, metrics: PipelineMetrics, override: Path | None = None) -> Store:
     """The store named in the plant file (or an SQLite file at ``override``)."""
-    from energymon.processors.store import open_store as _open  # noqa: PLC0415
+    from energymon.processors.store import open_store as _open
 
     cfg: InfluxStoreConfig | SqliteStoreConfig | None = plant.processor.store
     if override is not None:
@@ -124,12 +140,15 @@ def build_alerting(
     plant: PlantConfig, *, clock: Clock, metrics: PipelineMetrics, data_dir: Path
 ) -> tuple[Any, list[Any]]:
     """The alert engine and its notifiers; alerts are routed to the notifiers each rule names."""
-    from energymon.alerts.engine import AlertEngine  # noqa: PLC0415
-    from energymon.alerts.notifiers import WebhookNotifier  # noqa: PLC0415
+    from energymon.alerts.engine import AlertEngine
+    from energymon.alerts.notifiers import WebhookNotifier
 
     notifiers = {
         n.id: WebhookNotifier(
-            n, dead_letter_path=data_dir / f"dead-letter-{n.id}.jsonl", metrics=metrics, enterprise=plant.enterprise.uscc
+            n,
+            dead_letter_path=data_dir / f"dead-letter-{n.id}.jsonl",
+            metrics=metrics,
+            enterprise=plant.enterprise.uscc,
         )
         for n in plant.alerts.notifiers
     }
@@ -168,19 +187,24 @@ class ProcessorService:
         flush_interval_ms: int = 200,
         observers: Sequence[Callable[[Sequence[Any]], None]] = (),
     ) -> None:
-        from energymon.processors.processor import Processor  # noqa: PLC0415
+        from energymon.processors.processor import Processor
 
         data_dir.mkdir(parents=True, exist_ok=True)
         self.plant = plant
         self.store = store or open_store(plant, metrics=metrics)
         self.alerts, self.notifiers = build_alerting(plant, clock=clock, metrics=metrics, data_dir=data_dir)
         self.processor = Processor(
-            plant, self.store, metrics=metrics, observers=[self.alerts.observe, *observers],
+            plant,
+            self.store,
+            metrics=metrics,
+            observers=[self.alerts.observe, *observers],
             dead_letter_path=data_dir / "rejected-messages.jsonl",
         )
         if transport is None:
             transport = uplink_transport(
-                plant, client_id=f"energymon-proc-{plant.enterprise.uscc}-{os.getpid()}", clean_start=False,
+                plant,
+                client_id=f"energymon-proc-{plant.enterprise.uscc}-{os.getpid()}",
+                clean_start=False,
                 manual_ack=True,
             )
         self.transport = transport

@@ -33,10 +33,10 @@ __all__ = [
     "Batch",
     "Point",
     "Quality",
+    "datetime_to_ms",
     "decode_batch",
     "encode_batch",
     "ms_to_datetime",
-    "datetime_to_ms",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from datetime import date
 
 from energymon import units
+from energymon.accounting_config import check_accounting
 from energymon.config import (
     DataType,
     Dlt645SerialBus,
@@ -28,7 +29,6 @@ from energymon.config import (
     RegisterFunction,
     RegisterMap,
 )
-from energymon.accounting_config import check_accounting
 from energymon.topics import RESERVED_GATEWAY_IDS
 
 __all__ = ["check_plant"]
@@ -123,7 +123,10 @@ def _check_meters(plant: PlantConfig) -> Iterator[Issue]:
                 yield f"{base}.source.bus", f"bus {src.bus!r} is {bus.type}, not a DL/T 645 bus"
             key3 = (src.bus, src.address)
             if key3 in addresses:
-                yield f"{base}.source.address", f"address {src.address} on bus {src.bus!r} is already used by meters[{addresses[key3]}]"
+                yield (
+                    f"{base}.source.address",
+                    f"address {src.address} on bus {src.bus!r} is already used by meters[{addresses[key3]}]",
+                )
             else:
                 addresses[key3] = i
             if src.poll_group not in groups:
@@ -203,7 +206,7 @@ def _check_counter(plant: PlantConfig, base: str, meter: Meter) -> Iterator[Issu
 
 def _check_carrier_unit(base: str, carrier: str, unit: str) -> Iterator[Issue]:
     try:
-        from energymon.refdata import ReferenceDataError, load_reference_data  # noqa: PLC0415
+        from energymon.refdata import ReferenceDataError, load_reference_data
     except ImportError:  # pragma: no cover - reference data ships with the package
         return
     ref = load_reference_data()
@@ -249,7 +252,7 @@ def _check_products(plant: PlantConfig) -> Iterator[Issue]:
             elif meters[mid].carrier is None:
                 yield f"{base}.boundary.meters[{j}]", f"meter {mid!r} has no energy carrier"
         try:
-            from energymon.refdata import ReferenceDataError, load_reference_data  # noqa: PLC0415
+            from energymon.refdata import ReferenceDataError, load_reference_data
 
             load_reference_data().indicator(prod.indicator)
         except ImportError:  # pragma: no cover

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from energymon.alerts.engine import Alert, AlertEngine, AlertState, Condition, Observation, Rule
 from prometheus_client import CollectorRegistry
 
+from energymon.alerts.engine import Alert, AlertEngine, AlertState, Condition, Observation, Rule
 from energymon.clock import ManualClock
 from energymon.config import ThresholdRule
 from energymon.metrics import PipelineMetrics

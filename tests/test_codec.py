@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from energymon.collectors.codec import decode, default_counter_max, encode
 
+from energymon.collectors.codec import decode, default_counter_max, encode
 from energymon.config import DataType, Register, RegisterFunction, WordOrder
 from energymon.errors import DecodeError
 

@@ -79,7 +79,9 @@ def test_unit_that_does_not_fit_the_carrier() -> None:
 
 
 def test_duplicate_meter_id_and_unit_id() -> None:
-    lines = issues(plant_text(METER.format(id="m1", unit=1, unit_name="kWh"), METER.format(id="m1", unit=1, unit_name="kWh")))
+    lines = issues(
+        plant_text(METER.format(id="m1", unit=1, unit_name="kWh"), METER.format(id="m1", unit=1, unit_name="kWh"))
+    )
     assert any("meters[1].id: duplicate meter id 'm1' (first at meters[0])" in x for x in lines)
     assert any("meters[1].source.unit_id: unit id 1 on bus 'b1' is already used by meters[0]" in x for x in lines)
 

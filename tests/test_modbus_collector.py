@@ -16,9 +16,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import pytest
-from energymon.collectors.codec import encode
-from energymon.collectors.library import library_map
-from energymon.collectors.modbus import ModbusCollector, ModbusPolicy
 from prometheus_client import CollectorRegistry
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -28,6 +25,9 @@ from pymodbus.simulator import SimData, SimDevice
 from services import free_port, require_binary
 
 from energymon.clock import ManualClock
+from energymon.collectors.codec import encode
+from energymon.collectors.library import library_map
+from energymon.collectors.modbus import ModbusCollector, ModbusPolicy
 from energymon.config import (
     DataType,
     Meter,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -72,15 +72,15 @@ alerts:
 
 
 class Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         Hook.received.append(json.loads(body))
         self.send_response(200)
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -124,7 +124,9 @@ async def run_pipeline(
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop))
     for _ in range(600):
-        if during is not None and (metrics.registry.get_sample_value("energymon_received_total", {"stage": "processor"}) or 0):
+        if during is not None and (
+            metrics.registry.get_sample_value("energymon_received_total", {"stage": "processor"}) or 0
+        ):
             during()  # the processor is subscribed and receiving
             during = None
         if gateway.polls >= polls and during is None:
@@ -143,19 +145,22 @@ async def run_pipeline(
     return service, gateway
 
 
-def test_end_to_end_on_real_services(
-    mosquitto: Any, victoria_metrics: Any, webhook: str, tmp_path: Path
-) -> None:
+def test_end_to_end_on_real_services(mosquitto: Any, victoria_metrics: Any, webhook: str, tmp_path: Path) -> None:
     async def main() -> None:
         clock = ScaledClock(datetime.now(UTC), 20.0)
         draft = parse_plant(
-            PLANT.format(uscc=USCC, modbus_port=1, mqtt_url=mosquitto.url, vm_url=victoria_metrics.url, hook_url=webhook)
+            PLANT.format(
+                uscc=USCC, modbus_port=1, mqtt_url=mosquitto.url, vm_url=victoria_metrics.url, hook_url=webhook
+            )
         )
         sim = await run_simulator(draft, clock, port_overrides={"plant_tcp": 0})
         try:
             plant = parse_plant(
                 PLANT.format(
-                    uscc=USCC, modbus_port=sim.ports["plant_tcp"], mqtt_url=mosquitto.url, vm_url=victoria_metrics.url,
+                    uscc=USCC,
+                    modbus_port=sim.ports["plant_tcp"],
+                    mqtt_url=mosquitto.url,
+                    vm_url=victoria_metrics.url,
                     hook_url=webhook,
                 )
             )
@@ -201,7 +206,9 @@ def test_end_to_end_on_real_services(
             by_meter.setdefault(s["metric"]["meter"], {}).setdefault(field, 0.0)
             by_meter[s["metric"]["meter"]][field] += sum(s["values"])
         for meter in ("kiln_drive", "raw_mill"):
-            counter = sorted((ts, v) for (m, q, ts), v in published.items() if m == meter and q == "energy_active_import")
+            counter = sorted(
+                (ts, v) for (m, q, ts), v in published.items() if m == meter and q == "energy_active_import"
+            )
             assert by_meter[meter]["consumed"] == pytest.approx(counter[-1][1] - counter[0][1], rel=1e-9)
             assert by_meter[meter]["kgce"] == pytest.approx(by_meter[meter]["consumed"] * 0.1229, rel=1e-9)
 
@@ -209,26 +216,37 @@ def test_end_to_end_on_real_services(
         indicator = victoria_metrics.export('{__name__=~"indicator_(value|benchmark|baseline)",period="hour"}')
         names = {s["metric"]["__name__"] for s in indicator}
         assert names == {"indicator_value", "indicator_benchmark", "indicator_baseline"}
-        assert {v for s in indicator if s["metric"]["__name__"] == "indicator_benchmark" for v in s["values"]} == {100.0}
+        assert {v for s in indicator if s["metric"]["__name__"] == "indicator_benchmark" for v in s["values"]} == {
+            100.0
+        }
 
         assert service is not None and gateway is not None
-        assert [r.reason for r in service.processor.rejected][:1] and "invalid batch" in service.processor.rejected[0].reason
+        assert [r.reason for r in service.processor.rejected][:1] and "invalid batch" in service.processor.rejected[
+            0
+        ].reason
         firing = [a for a in Hook.received if a["status"] == "firing"]
         assert len(firing) == 1 and firing[0]["rule_id"] == "kiln_power_high" and firing[0]["source"] == "kiln_drive"
 
     asyncio.run(main())
 
 
-def test_unreachable_meter_is_unavailable_not_zero(mosquitto: Any, victoria_metrics: Any, webhook: str, tmp_path: Path) -> None:
+def test_unreachable_meter_is_unavailable_not_zero(
+    mosquitto: Any, victoria_metrics: Any, webhook: str, tmp_path: Path
+) -> None:
     async def main() -> None:
         clock = ScaledClock(datetime.now(UTC), 20.0)
         draft = parse_plant(
-            PLANT.format(uscc=USCC, modbus_port=1, mqtt_url=mosquitto.url, vm_url=victoria_metrics.url, hook_url=webhook)
+            PLANT.format(
+                uscc=USCC, modbus_port=1, mqtt_url=mosquitto.url, vm_url=victoria_metrics.url, hook_url=webhook
+            )
         )
         sim = await run_simulator(draft, clock, port_overrides={"plant_tcp": 0})
         try:
             text = PLANT.format(
-                uscc=USCC, modbus_port=sim.ports["plant_tcp"], mqtt_url=mosquitto.url, vm_url=victoria_metrics.url,
+                uscc=USCC,
+                modbus_port=sim.ports["plant_tcp"],
+                mqtt_url=mosquitto.url,
+                vm_url=victoria_metrics.url,
                 hook_url=webhook,
             )
             # raw_mill now points at a unit id nobody answers for

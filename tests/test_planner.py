@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from energymon.collectors.planner import ReadRequest, plan
 
+from energymon.collectors.planner import ReadRequest, plan
 from energymon.config import DataType, Register, RegisterFunction
 
 

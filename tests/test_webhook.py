@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+
 from energymon.alerts.engine import Alert, AlertState
 from energymon.alerts.notifiers import (
     DELIVERY_HEADER,
@@ -25,8 +27,6 @@ from energymon.alerts.notifiers import (
     sign,
     verify_signature,
 )
-from prometheus_client import CollectorRegistry
-
 from energymon.config import WebhookNotifier as WebhookConfig
 from energymon.errors import ConfigError
 from energymon.metrics import PipelineMetrics
