@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from energymon import config
+from energymon import alerts_config, config
 from energymon.accounting_config import AccountingConfig
 
 __all__ = ["render"]
@@ -47,9 +47,9 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("processor", config.ProcessorConfig),
     ("processor.store type: influxdb", config.InfluxStoreConfig),
     ("processor.store type: sqlite", config.SqliteStoreConfig),
-    ("alerts", config.AlertsConfig),
-    ("alerts.rules[] kind: threshold", config.ThresholdRule),
-    ("alerts.notifiers[] type: webhook", config.WebhookNotifier),
+    ("alerts", alerts_config.AlertsConfig),
+    ("alerts.rules[] kind: threshold", alerts_config.ThresholdRule),
+    ("alerts.notifiers[] type: webhook", alerts_config.WebhookNotifier),
     ("accounting", AccountingConfig),
 ]
 

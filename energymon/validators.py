@@ -131,6 +131,10 @@ def _check_meters(plant: PlantConfig) -> Iterator[Issue]:
                 addresses[key3] = i
             if src.poll_group not in groups:
                 yield f"{base}.source.poll_group", f"unknown poll group {src.poll_group!r}"
+            from energymon.collectors.dlt645 import check_source
+
+            for path, msg in check_source(src):
+                yield f"{base}.source.{path}", msg
             seen3: dict[str, int] = {}
             for j, item in enumerate(src.items):
                 if item.quantity in seen3:
