@@ -50,10 +50,11 @@ def uplink_transport(
     *,
     client_id: str,
     will: tuple[str, bytes] | None = None,
+    birth: tuple[str, bytes] | None = None,
     clean_start: bool = True,
     manual_ack: bool = False,
 ) -> Transport:
-    """The transport to the plant's uplink broker."""
+    """The transport to the plant's uplink broker; ``birth`` is published (retained) after every (re)connect."""
     from energymon.transport import open_transport
 
     up = plant.uplink
@@ -65,6 +66,7 @@ def uplink_transport(
         tls=up.tls,
         keepalive_secs=up.keepalive_secs,
         will=will,
+        birth=birth,
         clean_start=clean_start,
         manual_ack=manual_ack,
     )
@@ -110,8 +112,10 @@ def build_gateway(
     data_dir.mkdir(parents=True, exist_ok=True)
     polled, pushed = build_collectors(plant, clock=clock, metrics=metrics)
     if transport is None:
-        will = (status_topic(plant.enterprise.uscc, plant.gateway.id), b"offline")
-        transport = uplink_transport(plant, client_id=f"energymon-gw-{plant.gateway.id}", will=will)
+        status = status_topic(plant.enterprise.uscc, plant.gateway.id)
+        transport = uplink_transport(
+            plant, client_id=f"energymon-gw-{plant.gateway.id}", will=(status, b"offline"), birth=(status, b"online")
+        )
     return Gateway(
         plant,
         transport,

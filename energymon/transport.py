@@ -26,6 +26,12 @@ Delivery guarantees of :class:`MqttTransport`:
   (``session_expiry_secs``, MQTT v5) and queues QoS 1 messages while the client is away; with
   ``manual_ack=True`` a message is acknowledged only when :meth:`Message.ack` is called, so a message
   received but not acknowledged before a crash or disconnect is delivered again.
+* :meth:`~MqttTransport.connect` returns (connected) only after the broker confirmed the subscriptions, so
+  nothing published after it returns is missed.
+* Overlapping subscriptions of one client get one copy per subscription from the broker; over MQTT v5 each
+  copy carries a subscription identifier and reaches only its own handler. Over v3.1.1 there are no
+  identifiers, so each copy goes to every matching handler: avoid overlapping filters there.
+* ``will`` is the broker's "offline" on an unclean drop; ``birth`` is re-published after every (re)connect.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import queue
 import ssl
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -295,6 +302,8 @@ class MqttTransport:
         self._early: dict[int, BaseException | None] = {}  # acks that arrived before their waiter
         self._conn_waiters: list[asyncio.Future[None]] = []
         self._suback_pending: set[int] = set()
+        self._unsub_waiters: dict[int, asyncio.Future[None]] = {}
+        self._unsub_early: set[int] = set()
         self._connected = False
         self._ever_connected = False
         self._lost_logged = False
@@ -346,6 +355,7 @@ class MqttTransport:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def _configure_credentials(self) -> None:
@@ -508,10 +518,16 @@ class MqttTransport:
         fut.result()
 
     async def close(self) -> None:
-        """Disconnect cleanly (no last will), stop the network thread and fail waiting publishes."""
+        """Disconnect cleanly (no last will), stop the network thread and fail waiting publishes.
+
+        Before the DISCONNECT, one round trip to the broker makes sure it has processed every acknowledgement
+        sent so far: a broker may drop what it has not read yet from a connection that a reconnect with the
+        same client id replaces, and a dropped PUBACK means a redelivery.
+        """
         if self._closed:
             return
         self._closed = True
+        await self._sync_with_broker(min(self.publish_timeout_secs, 5.0))
         await self._stop_network()
         closed = TransportError(f"{self!r} closed")
         with self._lock:
@@ -523,6 +539,23 @@ class MqttTransport:
             _resolve_threadsafe(fut, closed)
 
     # ----------------------------------------------------------------- internals
+
+    async def _sync_with_broker(self, timeout: float) -> None:
+        """Wait until the broker processed all we sent (UNSUBSCRIBE of a filter we never held → UNSUBACK)."""
+        if not self._connected:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        rc, mid = self._client.unsubscribe(f"energymon/_sync/{uuid.uuid4().hex}")
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
+        with self._lock:
+            if mid in self._unsub_early:
+                self._unsub_early.discard(mid)
+                return
+            self._unsub_waiters[mid] = fut
+        await asyncio.wait({fut}, timeout=timeout)
+        with self._lock:
+            self._unsub_waiters.pop(mid, None)
 
     async def _stop_network(self) -> None:
         if not self._started:
@@ -701,6 +734,21 @@ class MqttTransport:
                     waiters, self._conn_waiters = self._conn_waiters, []
         for fut in waiters:
             _resolve_threadsafe(fut)
+
+    def _on_unsubscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            fut = self._unsub_waiters.pop(mid, None)
+            if fut is None:
+                self._unsub_early.add(mid)
+                return
+        _resolve_threadsafe(fut)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
