@@ -21,7 +21,8 @@ sign in the top bit of its most significant byte. :data:`ITEM_FORMATS` lists the
 with their length, decimals and sign; an item outside it is refused when the collector is built, never in the
 poll loop.
 
-Failure handling mirrors :mod:`energymon.collectors.modbus`:
+Failure handling mirrors :mod:`energymon.collectors.modbus` (the shared part is in
+:mod:`energymon.collectors.polling`):
 
 * each item is one request (DL/T 645 reads one DI per request), answered within ``bus.timeout_ms`` and sent
   again up to ``bus.retries`` times when nothing (or a reply with a bad checksum) came back;
@@ -46,15 +47,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
-import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from energymon import units
-from energymon.clock import WallClock
+from energymon.collectors.polling import DeviceHealth, OpenFailedError, PollingCollector, PollPolicy, bad_points
 from energymon.config import Dlt645SerialBus, Dlt645Source, Dlt645TcpBus, Meter
 from energymon.errors import (
-    ConnectionLostError,
     DecodeError,
     DeviceExceptionError,
     DeviceTimeoutError,
@@ -640,25 +639,13 @@ class _SerialLink(_Link):
 
 
 @dataclass(frozen=True, slots=True)
-class Dlt645Policy:
-    """How a bus reacts to failures. The defaults suit a plant; tests shorten the windows.
+class Dlt645Policy(PollPolicy):
+    """How a DL/T 645 bus reacts to failures: exactly :class:`~energymon.collectors.polling.PollPolicy`.
 
-    Attributes:
-        fail_threshold: failed polls in a row after which a meter is skipped for a back-off window.
-        device_backoff_secs: first window a failing meter is skipped; doubles while it keeps failing.
-        device_backoff_max_secs: cap of that window.
-        reconnect_min_secs: wait before the second open attempt; doubles on each failure (with jitter).
-        reconnect_max_secs: cap of the reconnect wait.
-        timeouts_before_reconnect: timeouts in a row on the whole bus, without any answer in between, after
-            which a TCP connection is rebuilt (it may be half-open). Not applied to serial lines.
+    The defaults suit a plant; tests shorten the windows. ``reconnect_min_secs`` and ``reconnect_max_secs`` bound
+    the wait between attempts to open the serial line or the TCP connection; ``timeouts_before_reconnect``
+    applies to TCP links only.
     """
-
-    fail_threshold: int = 3
-    device_backoff_secs: float = 60.0
-    device_backoff_max_secs: float = 900.0
-    reconnect_min_secs: float = 1.0
-    reconnect_max_secs: float = 60.0
-    timeouts_before_reconnect: int = 5
 
 
 @dataclass(slots=True, eq=False)
@@ -677,26 +664,21 @@ class _Item:
 
 @dataclass(slots=True, eq=False)
 class _Device:
-    """A meter on the bus and its failure state."""
+    """A meter on the bus: its address, items and failure state."""
 
     meter: Meter
     address: str
     items: list[_Item]
-    backoff: float
-    failures: int = 0
-    skip_until: float = 0.0
-    up: bool | None = None
-    label: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.label = f"meter {self.meter.id} (address {self.address})"
+    health: DeviceHealth
 
 
-class Dlt645Collector:
+class Dlt645Collector(PollingCollector[_Device, _Link]):
     """Collector for one DL/T 645-2007 bus.
 
     Lifecycle: :meth:`start` once (opens nothing; the first poll connects), :meth:`poll` once per tick of each
-    poll group (requests are serialised by a lock), :meth:`stop` once at the end.
+    poll group (requests are serialised by a lock), :meth:`stop` once at the end. Failure handling per meter and
+    per bus is :class:`~energymon.collectors.polling.PollingCollector`'s; this class owns the DL/T 645 side:
+    the link, one request per item, frames, abnormal replies and per-item failures.
 
     Args:
         bus: the bus configuration (serial line or TCP serial server).
@@ -721,14 +703,13 @@ class Dlt645Collector:
         clock: Clock | None = None,
         policy: Dlt645Policy | None = None,
     ) -> None:
-        self.name = bus.id
+        where = bus.device if isinstance(bus, Dlt645SerialBus) else f"{bus.host}:{bus.port}"
+        super().__init__(
+            bus.id, where, policy=policy or Dlt645Policy(), log=log, metrics=metrics, clock=clock,
+            rebuild_on_timeouts=isinstance(bus, Dlt645TcpBus),
+        )
         self._bus = bus
-        self._policy = policy or Dlt645Policy()
-        self._clock: Clock = clock or WallClock()
-        self._metrics = metrics
-        self._stage = metrics.stage("collector") if metrics else None
         self._timeout = bus.timeout_ms / 1000
-        self._groups: dict[str, list[_Device]] = {}
         addresses: dict[str, str] = {}
         problems: list[str] = []
         for meter in meters:
@@ -757,73 +738,23 @@ class Dlt645Collector:
                 )
                 for item in src.items
             ]
-            backoff = self._policy.device_backoff_secs
-            device = _Device(meter=meter, address=src.address, items=items, backoff=backoff)
-            self._groups.setdefault(src.poll_group, []).append(device)
+            health = self._new_health(meter.id, f"meter {meter.id} (address {src.address})")
+            self._add_device(src.poll_group, _Device(meter=meter, address=src.address, items=items, health=health))
         if problems:
             raise ValueError("\n".join(problems))
-        self._lock = asyncio.Lock()
-        self._link: _Link | None = None
-        self._connect_failures = 0
-        self._reconnect_at = 0.0
-        self._bus_error: ConnectionLostError | None = None
-        self._bus_up: bool | None = None
-        self._timeouts_in_row = 0
-        self._random = random.Random()
-
-    @property
-    def groups(self) -> list[str]:
-        """Poll groups this collector has meters in."""
-        return list(self._groups)
-
-    async def start(self) -> None:
-        """Nothing to open: the first poll connects, so a bus that is down does not stop the gateway."""
-
-    async def poll(self, group: str, ts_ms: int) -> list[Point]:
-        """Read every meter of ``group``, one after another, one request per item.
-
-        Args:
-            group: the poll group that ticked.
-            ts_ms: the tick's time; points carry the time their reply arrived instead (drift-free event time).
-
-        Returns:
-            Points of every item of every meter of the group; a failed meter's or item's are quality bad.
-        """
-        devices = self._groups.get(group, [])
-        started = time.perf_counter()
-        points: list[Point] = []
-        for device in devices:
-            async with self._lock:
-                points.extend(await self._read_device(device))
-        if self._metrics is not None and self._stage is not None and devices:
-            self._metrics.poll_duration.labels(group).observe(time.perf_counter() - started)
-            self._stage.received(sum(1 for p in points if p.value is not None))
-        return points
-
-    async def stop(self) -> None:
-        """Close the connection or the serial line."""
-        async with self._lock:
-            self._drop_link()
 
     # ----------------------------------------------------------------------------------- one meter
 
-    async def _read_device(self, dev: _Device) -> list[Point]:
-        now = time.monotonic()
-        if now < dev.skip_until:
-            return self._bad_points(dev, dev.items)
-        if self._link is None and now < self._reconnect_at and self._bus_error is not None:
-            self._device_failed(dev, self._bus_error, counts=False)
-            return self._bad_points(dev, dev.items)
-        retries = 0 if dev.failures >= self._policy.fail_threshold else self._bus.retries
+    async def _query_device(self, dev: _Device) -> list[Point]:
+        retries = dev.health.retries(self._bus.retries)
         points: list[Point] = []
         for pos, item in enumerate(dev.items):
             try:
                 points.append(await self._read_item(dev, item, retries))
             except SourceError as exc:  # no answer, or the link failed: the meter failed this poll
-                self._count_error(exc)
-                self._device_failed(dev, exc, counts=not isinstance(exc, ConnectionLostError))
+                self._device_error(dev, exc)
                 return points + self._bad_points(dev, dev.items[pos:])
-        self._device_ok(dev)
+        dev.health.ok()
         return points
 
     async def _read_item(self, dev: _Device, item: _Item, retries: int) -> Point:
@@ -841,12 +772,12 @@ class Dlt645Collector:
         except (DeviceExceptionError, DecodeError) as exc:
             self._count_error(exc)
             if not item.failing:
-                log.warning("%s on bus %s: item %s (DI %s) unavailable: %s", dev.label, self._bus.id,
+                log.warning("%s on bus %s: item %s (DI %s) unavailable: %s", dev.health.label, self._bus.id,
                             item.quantity, item.di, exc)
                 item.failing = True
         else:
             if item.failing:
-                log.info("%s on bus %s: item %s (DI %s) recovered", dev.label, self._bus.id, item.quantity,
+                log.info("%s on bus %s: item %s (DI %s) recovered", dev.health.label, self._bus.id, item.quantity,
                          item.di)
                 item.failing = False
         quality = Quality.BAD if value is None else Quality.GOOD
@@ -869,22 +800,16 @@ class Dlt645Collector:
             try:
                 frame = await self._transact(link, dev, item, what)
             except FrameError as exc:  # noise on the line garbled the reply: ask again
-                self._timeouts_in_row = 0
+                self._bus_health.answered()
                 if attempts <= retries:
                     continue
                 raise DecodeError(dev.meter.id, f"corrupt reply to {what}: {exc}") from None
             except TimeoutError:
-                self._timeouts_in_row += 1
-                if (
-                    self._timeouts_in_row >= self._policy.timeouts_before_reconnect
-                    and isinstance(self._bus, Dlt645TcpBus)
-                ):
-                    self._drop_link()  # maybe half-open: rebuild it on the next read
-                elif attempts <= retries:
+                if not self._timed_out() and attempts <= retries:  # past the bus's limit it was dropped
                     continue
                 within = f"within {self._bus.timeout_ms} ms ({attempts} attempt(s))"
                 raise DeviceTimeoutError(dev.meter.id, f"no answer to {what} {within}") from None
-            self._timeouts_in_row = 0
+            self._bus_health.answered()
             return frame
 
     async def _transact(self, link: _Link, dev: _Device, item: _Item, what: str) -> Frame:
@@ -910,101 +835,27 @@ class Dlt645Collector:
                 ):
                     return frame
                 log.debug("bus %s: ignoring a frame (address %s, control %02XH) while waiting for %s",
-                          self._bus.id, frame.address, frame.control, dev.label)
+                          self._bus.id, frame.address, frame.control, dev.health.label)
 
-    def _bad_points(self, dev: _Device, items: list[_Item]) -> list[Point]:
-        ts = self._clock.now_ms()
-        return [
-            Point(meter=dev.meter.id, quantity=i.quantity, value=None, unit=i.unit, ts_ms=ts,
-                  quality=Quality.BAD)
-            for i in items
-        ]
-
-    def _device_failed(self, dev: _Device, exc: SourceError, *, counts: bool) -> None:
-        if counts:
-            dev.failures += 1
-            if dev.failures >= self._policy.fail_threshold:
-                dev.skip_until = time.monotonic() + dev.backoff
-                dev.backoff = min(dev.backoff * 2, self._policy.device_backoff_max_secs)
-        if dev.up is not False:
-            log.warning("%s on bus %s unavailable: %s", dev.label, self._bus.id, exc)
-            dev.up = False
-            if self._metrics is not None:
-                self._metrics.device_up.labels(dev.meter.id).set(0)
-
-    def _device_ok(self, dev: _Device) -> None:
-        dev.failures = 0
-        dev.skip_until = 0.0
-        dev.backoff = self._policy.device_backoff_secs
-        if dev.up is not True:
-            if dev.up is False:
-                log.info("%s on bus %s recovered", dev.label, self._bus.id)
-            dev.up = True
-            if self._metrics is not None:
-                self._metrics.device_up.labels(dev.meter.id).set(1)
-
-    def _count_error(self, exc: SourceError) -> None:
-        if self._stage is not None:
-            self._stage.error(exc)
+    def _bad_points(self, dev: _Device, items: Sequence[_Item] | None = None) -> list[Point]:
+        """Quality-bad points for ``items`` of ``dev`` (all of them by default)."""
+        chosen = dev.items if items is None else items
+        return bad_points(dev.meter.id, ((i.quantity, i.unit) for i in chosen), self._clock.now_ms())
 
     # ----------------------------------------------------------------------------------- the link
 
-    async def _connected(self) -> _Link:
-        """Return an open link, opening it now if needed.
-
-        Raises:
-            ConnectionLostError: the bus cannot be reached; the next attempt waits a back-off.
-        """
-        if self._link is not None:
-            if self._link.error is None:
-                return self._link
-            self._drop_link()  # closed by the peer (e.g. an idle timeout): reopen quietly
-        try:
-            link = await self._open()
-        except (OSError, TimeoutError, ValueError) as exc:
-            self._connect_failures += 1
-            delay = min(
-                self._policy.reconnect_max_secs,
-                self._policy.reconnect_min_secs * 2 ** (self._connect_failures - 1),
-            )
-            self._reconnect_at = time.monotonic() + delay * self._random.uniform(0.5, 1.0)
-            reason = str(exc) or type(exc).__name__
-            raise self._lost(f"cannot connect to {self._where()}: {reason}") from None
-        self._link = link
-        self._connect_failures = 0
-        self._timeouts_in_row = 0
-        if self._bus_up is False:
-            log.info("bus %s: connected to %s again", self._bus.id, self._where())
-        self._bus_up = True
-        self._bus_error = None
-        return link
-
     async def _open(self) -> _Link:
         bus = self._bus
-        if isinstance(bus, Dlt645TcpBus):
-            return await _TcpLink.open(bus.host, bus.port, self._timeout)
-        return _SerialLink.open(bus)
+        try:
+            if isinstance(bus, Dlt645TcpBus):
+                return await _TcpLink.open(bus.host, bus.port, self._timeout)
+            return _SerialLink.open(bus)
+        except (OSError, TimeoutError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise OpenFailedError(f"cannot connect to {self._bus_health.where}: {reason}") from None
 
-    def _connection_broken(self, message: str) -> ConnectionLostError:
-        """A read hit a socket or serial error: close the link; the next read reopens it at once."""
-        self._drop_link()
-        self._reconnect_at = 0.0
-        return self._lost(message)
+    def _alive(self, conn: _Link) -> bool:
+        return conn.error is None
 
-    def _drop_link(self) -> None:
-        if self._link is not None:
-            self._link.close()
-            self._link = None
-
-    def _lost(self, message: str) -> ConnectionLostError:
-        err = ConnectionLostError(self._bus.id, message)
-        self._bus_error = err
-        if self._bus_up is not False:
-            log.warning("bus %s: %s", self._bus.id, message)
-            self._bus_up = False
-        return err
-
-    def _where(self) -> str:
-        bus = self._bus
-        return bus.device if isinstance(bus, Dlt645SerialBus) else f"{bus.host}:{bus.port}"
-
+    def _close(self, conn: _Link) -> None:
+        conn.close()

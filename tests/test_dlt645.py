@@ -600,7 +600,7 @@ def test_late_reply_between_polls_is_not_taken_for_the_next_answer() -> None:
             first = await collector.poll("default", 0)
             assert [p.quality for p in first] == [Quality.BAD]
             await late_sent.wait()
-            link = collector._link  # white box: wait until the stale bytes are in the collector's buffer
+            link = collector._conn  # white box: wait until the stale bytes are in the collector's buffer
             deadline = time.monotonic() + 5
             while link is not None and not len(link.frames):
                 assert time.monotonic() < deadline
