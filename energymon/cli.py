@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
         p.add_argument("--metrics-host", default="127.0.0.1", help="address for the metrics endpoint")
         p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS")
+
+    p = sub.add_parser(
+        "history", help="print the gateway's edge history of one item: 15-minute, hourly, daily or monthly values"
+    )
+    p.add_argument("--config", type=Path, required=True, help="plant file")
+    p.add_argument("--data-dir", type=Path, default=Path("energymon-data"), help="the gateway's data directory")
+    p.add_argument("--meter", required=True, help="meter id")
+    p.add_argument("--quantity", required=True, help="quantity, e.g. energy_active_import")
+    p.add_argument("--period", choices=["15min", "hour", "day", "month"], default="day")
+    p.add_argument("--from", dest="start", metavar="ISO", default=None,
+                   help="first period start, ISO 8601, plant local time unless it has an offset (default: 7 days back)")
+    p.add_argument("--to", dest="end", metavar="ISO", default=None, help="end, exclusive (default: now)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     return parser
 
 
@@ -176,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "simulate":
             return asyncio.run(_simulate(args))
+        if args.command == "history":
+            from energymon.gateway.history import history_command
+
+            return history_command(
+                args.config, args.data_dir, args.meter, args.quantity, args.period, args.start, args.end, args.format
+            )
         return asyncio.run(_serve(args))
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)

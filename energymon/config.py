@@ -624,7 +624,13 @@ class UplinkConfig(Strict):
 
 
 class GatewayConfig(Strict):
-    """The edge gateway: what it polls and how it batches."""
+    """The edge gateway: what it polls, how it batches, how its outbox is bounded, what it keeps locally.
+
+    The outbox defaults hold six months of 15-minute data for 1,000 data items: 1,000 × 96/day × 183 days
+    ≈ 17.6 M points at a measured 9.4 bytes per point stored (zlib-deflated 1,000-point batches) ≈ 165 MB;
+    256 MiB leaves room for smaller batches (13.8 bytes a point in 100-point batches: 242 MB). Measured in
+    tests/test_gateway_outbox.py; see docs/ARCHITECTURE.md, section Gateway.
+    """
 
     id: Id = "gw1"
     """gateway id, part of every topic"""
@@ -632,6 +638,18 @@ class GatewayConfig(Strict):
     """poll groups"""
     batch_max_points: int = Field(default=2000, ge=1, le=100000)
     """largest number of points in one published batch"""
+    outbox_max_bytes: int = Field(default=268_435_456, ge=65_536)
+    """bound on the outbox's used bytes (256 MiB: six months of 15-minute data for 1,000 items)"""
+    outbox_max_age_days: float = Field(default=183, gt=0, le=3660)
+    """batches older than this are dropped (reason `max_age`), whatever the policy"""
+    overflow_policy: Literal["drop_oldest", "reduce_fidelity", "refuse_new"] = "reduce_fidelity"
+    """at `outbox_max_bytes`: `drop_oldest`, `reduce_fidelity` (thin old gauges, keep counters) or `refuse_new`"""
+    time_tolerance_secs: float = Field(default=300, gt=0, le=86400 * 366)
+    """readings further than this from the gateway's clock go to the outbox's quarantine, not the uplink"""
+    outbox_on_corrupt: Literal["stop", "move_aside"] = "stop"
+    """a corrupt outbox or history file: `stop` with an error, or `move_aside` to `<file>.corrupt-<time>`"""
+    history_retention_days: int = Field(default=183, ge=0, le=3660)
+    """days of 15-minute, hourly, daily and monthly values kept in the edge history (0: none)"""
 
 
 class InfluxStoreConfig(Strict):

@@ -10,6 +10,10 @@ metric                                     labels              meaning
 ``energymon_device_up``                    meter               1 while a meter answers, 0 while it does not
 ``energymon_poll_duration_seconds``        group               time for one poll of a group (histogram)
 ``energymon_store_write_duration_seconds``                     time for one store write (histogram)
+``energymon_outbox_fill_ratio``            gateway             used outbox bytes ÷ ``gateway.outbox_max_bytes``
+``energymon_outbox_bytes``                 gateway             bytes of the outbox file in use (pages not free)
+``energymon_outbox_batches``               gateway             batches waiting in the outbox
+``energymon_outbox_oldest_age_seconds``    gateway             age of the oldest waiting batch (0 when empty)
 =========================================  ==================  =============================================
 
 Labels stay low-cardinality: a stage name, a reason, an error class, a meter id; never a value.
@@ -48,6 +52,17 @@ class PipelineMetrics:
             "energymon_store_write_duration_seconds",
             "Duration of one store write",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.outbox_fill_ratio = Gauge(
+            "energymon_outbox_fill_ratio", "Used outbox bytes / outbox_max_bytes", ["gateway"], registry=registry
+        )
+        self.outbox_bytes = Gauge("energymon_outbox_bytes", "Outbox bytes in use", ["gateway"], registry=registry)
+        self.outbox_batches = Gauge(
+            "energymon_outbox_batches", "Batches waiting in the outbox", ["gateway"], registry=registry
+        )
+        self.outbox_oldest_age = Gauge(
+            "energymon_outbox_oldest_age_seconds", "Age of the oldest batch in the outbox", ["gateway"],
             registry=registry,
         )
 

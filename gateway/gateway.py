@@ -8,18 +8,28 @@ Three kinds of tasks run on one asyncio loop:
   outbox as one or more batches;
 * **push collectors** (MQTT JSON meters) hand points to :meth:`Gateway.emit` from any thread; they are batched
   every second;
-* one **publisher** sends the outbox oldest first, a window of batches in flight, and removes each batch only
-  after the broker's PUBACK. While the broker is down batches accumulate on disk and drain when it returns.
+* one **publisher** sends the outbox with a window of batches in flight, and removes each batch only after
+  the broker's PUBACK. While the broker is down batches accumulate on disk. When it returns, the backlog
+  drains oldest first in slices of ``publish_window`` batches, and before each slice every *live* batch (one
+  written since the last failed publish) goes out first, so live data waits at most one slice behind the
+  backlog. Readings of one meter can therefore arrive out of time order across the backlog/live boundary;
+  the processor tolerates it (docs/ARCHITECTURE.md, section Gateway).
 
-The gateway publishes ``online`` (retained) on its status topic when it starts and ``offline`` when it stops;
+Every polled or pushed point goes through the :class:`~energymon.gateway.outbox.Outbox` (clock check and
+quarantine, bounds, overflow policy) and, when good, into the :class:`~energymon.gateway.history.EdgeHistory`
+(15-minute, hourly, daily and monthly values kept for six months beside the outbox).
+
+The gateway publishes ``online`` (retained) on its status topic once its uplink connects and ``offline`` when it stops;
 the transport's last will publishes ``offline`` if it dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,10 +39,12 @@ from energymon.config import PlantConfig
 from energymon.errors import TransportError
 from energymon.interfaces import Clock, Collector, PushCollector, Transport
 from energymon.metrics import PipelineMetrics, private_metrics
-from energymon.schema import Batch, Point, encode_batch
+from energymon.schema import Point
 from energymon.topics import readings_topic, status_topic
 
-from .queue import OutboundQueue
+from .history import EdgeHistory, history_path
+from .outbox import Outbox
+from .queue import OutboundQueue, OutboxError
 
 __all__ = ["Gateway"]
 
@@ -50,7 +62,12 @@ class Gateway:
         queue_path: the outbox file.
         clock: event-time clock (the demo's runs faster than the wall clock).
         metrics: self-metrics (stage ``gateway``).
-        publish_window: batches in flight at once.
+        publish_window: batches in flight at once, and the size of one backlog slice.
+        history_file: the edge history file (default ``history-{gateway}.sqlite`` beside the outbox; ``:memory:``
+            when the outbox is); none when ``gateway.history_retention_days`` is 0.
+
+    Raises:
+        OutboxCorruptError: the outbox or history file is corrupt and ``gateway.outbox_on_corrupt`` is ``stop``.
     """
 
     def __init__(
@@ -64,6 +81,7 @@ class Gateway:
         clock: Clock | None = None,
         metrics: PipelineMetrics | None = None,
         publish_window: int = 20,
+        history_file: Path | str | None = None,
     ) -> None:
         self.plant = plant
         self.enterprise = plant.enterprise.uscc
@@ -74,14 +92,30 @@ class Gateway:
         self.clock: Clock = clock or WallClock()
         self.metrics = metrics or private_metrics()
         self.stage = self.metrics.stage("gateway")
-        self.queue = OutboundQueue(queue_path)
+        cfg = plant.gateway
+        self.queue = OutboundQueue(queue_path, on_corrupt=cfg.outbox_on_corrupt)
+        self.outbox = Outbox(self.queue, plant, metrics=self.metrics, stage=self.stage)
+        self.history: EdgeHistory | None = None
+        if cfg.history_retention_days > 0:
+            if history_file is None:
+                memory = str(queue_path) == ":memory:"
+                history_file = ":memory:" if memory else history_path(Path(queue_path).parent, self.gateway_id)
+            try:
+                self.history = EdgeHistory(history_file, plant, retention_days=cfg.history_retention_days,
+                                           on_corrupt=cfg.outbox_on_corrupt)
+            except BaseException:
+                self.queue.close()
+                raise
+        self._history_failing = False
         self.publish_window = publish_window
         self._window = publish_window
+        self._live_from = 0  # batches with seq >= this are live; older ones are backlog
+        self._uplink_started = False
+        self._backlog_draining = False
         self.topic = readings_topic(self.enterprise, self.gateway_id)
         self._pushed: list[Point] = []
         self._push_lock = threading.Lock()
         self._wake = asyncio.Event()
-        self._compress = plant.uplink.compress
         self.polls = 0
 
     # ------------------------------------------------------------------ intake
@@ -92,41 +126,59 @@ class Gateway:
             self._pushed.extend(points)
 
     def enqueue(self, points: list[Point]) -> list[int]:
-        """Write points to the outbox as batches; return their sequence numbers."""
-        seqs: list[int] = []
-        size = self.plant.gateway.batch_max_points
+        """Take points in: quarantine clock-skewed ones, write the others to the outbox as batches and add them to
+        the edge history. Returns the sequence numbers written (none if the outbox refused or failed them: the
+        points are then counted as dropped with the reason, and logged)."""
         now = self.clock.now_ms()
-        for i in range(0, len(points), size):
-            chunk = points[i : i + size]
-
-            def build(seq: int, chunk: list[Point] = chunk) -> bytes:
-                batch = Batch(enterprise=self.enterprise, gateway=self.gateway_id, seq=seq, sent_ms=now, points=chunk)
-                return encode_batch(batch, compress=self._compress)
-
-            seqs.append(self.queue.put(build, now, len(chunk)))
-            self.stage.received(len(chunk))
+        self.stage.received(len(points))
+        good = self.outbox.admit(points, now)
+        seqs = self.outbox.store(good, now)
+        if self.history is not None and good:
+            try:
+                self.history.record(good, now)
+                if self._history_failing:
+                    self._history_failing = False
+                    log.info("edge history %s is writable again", self.history.path)
+            except (OutboxError, sqlite3.Error) as exc:
+                self.stage.error(exc if isinstance(exc, OutboxError) else "HistoryError")
+                if not self._history_failing:
+                    self._history_failing = True
+                    log.error("edge history %s: cannot record readings (%s); the outbox is not affected",
+                              self.history.path, exc)
         self._wake.set()
         return seqs
 
     # ------------------------------------------------------------------ tasks
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then stop collectors and flush what can be flushed."""
-        await self.transport.connect()
+        """Run until ``stop`` is set, then stop collectors and flush what can be flushed.
+
+        Polling starts at once; the uplink connects in the publisher task, so a broker that is down when the
+        gateway starts delays publishing, never collecting.
+
+        Raises:
+            TransportError: the broker refused the connection for a reason retrying will not fix (credentials,
+                TLS files); collection stops too, since nothing could ever be delivered.
+        """
         for c in self.collectors:
             await c.start()
         for pc in self.push_collectors:
             await pc.start(self.emit)
-        await self._status(b"online")
-        tasks = [asyncio.create_task(self._schedule(g.id, g.interval_secs, stop)) for g in self.plant.gateway.poll_groups]
+        groups = self.plant.gateway.poll_groups
+        tasks = [asyncio.create_task(self._schedule(g.id, g.interval_secs, stop)) for g in groups]
         tasks.append(asyncio.create_task(self._push_batcher(stop)))
         publisher = asyncio.create_task(self._publisher(stop))
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait({stopped, publisher}, return_when=asyncio.FIRST_COMPLETED)
+            failure = publisher.exception() if publisher.done() and not publisher.cancelled() else None
+            if failure is not None:
+                raise failure
         finally:
+            stopped.cancel()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(stopped, *tasks, return_exceptions=True)
             for pc in self.push_collectors:
                 await pc.stop()
             for c in self.collectors:
@@ -134,17 +186,22 @@ class Gateway:
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
             self._flush_pushed()
-            try:
-                await asyncio.wait_for(self._drain_retrying(), timeout=5)
-            except TimeoutError:
-                log.warning("stopping with %d batch(es) still in the outbox; they are sent on the next start",
-                            self.queue.depth()[0])
-            try:
-                await self._status(b"offline")
-            except TransportError:
-                pass
+            if self._uplink_started:
+                try:
+                    await asyncio.wait_for(self._drain_retrying(), timeout=5)
+                except TimeoutError:
+                    log.warning("stopping with %d batch(es) still in the outbox; they are sent on the next start",
+                                self.queue.depth()[0])
+                with contextlib.suppress(TransportError):
+                    await self._status(b"offline")
             await self.transport.close()
             self.queue.close()
+            if self.history is not None:
+                try:
+                    self.history.close()
+                except sqlite3.Error as exc:
+                    log.error("edge history %s: the last minute of values could not be written: %s",
+                              self.history.path, exc)
 
     async def _sleep_until(self, tick_ms: int, stop: asyncio.Event) -> bool:
         """Sleep until event time ``tick_ms``; False if stopped meanwhile."""
@@ -189,23 +246,28 @@ class Gateway:
 
     async def _push_batcher(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
             self._flush_pushed()
 
     async def drain(self) -> None:
         """Publish until the outbox is empty (raises TransportError if the broker fails).
 
-        Up to ``publish_window`` batches are in flight at once. After a failure the window shrinks to one
+        Live batches (``seq >= live_from``: written since the publisher started or last failed) go first, oldest
+        first; then one slice of the backlog, oldest first; then live batches again, and so on. A slice is one
+        window: up to ``publish_window`` batches in flight at once. After a failure the window shrinks to one
         batch until a publish succeeds again, so a broker outage does not reorder the backlog.
         """
         while True:
-            batch = self.queue.peek(self._window)
-            if not batch:
-                return
-            await self._publish_window(batch)
+            window = self.queue.peek(self._window, min_seq=self._live_from)
+            if not window:
+                window = self.queue.peek(self._window, max_seq=self._live_from)
+                if not window:
+                    if self._backlog_draining:
+                        self._backlog_draining = False
+                        log.info("uplink: backlog drained")
+                    return
+            await self._publish_window(window)
 
     async def _drain_retrying(self) -> None:
         backoff = 0.05
@@ -218,8 +280,10 @@ class Gateway:
                 backoff = min(backoff * 2, 1.0)
 
     async def _publish_window(self, window: list[tuple[int, int, bytes]]) -> None:
+        wire = self.outbox.wire
         results = await asyncio.gather(
-            *(self.transport.publish(self.topic, payload, qos=1) for _, _, payload in window), return_exceptions=True
+            *(self.transport.publish(self.topic, wire(payload), qos=1) for _, _, payload in window),
+            return_exceptions=True,
         )
         done: list[int] = []
         failure: BaseException | None = None
@@ -230,15 +294,32 @@ class Gateway:
             done.append(seq)
             self.stage.sent(n)
         self.queue.remove(done)
+        self.outbox.refresh(self.clock.now_ms())
         if failure is not None:
             self._window = 1
+            self._mark_backlog()
             raise failure if isinstance(failure, TransportError) else TransportError(str(failure))
         self._window = self.publish_window
 
+    def _mark_backlog(self) -> None:
+        """Everything written so far is backlog; what is written from now on is live."""
+        self._live_from = self.queue.next_seq()
+        self._backlog_draining = self.queue.depth()[0] > 0
+
     async def _publisher(self, stop: asyncio.Event) -> None:
+        self._mark_backlog()
+        if self._backlog_draining:
+            log.info("uplink: %d batch(es) left from before the start drain oldest first, live data first",
+                     self.queue.depth()[0])
+        await self.transport.connect()  # returns when connected or after its timeout (it keeps retrying)
+        self._uplink_started = True
+        online = False
         backoff = 0.5
         while True:
             try:
+                if not online:
+                    await self._status(b"online")
+                    online = True
                 await self.drain()
                 backoff = 0.5
             except TransportError as exc:

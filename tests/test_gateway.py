@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from energymon.clock import ScaledClock
 from energymon.config import load_plant
 from energymon.demo import example_plant_path
@@ -101,3 +103,67 @@ def test_ticks_are_aligned_and_nothing_is_lost_when_publishing_fails(tmp_path: P
     assert [b.seq for b in readings] == sorted({b.seq for b in readings})
     status = [p for t, p, r in transport.published if t.endswith("/status")]
     assert status[0] == b"online" and status[-1] == b"offline"
+
+
+class SwitchableTransport(RecordingTransport):
+    """Refuses every publish while ``down``; ``connect`` raises ``refuse`` if set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.refuse: Exception | None = None
+
+    async def connect(self) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        from energymon.errors import TransportError
+
+        if self.down:
+            raise TransportError("broker down")
+        self.published.append((topic, payload, retain))
+
+
+def test_polling_starts_while_the_broker_is_down_and_everything_is_delivered_later(tmp_path: Path) -> None:
+    plant = load_plant(example_plant_path())
+    clock = ScaledClock(datetime.now(UTC), 50.0)
+    collector = FakeCollector()
+    transport = SwitchableTransport()
+    gw = Gateway(plant, transport, [collector], queue_path=tmp_path / "q.sqlite", clock=clock)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        while gw.polls < 5:  # the broker is down from the start: collection goes on regardless
+            await asyncio.sleep(0.02)
+        assert transport.published == [] and gw.queue.depth()[0] >= 5
+        transport.down = False
+        while gw.queue.depth()[0] or gw.polls < 8:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    readings = [decode_batch(p) for t, p, r in transport.published if t.endswith("/readings")]
+    assert sorted(pt.ts_ms for b in readings for pt in b.points) == collector.ticks
+    assert len({b.seq for b in readings}) == len(readings)
+    status = [p for t, p, r in transport.published if t.endswith("/status")]
+    assert status[0] == b"online" and status[-1] == b"offline"
+
+
+def test_a_broker_that_refuses_the_connection_stops_the_gateway_with_the_error(tmp_path: Path) -> None:
+    from energymon.errors import TransportError
+
+    plant = load_plant(example_plant_path())
+    collector = FakeCollector()
+    transport = SwitchableTransport()
+    transport.refuse = TransportError("broker refused the connection: not authorised")
+    gw = Gateway(plant, transport, [collector], queue_path=tmp_path / "q.sqlite",
+                 clock=ScaledClock(datetime.now(UTC), 50.0))
+
+    async def main() -> None:
+        await gw.run(asyncio.Event())
+
+    with pytest.raises(TransportError, match="not authorised"):
+        asyncio.run(main())
