@@ -15,7 +15,10 @@ that will never parse)::
     │   └── SchemaError              a message does not match the wire schema
     ├── TransportError           the broker could not be reached or refused us (retriable)
     ├── StoreError               the time-series store refused or failed a write (retriable)
-    └── NotifyError              a notifier could not deliver an alert (retriable)
+    ├── NotifyError              a notifier could not deliver an alert (retriable)
+    └── OutboxError              the gateway's outbox file failed (defined in energymon.gateway.queue)
+        ├── OutboxCorruptError       quick_check failed; the message names the file and the recovery
+        └── OutboxDiskFullError      SQLITE_FULL: points are counted as dropped, polling continues
 
 ``retriable`` is a class attribute; the runtime, not the plugin, applies backoff to retriable errors.
 """
