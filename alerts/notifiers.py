@@ -1,9 +1,13 @@
-"""Notifiers: deliver alert transitions without ever blocking the pipeline.
+"""Notifiers: deliver alert records without ever blocking the pipeline, and :func:`route` to pick them.
 
 A notifier's :meth:`~Notifier.notify` only queues; a background worker delivers. What cannot be delivered is
 appended to a dead-letter file (one JSON line per alert: payload, reason, attempts), never silently dropped.
+The types: ``webhook`` (here), ``mqtt`` (:mod:`~energymon.alerts.notify_mqtt`, retained state, no dead letters),
+``email`` (:mod:`~energymon.alerts.notify_email`) and ``alertmanager``
+(:mod:`~energymon.alerts.notify_alertmanager`). Each may filter by ``severities`` and ``audiences``
+(:class:`Filtering`); :func:`route` applies the rule's notifier list, the filters and the cycle's recipients.
 
-:class:`WebhookNotifier` POSTs each firing/resolved alert as JSON::
+:class:`WebhookNotifier` POSTs each firing/resolved record as JSON::
 
     {"id": "kiln-power-high:kiln-main", "rule_id": ..., "source": ..., "state": "firing", "severity": ...,
      "audience": [...], "summary": ..., "value": ..., "threshold": ..., "started_ms": ..., "fired_ms": ...,
@@ -40,15 +44,18 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from energymon.alerts.engine import Alert, AlertState
-from energymon.config import WebhookNotifier as WebhookConfig
+from energymon.alerts_config import WebhookNotifier as WebhookConfig
 from energymon.errors import ConfigError, ConfigIssue, NotifyError
 from energymon.metrics import PipelineMetrics, StageMetrics
 
 __all__ = [
     "DELIVERY_HEADER",
     "SIGNATURE_HEADER",
+    "Filtering",
     "Notifier",
+    "Resumable",
     "WebhookNotifier",
+    "accepts",
     "route",
     "sign",
     "verify_signature",
@@ -79,30 +86,72 @@ class Notifier(Protocol):
         ...
 
 
-def route(notifiers: Sequence[Notifier]) -> Callable[[Alert], None]:
-    """Build an engine ``notify`` callback: each alert goes to the notifiers its rule names (all if none).
+@runtime_checkable
+class Filtering(Protocol):
+    """A notifier with routing filters (``severities``, ``audiences`` in its configuration)."""
+
+    def accepts(self, alert: Alert) -> bool:
+        """True if the alert's severity and audience pass the notifier's filters."""
+        ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A notifier that keeps alert state on the far side and must hear about alerts restored after a restart
+    (Alertmanager forgets alerts it stops hearing about). ``resume`` is not a notification."""
+
+    def resume(self, alerts: Sequence[Alert]) -> None:
+        """Take over the firing alerts the engine restored from its state file."""
+        ...
+
+
+def accepts(severities: Sequence[str], audiences: Sequence[str], alert: Alert) -> bool:
+    """The filter rule of every notifier: severity listed (or no list) and an audience in common (or no list)."""
+    if severities and alert.severity not in severities:
+        return False
+    return not audiences or any(a in audiences for a in alert.audience)
+
+
+def route(notifiers: Sequence[Notifier]) -> Callable[[Alert], list[str]]:
+    """Build an engine ``notify`` callback; it returns the ids of the notifiers the record went to.
+
+    Candidates are the notifiers the rule names (all if none). A firing, escalated or reminder record goes to a
+    candidate whose filters accept it, and to every candidate that already got a record of this cycle
+    (``alert.sent_to``), so a notifier that heard the firing also hears the escalation and the resolution. A
+    resolved record goes only to those (or, if the cycle's recipients are unknown, by the filters).
 
     Every target is tried even if one raises; the first exception is re-raised afterwards, so the engine
     counts it.
     """
     by_id = {n.id: n for n in notifiers}
 
-    def notify(alert: Alert) -> None:
+    def notify(alert: Alert) -> list[str]:
         if alert.notifiers:
-            targets = [by_id[i] for i in alert.notifiers if i in by_id]
+            candidates = [by_id[i] for i in alert.notifiers if i in by_id]
         else:
-            targets = list(by_id.values())
+            candidates = list(by_id.values())
         missing = [i for i in alert.notifiers if i not in by_id]
         if missing:
             log.warning("alert %s names unknown notifier(s) %s", alert.id, ", ".join(missing))
+        heard = set(alert.sent_to)
+        resolved_with_recipients = alert.state is AlertState.RESOLVED and bool(heard)
+        targets = [
+            n for n in candidates
+            if n.id in heard
+            or (not resolved_with_recipients and (not isinstance(n, Filtering) or n.accepts(alert)))
+        ]
         first: Exception | None = None
+        went: list[str] = []
         for target in targets:
             try:
                 target.notify(alert)
             except Exception as exc:
                 first = first or exc
+            else:
+                went.append(target.id)
         if first is not None:
             raise first
+        return went
 
     return notify
 
@@ -220,6 +269,10 @@ class WebhookNotifier:
         """Alerts queued or being delivered."""
         with self._cond:
             return len(self._queue) + self._in_flight
+
+    def accepts(self, alert: Alert) -> bool:
+        """The ``severities`` and ``audiences`` filters of the configuration."""
+        return accepts(self.config.severities, self.config.audiences, alert)
 
     def notify(self, alert: Alert) -> None:
         """Queue a firing or resolved alert; returns at once.

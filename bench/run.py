@@ -10,6 +10,7 @@ BENCH = Path(__file__).resolve().parent
 RUNS = [
     ["bench_pipeline.py", "--points", "500000", "--batch", "1000", "--meters", "100"],
     ["bench_store.py", "--points", "200000"],
+    ["bench_alert_latency.py", "--transitions", "60"],
 ]
 
 

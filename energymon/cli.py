@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first period start, ISO 8601, plant local time unless it has an offset (default: 7 days back)")
     p.add_argument("--to", dest="end", metavar="ISO", default=None, help="end, exclusive (default: now)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    from energymon.alerts.cli import add_alerts_parser
+
+    add_alerts_parser(sub)
     return parser
 
 
@@ -195,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return history_command(
                 args.config, args.data_dir, args.meter, args.quantity, args.period, args.start, args.end, args.format
             )
+        if args.command == "alerts":
+            from energymon.alerts.cli import alerts_main
+
+            return alerts_main(args)
         return asyncio.run(_serve(args))
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)

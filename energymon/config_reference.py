@@ -47,9 +47,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("processor", config.ProcessorConfig),
     ("processor.store type: influxdb", config.InfluxStoreConfig),
     ("processor.store type: sqlite", config.SqliteStoreConfig),
-    ("alerts", alerts_config.AlertsConfig),
-    ("alerts.rules[] kind: threshold", alerts_config.ThresholdRule),
-    ("alerts.notifiers[] type: webhook", alerts_config.WebhookNotifier),
+    *alerts_config.REFERENCE_SECTIONS,
     ("accounting", AccountingConfig),
 ]
 

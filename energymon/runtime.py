@@ -141,29 +141,23 @@ def open_store(plant: PlantConfig, *, metrics: PipelineMetrics, override: Path |
 
 
 def build_alerting(
-    plant: PlantConfig, *, clock: Clock, metrics: PipelineMetrics, data_dir: Path
+    plant: PlantConfig,
+    *,
+    clock: Clock,
+    metrics: PipelineMetrics,
+    data_dir: Path,
+    state_path: Path | None = None,
+    replacements: Any = None,
 ) -> tuple[Any, list[Any]]:
-    """The alert engine and its notifiers; alerts are routed to the notifiers each rule names."""
-    from energymon.alerts.engine import AlertEngine
-    from energymon.alerts.notifiers import WebhookNotifier
+    """The alert engine and its notifiers (see :func:`energymon.alerts.build.build_alerting`).
 
-    notifiers = {
-        n.id: WebhookNotifier(
-            n,
-            dead_letter_path=data_dir / f"dead-letter-{n.id}.jsonl",
-            metrics=metrics,
-            enterprise=plant.enterprise.uscc,
-        )
-        for n in plant.alerts.notifiers
-    }
-    routes = {r.id: [notifiers[n] for n in r.notifiers] for r in plant.alerts.rules}
+    The engine's state (active alerts, history, acknowledgements, silences) lives in ``data_dir/alerts.sqlite``
+    unless ``state_path`` is given; ``replacements`` feeds meter replacement records to ``counter_backwards``.
+    """
+    from energymon.alerts.build import build_alerting as _build
 
-    def notify(alert: Any) -> None:
-        for notifier in routes.get(alert.rule_id, []):
-            notifier.notify(alert)
-
-    engine = AlertEngine(list(plant.alerts.rules), notify=notify, clock=clock, metrics=metrics)
-    return engine, list(notifiers.values())
+    return _build(plant, clock=clock, metrics=metrics, data_dir=data_dir, state_path=state_path,
+                  replacements=replacements)
 
 
 class ProcessorService:
@@ -175,8 +169,9 @@ class ProcessorService:
         store: the store (opened from the plant file if None).
         clock: event-time clock for the alert engine.
         metrics: shared self-metrics.
-        data_dir: where dead-letter files go.
+        data_dir: where dead-letter files and the alert state file go.
         flush_interval_ms: how often pending rows are written even if few.
+        alert_tick_ms: how often the alert engine's clock ticks (offline, completeness, reminders, silences).
     """
 
     def __init__(
@@ -190,6 +185,7 @@ class ProcessorService:
         store: Store | None = None,
         flush_interval_ms: int = 200,
         observers: Sequence[Callable[[Sequence[Any]], None]] = (),
+        alert_tick_ms: int = 1000,
     ) -> None:
         from energymon.processors.processor import Processor
 
@@ -213,8 +209,11 @@ class ProcessorService:
             )
         self.transport = transport
         self.flush_interval_s = flush_interval_ms / 1000
+        self.clock = clock
+        self.alert_tick_s = alert_tick_ms / 1000
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
 
     def _on_message(self, msg: Message) -> None:
         self.processor.handle(msg)
@@ -226,24 +225,36 @@ class ProcessorService:
             except StoreError as exc:
                 log.warning("store write failed, keeping rows for the next try: %s", exc)
 
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.alert_tick_s):
+            try:
+                self.alerts.tick(self.clock.now_ms())
+            except Exception:  # an alert rule must not stop the ticks
+                log.exception("alert tick failed")
+
     async def start(self) -> None:
-        """Subscribe and start the flush timer."""
+        """Subscribe and start the flush and alert-tick timers."""
         flt = readings_filter(self.plant.enterprise.uscc, self.plant.processor.share_group)
         self.transport.subscribe(flt, self._on_message, qos=1)
         await self.transport.connect()
         self._flusher = threading.Thread(target=self._flush_loop, name="energymon-flush", daemon=True)
         self._flusher.start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="energymon-alert-tick", daemon=True)
+        self._ticker.start()
 
     async def stop(self) -> None:
-        """Flush what is pending, unsubscribe, close the store and drain the notifiers."""
+        """Flush what is pending, unsubscribe, close the store, save the alert state and drain the notifiers."""
         await self.transport.close()
         self._stop.set()
         if self._flusher is not None:
             await asyncio.to_thread(self._flusher.join, 5)
+        if self._ticker is not None:
+            await asyncio.to_thread(self._ticker.join, 5)
         try:
             self.processor.flush()
         except StoreError as exc:
             log.warning("stopping with unwritten rows (the broker redelivers them): %s", exc)
+        self.alerts.close()
         for n in self.notifiers:
             await asyncio.to_thread(n.close, 5.0)
         self.store.close()

@@ -13,6 +13,7 @@ from datetime import date
 
 from energymon import units
 from energymon.accounting_config import check_accounting
+from energymon.alerts_config import check_alerts
 from energymon.config import (
     DataType,
     Dlt645SerialBus,
@@ -266,20 +267,4 @@ def _check_products(plant: PlantConfig) -> Iterator[Issue]:
 
 
 def _check_rules(plant: PlantConfig) -> Iterator[Issue]:
-    meters = {m.id: m for m in plant.meters}
-    notifiers = {n.id for n in plant.alerts.notifiers}
-    for i, rule in enumerate(plant.alerts.rules):
-        base = f"alerts.rules[{i}]"
-        meter = meters.get(rule.meter)
-        if meter is None:
-            yield f"{base}.meter", f"unknown meter {rule.meter!r}"
-        else:
-            try:
-                q = plant.quantities(meter)
-            except (KeyError, ImportError, ValueError):
-                q = {}
-            if q and rule.quantity not in q:
-                yield f"{base}.quantity", f"meter {meter.id!r} has no quantity {rule.quantity!r}"
-        for j, nid in enumerate(rule.notifiers):
-            if nid not in notifiers:
-                yield f"{base}.notifiers[{j}]", f"unknown notifier {nid!r}"
+    yield from check_alerts(plant)

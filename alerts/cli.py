@@ -1,0 +1,191 @@
+"""``energymon alerts``: list, acknowledge and silence alerts in the state file of a data directory.
+
+Works on ``<data dir>/alerts.sqlite`` while the processor runs (or not): acknowledgements and silences are
+written to the file, and the running engine picks them up on its next tick (within a second)::
+
+    energymon alerts list --data-dir /var/lib/energymon                 # active alerts (the default)
+    energymon alerts list --history --rule meter_offline --since 2025-03-01T00:00:00+08:00
+    energymon alerts ack meter_offline:kiln_drive --by 张工 --comment "RS-485 line replaced"
+    energymon alerts silence --rule meter_offline --source kiln_drive --for-secs 7200 --comment "maintenance"
+    energymon alerts silences                                             # silences still in force
+    energymon alerts unsilence 3
+
+``--json`` prints one JSON object per line instead of a table. Exit status: 0 done, 1 nothing to act on (no
+state file, no such firing alert or silence), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from energymon.alerts.state import STATE_FILE, AlertStore
+from energymon.clock import WallClock
+
+__all__ = ["add_alerts_parser", "alerts_main"]
+
+
+def _iso_ms(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _since(text: str) -> int:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset; write e.g. {text}+08:00 or {text}Z")
+    return round(when.timestamp() * 1000)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_alerts_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``alerts`` command (with its subcommands) to ``energymon``'s subparsers and return its parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=Path("energymon-data"),
+                        help="the processor's data directory (holds alerts.sqlite)")
+    common.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "alerts", help="list, acknowledge and silence alerts (state file in the data directory)")
+    cmds = parser.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+
+    p = cmds.add_parser("list", parents=[common], help="active alerts (default) or the history")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--active", action="store_true", help="pending and firing alerts (default)")
+    which.add_argument("--history", action="store_true", help="every event: firing, escalated, resolved, acks...")
+    p.add_argument("--rule", help="only this rule id")
+    p.add_argument("--source", help="only this source (meter, product, gateway...)")
+    p.add_argument("--since", type=_since, metavar="ISO", help="only from this time on (with its UTC offset)")
+    p.add_argument("--limit", type=int, default=1000, help="history rows at most (newest kept)")
+
+    p = cmds.add_parser("ack", parents=[common], help="acknowledge a firing alert: no more reminders")
+    p.add_argument("id", help="alert id, {rule}:{source}")
+    p.add_argument("--by", default="", help="who acknowledges")
+    p.add_argument("--comment", default="", help="why, what is being done")
+
+    p = cmds.add_parser("silence", parents=[common], help="do not notify alerts of a rule (and source) for a while")
+    p.add_argument("--rule", required=True, help="rule id")
+    p.add_argument("--source", default=None, help="only this source (default: every source of the rule)")
+    p.add_argument("--for-secs", type=_positive, required=True, help="duration in seconds from now")
+    p.add_argument("--comment", required=True, help="why (kept with the silence)")
+    p.add_argument("--by", default="", help="who silences")
+
+    p = cmds.add_parser("silences", parents=[common], help="silences in force (or all with --all)")
+    p.add_argument("--all", action="store_true", help="include ended silences")
+
+    p = cmds.add_parser("unsilence", parents=[common], help="end a silence now")
+    p.add_argument("silence_id", type=int, help="silence id (see 'alerts silences')")
+    return parser
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)] + [r[-1]]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run ``energymon alerts ...`` on the state file in ``args.data_dir``; returns the exit status."""
+    out = out or sys.stdout
+    path = Path(args.data_dir) / STATE_FILE
+    command = args.alerts_command
+    if not path.exists() and command != "silence":
+        print(f"error: no alert state file at {path} (has the processor run with --data-dir {args.data_dir}?)",
+              file=sys.stderr)
+        return 1
+    now = WallClock().now_ms()
+    store = AlertStore(path)
+    try:
+        if command == "list":
+            return _list(store, args, out)
+        if command == "ack":
+            try:
+                record = store.ack(args.id, by=args.by, comment=args.comment, at_ms=now)
+            except KeyError:
+                print(f"error: no firing alert {args.id!r}", file=sys.stderr)
+                return 1
+            if args.json:
+                print(json.dumps({"acknowledged": record["id"], "by": args.by, "at_ms": now}, ensure_ascii=False),
+                      file=out)
+            else:
+                print(f"acknowledged {record['id']} ({record['summary']})", file=out)
+            return 0
+        if command == "silence":
+            ends = now + round(args.for_secs * 1000)
+            silence = store.add_silence(args.rule, args.source, starts_ms=now, ends_ms=ends, comment=args.comment,
+                                        by=args.by, created_ms=now)
+            if args.json:
+                print(json.dumps(silence.to_dict(), ensure_ascii=False), file=out)
+            else:
+                what = f"{args.rule}:{args.source}" if args.source else f"{args.rule} (every source)"
+                print(f"silence {silence.id}: {what} until {_iso_ms(silence.ends_ms)}", file=out)
+            return 0
+        if command == "silences":
+            silences = store.silences(active_at_ms=None if args.all else now)
+            if args.json:
+                for s in silences:
+                    print(json.dumps(s.to_dict(), ensure_ascii=False), file=out)
+            else:
+                rows = [["id", "rule", "source", "until", "by", "comment"]] + [
+                    [str(s.id), s.rule_id, s.source or "*", _iso_ms(s.ends_ms), s.by or "-", s.comment]
+                    for s in silences
+                ]
+                _table(rows, out)
+            return 0
+        if command == "unsilence":
+            if not store.expire_silence(args.silence_id, now):
+                print(f"error: no silence {args.silence_id} in force", file=sys.stderr)
+                return 1
+            print(f"silence {args.silence_id} ended", file=out)
+            return 0
+        print(f"error: unknown alerts action {command!r}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+def _list(store: AlertStore, args: argparse.Namespace, out: TextIO) -> int:
+    if args.history:
+        entries = store.history(rule_id=args.rule, source=args.source, since_ms=args.since, limit=args.limit)
+        if args.json:
+            for e in entries:
+                print(json.dumps(e.to_dict(), ensure_ascii=False), file=out)
+            return 0
+        rows = [["at", "event", "alert", "severity", "v", "notified", "summary"]] + [
+            [_iso_ms(e.at_ms), e.event, e.alert_id, e.severity, str(e.version), "yes" if e.notified else "no",
+             (f"{e.by}: {e.comment}" if e.event == "acknowledged" else str(e.record.get("summary", "")))]
+            for e in entries
+        ]
+        _table(rows, out)
+        return 0
+    records = store.active(rule_id=args.rule, source=args.source)
+    if args.since is not None:
+        records = [r for r in records if r["started_ms"] >= args.since]
+    if args.json:
+        for r in records:
+            print(json.dumps(r, ensure_ascii=False), file=out)
+        return 0
+    rows = [["state", "severity", "alert", "since", "acked", "summary"]] + [
+        [r["state"], r["severity"], r["id"], _iso_ms(r.get("fired_ms") or r["started_ms"]),
+         r.get("acked_by") or ("yes" if r.get("acked_ms") else "-"), r.get("summary", "")]
+        for r in records
+    ]
+    _table(rows, out)
+    return 0
