@@ -665,7 +665,7 @@ class InfluxStoreConfig(Strict):
     token_env: str | None = Field(default=None, description="environment variable holding the API token")
     batch_max_points: int = Field(default=5000, ge=1, le=100000)
     """lines per HTTP write"""
-    flush_interval_ms: int = Field(default=200, ge=1, le=60000)
+    flush_interval_ms: int = Field(default=50, ge=1, le=60000)
     """longest time rows wait before a write"""
     timeout_ms: int = Field(default=10000, ge=100, le=120000)
     """HTTP timeout"""

@@ -170,7 +170,8 @@ class ProcessorService:
         clock: event-time clock for the alert engine.
         metrics: shared self-metrics.
         data_dir: where dead-letter files and the alert state file go.
-        flush_interval_ms: how often pending rows are written even if few.
+        flush_interval_ms: how often pending rows are written even if few (default: the InfluxDB store's
+            ``flush_interval_ms``, else 50 ms); alerts see points only after their rows are written.
         alert_tick_ms: how often the alert engine's clock ticks (offline, completeness, reminders, silences).
     """
 
@@ -183,7 +184,7 @@ class ProcessorService:
         data_dir: Path,
         transport: Transport | None = None,
         store: Store | None = None,
-        flush_interval_ms: int = 200,
+        flush_interval_ms: int | None = None,
         observers: Sequence[Callable[[Sequence[Any]], None]] = (),
         alert_tick_ms: int = 1000,
     ) -> None:
@@ -208,6 +209,9 @@ class ProcessorService:
                 manual_ack=True,
             )
         self.transport = transport
+        if flush_interval_ms is None:
+            store_cfg = plant.processor.store
+            flush_interval_ms = store_cfg.flush_interval_ms if isinstance(store_cfg, InfluxStoreConfig) else 50
         self.flush_interval_s = flush_interval_ms / 1000
         self.clock = clock
         self.alert_tick_s = alert_tick_ms / 1000
@@ -217,6 +221,12 @@ class ProcessorService:
 
     def _on_message(self, msg: Message) -> None:
         self.processor.handle(msg)
+
+    def _on_status(self, msg: Message) -> None:
+        """A gateway's retained status (``online`` / ``offline``, the latter also its last will)."""
+        gateway = msg.topic.split("/")[3]
+        self.alerts.observe_status(gateway, msg.payload.strip() == b"online", self.clock.now_ms())
+        msg.ack()
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
@@ -236,6 +246,7 @@ class ProcessorService:
         """Subscribe and start the flush and alert-tick timers."""
         flt = readings_filter(self.plant.enterprise.uscc, self.plant.processor.share_group)
         self.transport.subscribe(flt, self._on_message, qos=1)
+        self.transport.subscribe(status_topic(self.plant.enterprise.uscc, "+"), self._on_status, qos=1)
         await self.transport.connect()
         self._flusher = threading.Thread(target=self._flush_loop, name="energymon-flush", daemon=True)
         self._flusher.start()
