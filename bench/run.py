@@ -11,6 +11,7 @@ RUNS = [
     ["bench_pipeline.py", "--points", "500000", "--batch", "1000", "--meters", "100"],
     ["bench_store.py", "--points", "200000"],
     ["bench_alert_latency.py", "--transitions", "60"],
+    ["bench_recompute.py"],
 ]
 
 

@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", metavar="ISO", default=None, help="end, exclusive (default: now)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     from energymon.alerts.cli import add_alerts_parser
+    from energymon.processors import report_cli
 
     add_alerts_parser(sub)
+    report_cli.add_arguments(sub.add_parser("report", help=report_cli.HELP))
     return parser
 
 
@@ -198,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return history_command(
                 args.config, args.data_dir, args.meter, args.quantity, args.period, args.start, args.end, args.format
             )
+        if args.command == "report":
+            from energymon.processors import report_cli
+
+            return report_cli.main(args)
         if args.command == "alerts":
             from energymon.alerts.cli import alerts_main
 

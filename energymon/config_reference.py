@@ -14,8 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from energymon import alerts_config, config
-from energymon.accounting_config import AccountingConfig
+from energymon import accounting_config, alerts_config, config
 
 __all__ = ["render"]
 
@@ -48,7 +47,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("processor.store type: influxdb", config.InfluxStoreConfig),
     ("processor.store type: sqlite", config.SqliteStoreConfig),
     *alerts_config.REFERENCE_SECTIONS,
-    ("accounting", AccountingConfig),
+    *accounting_config.REFERENCE_SECTIONS,
 ]
 
 

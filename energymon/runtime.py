@@ -199,6 +199,7 @@ class ProcessorService:
             self.store,
             metrics=metrics,
             observers=[self.alerts.observe, *observers],
+            row_observers=[self.alerts.observe_rows],
             dead_letter_path=data_dir / "rejected-messages.jsonl",
         )
         if transport is None:

@@ -206,25 +206,29 @@ def _check_counter(plant: PlantConfig, base: str, meter: Meter) -> Iterator[Issu
     if kind != "counter":
         yield f"{base}.counter", f"quantity {meter.counter!r} is a {kind}, not a cumulative counter"
     if meter.carrier is not None:
-        yield from _check_carrier_unit(base, meter.carrier, unit)
+        yield from _check_carrier_unit(plant, base, meter.carrier, unit)
 
 
-def _check_carrier_unit(base: str, carrier: str, unit: str) -> Iterator[Issue]:
-    try:
-        from energymon.refdata import ReferenceDataError, load_reference_data
-    except ImportError:  # pragma: no cover - reference data ships with the package
-        return
-    ref = load_reference_data()
-    try:
-        coef = ref.coefficient(carrier, on=date.today())  # noqa: DTZ011 - which edition is in force today
-    except ReferenceDataError as exc:
-        yield f"{base}.carrier", str(exc)
-        return
-    if units.is_known(coef.unit) and units.dimension(coef.unit) != units.dimension(unit):
+def _check_carrier_unit(plant: PlantConfig, base: str, carrier: str, unit: str) -> Iterator[Issue]:
+    """The counter's unit must convert to the unit of the carrier's coefficient: the plant's measured one
+    (``accounting.coefficient_overrides``) if given, else the reference data's (which for some carriers, e.g.
+    coke-oven gas, is only a range and then needs the plant's measured value)."""
+    from energymon.refdata import ReferenceDataError, load_reference_data
+
+    override = next((o for o in plant.accounting.coefficient_overrides if o.carrier == carrier), None)
+    if override is not None:
+        coef_unit = override.unit
+    else:
+        try:
+            coef_unit = load_reference_data().coefficient(carrier, on=date.today()).unit  # noqa: DTZ011 - in force today
+        except ReferenceDataError as exc:
+            yield f"{base}.carrier", str(exc)
+            return
+    if units.is_known(coef_unit) and units.dimension(coef_unit) != units.dimension(unit):
         yield (
             f"{base}.counter",
-            f"wrong unit {unit!r} for carrier {carrier!r}: its coefficient is per {coef.unit} "
-            f"({units.dimension(coef.unit)}), the counter measures {units.dimension(unit)}",
+            f"wrong unit {unit!r} for carrier {carrier!r}: its coefficient is per {coef_unit} "
+            f"({units.dimension(coef_unit)}), the counter measures {units.dimension(unit)}",
         )
 
 

@@ -1,13 +1,20 @@
-"""Energy accounting: interval consumption → standard coal → per-product indicators by local period.
+"""Energy accounting on the live path: interval consumption → standard coal → per-product indicators by period.
 
 For each energy meter the processor books interval consumption (:mod:`energymon.processors.counters`) and
-converts it with the GB/T 2589 coefficient in force on the day of the reading: 当量值 (``kgce``) for every
-carrier, and for electricity also 等价值 (``kgce_equal``, the year's and province's supply coal rate).
-Consumption that spans a period boundary is spread over the periods in proportion to time.
+converts it with the factors in force on the local day of the interval's end (:class:`~.rules.PlantRules`):
+kgce 当量值, kgce 等价值 (electricity at the year's supply coal rate) and kg CO2. Consumption that spans a period
+boundary is spread over the periods in proportion to time; an interval longer than the gap policy's
+``min_gap_secs`` (default: twice the meter's expected reading interval) is either spread the same way (flag
+``gap_spread``) or booked whole in the period where it ends (flag ``gap_at_end``).
 
-Each product sums the standard coal of the meters inside its energy boundary and its output counter per
-hour and per day in the plant's local time, and its 单位产品综合能耗 = kgce ÷ output is graded against the
-indicator's 标杆/基准 levels and quota grades in force on that day.
+Each product sums the contributions of the meters inside its boundary (consumption and 原料用能 counted, export
+deducted, recovered energy reported only, shared meters split by their allocation) and its output per local
+hour and day; its indicator (kgce/t, kgoe/t, kWh/t, PUE...) is graded against the levels in force that day
+with its band and corrections.
+
+The live path books forward only: a reading older than the counter's last one books nothing here. Reports
+recompute any period from the stored readings (:mod:`energymon.processors.recompute`), so late, replayed or
+corrected data land in the period they belong to; see ``docs/accounting.md``.
 """
 
 from __future__ import annotations
@@ -18,18 +25,34 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from energymon import units
-from energymon.config import Meter, MeteringLevel, PlantConfig, Product
+from energymon.config import PlantConfig
 from energymon.interfaces import Row, SeriesKey, series_key
-from energymon.processors.grading import Grade, Levels, grade_value, levels_for
+from energymon.processors.counters import CounterTracker
+from energymon.processors.grading import Grade, Levels, grade_value
+from energymon.processors.rules import Contribution, Factors, PlantRules, indicator_value
 
-__all__ = ["Accounting", "PERIODS", "period_start", "split_by_period"]
+__all__ = [
+    "ALL_PERIODS",
+    "PERIODS",
+    "Accounting",
+    "PeriodCache",
+    "next_period_start",
+    "period_start",
+    "period_starts",
+    "split_by_period",
+]
 
+#: Periods the live path keeps (reports add 15min, month, ytd and year).
 PERIODS = ("hour", "day")
+#: Every calendar period the accounting knows, finest first.
+ALL_PERIODS = ("15min", "hour", "day", "month", "year")
+_QUARTER_MS = 900_000
 
 
 def period_start(ts_ms: int, period: str, tz: ZoneInfo) -> int:
-    """Start (ms) of the local hour / day / month containing ``ts_ms``."""
+    """Start (ms) of the local 15 min / hour / day / month / year containing ``ts_ms``."""
+    if period == "15min":  # every zone's offset is a multiple of 15 min: local quarters are UTC quarters
+        return ts_ms - ts_ms % _QUARTER_MS
     local = datetime.fromtimestamp(ts_ms / 1000, tz)
     if period == "hour":
         floor = local.replace(minute=0, second=0, microsecond=0)
@@ -37,21 +60,43 @@ def period_start(ts_ms: int, period: str, tz: ZoneInfo) -> int:
         floor = local.replace(hour=0, minute=0, second=0, microsecond=0)
     elif period == "month":
         floor = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    elif period == "year":
+        floor = local.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
     else:
         raise ValueError(f"unknown period {period!r}")
     # re-attach the zone so a DST fold picks the right offset
     return int(floor.replace(tzinfo=tz).timestamp() * 1000)
 
 
-def _next_start(start_ms: int, period: str, tz: ZoneInfo) -> int:
-    local = datetime.fromtimestamp(start_ms / 1000, tz)
+def next_period_start(start_ms: int, period: str, tz: ZoneInfo) -> int:
+    """Start of the period after the one starting at ``start_ms``."""
+    if period == "15min":
+        return start_ms + _QUARTER_MS
     if period == "hour":
         return start_ms + 3_600_000
+    local = datetime.fromtimestamp(start_ms / 1000, tz)
     if period == "day":
         nxt = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
+    elif period == "month":
         nxt = (local.replace(day=28) + timedelta(days=4)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    elif period == "year":
+        nxt = local.replace(year=local.year + 1, month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    else:
+        raise ValueError(f"unknown period {period!r}")
     return int(nxt.replace(tzinfo=tz).timestamp() * 1000)
+
+
+_next_start = next_period_start  # the name older callers use
+
+
+def period_starts(start_ms: int, end_ms: int, period: str, tz: ZoneInfo) -> list[int]:
+    """Starts of the local periods overlapping ``[start_ms, end_ms)``, in order."""
+    out: list[int] = []
+    cur = period_start(start_ms, period, tz)
+    while cur < end_ms:
+        out.append(cur)
+        cur = next_period_start(cur, period, tz)
+    return out
 
 
 def split_by_period(
@@ -65,7 +110,7 @@ def split_by_period(
     cur = period_start(start_ms, period, tz)
     span = end_ms - start_ms
     while cur < end_ms:
-        nxt = _next_start(cur, period, tz)
+        nxt = next_period_start(cur, period, tz)
         lo, hi = max(cur, start_ms), min(nxt, end_ms)
         if hi > lo:
             yield cur, amount * (hi - lo) / span
@@ -87,7 +132,7 @@ class PeriodCache:
         if self.start <= ts_ms < self.end:
             return self.start, self.end
         start = period_start(ts_ms, self.period, self.tz)
-        self.start, self.end = start, _next_start(start, self.period, self.tz)
+        self.start, self.end = start, next_period_start(start, self.period, self.tz)
         return self.start, self.end
 
     def split(self, start_ms: int, end_ms: int, amount: float) -> list[tuple[int, float]]:
@@ -100,190 +145,232 @@ class PeriodCache:
 
 @dataclass(slots=True)
 class _MeterInfo:
-    meter: Meter
-    unit: str
+    meter_id: str
+    gap_ms: float  # an interval longer than this is a gap
+    carrier: str | None
+    kwh_per_unit: float | None
     energy_key: SeriesKey | None
     production_key: SeriesKey | None
-    products_energy: list[str]  # products whose boundary includes this meter
+    products_energy: list[tuple[str, Contribution]]  # products whose boundary includes this meter
     products_output: list[str]  # products this meter counts the output of
-    factors: dict[date, tuple[float, float | None]] = field(default_factory=dict)
+    output_allocated: list[str]  # products sharing this meter by their output
+    factors: dict[int, Factors] = field(default_factory=dict)  # by local day start (ms)
 
 
 @dataclass(slots=True)
 class _Bucket:
-    kgce: float = 0.0
+    kgce: float = 0.0  # 综合能耗 当量值 (export deducted)
+    kgce_equal: float = 0.0  # 等价值
+    equal_missing: bool = False  # an electricity share had no 等价值
+    kgce_feedstock: float = 0.0
+    kgce_exported: float = 0.0
+    kwh: float = 0.0  # electricity (export deducted)
     output: float = 0.0
+    carrier_kgce: dict[str, float] = field(default_factory=dict)
+    carrier_kwh: dict[str, float] = field(default_factory=dict)
 
 
 class Accounting:
-    """Turns interval deltas into energy, production and indicator rows. Owned by one processor thread."""
+    """Turns interval deltas into energy, production and indicator rows. Owned by one processor thread.
 
-    def __init__(self, plant: PlantConfig, ref: Any) -> None:
+    Args:
+        plant: the validated plant configuration.
+        ref: the reference data (``energymon.refdata.ReferenceData``).
+        rules: the plant's resolved rules (built from ``plant`` and ``ref`` if omitted).
+    """
+
+    def __init__(self, plant: PlantConfig, ref: Any, rules: PlantRules | None = None) -> None:
         self.plant = plant
         self.ref = ref
+        self.rules = rules or PlantRules(plant, ref)
         self.tz = plant.enterprise.tz
         self.enterprise = plant.enterprise.uscc
-        self.region = plant.enterprise.province or "national"
+        self.region = self.rules.region
+        self._gap_at_end = plant.accounting.gap_policy.mode == "flag"
         self._meters: dict[str, _MeterInfo] = {}
         self._products = {p.id: p for p in plant.products}
         self._buckets: dict[tuple[str, str, int], _Bucket] = {}
         self._dirty: set[tuple[str, str, int]] = set()
-        self._indicator_keys: dict[tuple[str, str], SeriesKey] = {}
-        self._level_cache: dict[tuple[str, date], Levels | None] = {}
+        self._indicator_keys: dict[tuple[str, str, str], SeriesKey] = {}
         self._periods = {p: PeriodCache(p, self.tz) for p in PERIODS}
         self._day_of = PeriodCache("day", self.tz)
         self._dates: dict[int, date] = {}
-        boundary = {p.id: self._boundary_meters(p) for p in plant.products}
-        for meter in plant.meters:
-            if meter.counter is None:
-                continue
-            unit = plant.quantities(meter)[meter.counter][0]
+        by_meter: dict[str, list[tuple[str, Contribution]]] = {}
+        for pid, contributions in self.rules.product_meters.items():
+            for meter_id, c in contributions.items():
+                by_meter.setdefault(meter_id, []).append((pid, c))
+        for meter_id, info in self.rules.meters.items():
+            meter = info.meter
             energy_key = production_key = None
             if meter.carrier is not None:
                 energy_key = series_key(
                     "energy", enterprise=self.enterprise, meter=meter.id, carrier=meter.carrier,
-                    process=meter.process or "", level=str(int(meter.level)) if meter.level else "", unit=unit,
+                    process=meter.process or "", level=str(int(meter.level)) if meter.level else "", unit=info.unit,
+                    role="" if info.role.value == "consumption" else info.role.value,
                 )
-            outputs = [p.id for p in plant.products if p.output.meter == meter.id]
+            outputs = self.rules.output_meters.get(meter_id, [])
             if outputs:
                 production_key = series_key(
-                    "production", enterprise=self.enterprise, meter=meter.id, product=",".join(outputs), unit=unit
+                    "production", enterprise=self.enterprise, meter=meter.id, product=",".join(outputs),
+                    unit=info.unit,
                 )
-            self._meters[meter.id] = _MeterInfo(
-                meter, unit, energy_key, production_key,
-                [pid for pid, ids in boundary.items() if meter.id in ids], outputs,
+            self._meters[meter_id] = _MeterInfo(
+                meter_id, plant.accounting.gap_secs(meter_id) * 1000, meter.carrier, info.kwh_per_unit, energy_key,
+                production_key, by_meter.get(meter_id, []), outputs, self.rules.output_allocated(meter_id),
             )
         for product in plant.products:
-            for period in PERIODS:
-                self._indicator_keys[(product.id, period)] = series_key(
-                    "indicator", enterprise=self.enterprise, product=product.id, indicator=product.indicator,
-                    period=period,
-                )
+            for indicator, _ in self.rules.indicators(product.id):
+                for period in PERIODS:
+                    self._indicator_keys[(product.id, indicator, period)] = series_key(
+                        "indicator", enterprise=self.enterprise, product=product.id, indicator=indicator,
+                        period=period,
+                    )
 
-    def _boundary_meters(self, product: Product) -> set[str]:
-        chosen = set(product.boundary.meters)
-        if product.boundary.processes:
-            procs = set(product.boundary.processes)
-            inside = [m for m in self.plant.meters if m.carrier is not None and m.process in procs]
-            # Per process and carrier, count only the highest metering level present (2 before 3), so a
-            # process meter and the equipment meters below it are not added twice.
-            best: dict[tuple[str | None, str | None], int] = {}
-            for m in inside:
-                lvl = int(m.level) if m.level else int(MeteringLevel.PROCESS)
-                key = (m.process, m.carrier)
-                best[key] = min(best.get(key, 99), lvl)
-            chosen |= {
-                m.id for m in inside
-                if (int(m.level) if m.level else int(MeteringLevel.PROCESS)) == best[(m.process, m.carrier)]
-            }
-        return chosen
+    def tracker(self, meter_id: str, counter_max: float | None) -> CounterTracker:
+        """The counter tracker of a meter (plausibility bound, rollover point, recorded replacements)."""
+        return self.rules.tracker(meter_id, counter_max)
 
     def enterprise_meters(self) -> dict[str, list[str]]:
         """Per carrier, the meters that measure the enterprise's intake: those at the top metering level
         present for that carrier (一级 where there is one), so sub-meters are not added to their parent."""
-        top: dict[str, int] = {}
-        for m in self.plant.meters:
-            if m.carrier is not None and m.counter is not None:
-                top[m.carrier] = min(top.get(m.carrier, 99), int(m.level) if m.level else 1)
-        out: dict[str, list[str]] = {}
-        for m in self.plant.meters:
-            if m.carrier is not None and m.counter is not None and (int(m.level) if m.level else 1) == top[m.carrier]:
-                out.setdefault(m.carrier, []).append(m.id)
-        return out
+        return self.rules.top_meters()
 
     def is_counter(self, meter_id: str, quantity: str) -> bool:
         """True if (meter, quantity) is an accounted counter."""
-        info = self._meters.get(meter_id)
+        info = self.rules.meters.get(meter_id)
         return info is not None and info.meter.counter == quantity
 
-    def _factors(self, info: _MeterInfo, day: date) -> tuple[float, float | None]:
-        cached = info.factors.get(day)
-        if cached is not None:
-            return cached
-        carrier = info.meter.carrier
-        assert carrier is not None
-        coef = self.ref.coefficient(carrier, on=day)
-        per_counter_unit = coef.kgce_per_unit * units.convert(1.0, info.unit, coef.unit)
-        equal: float | None = None
-        if carrier == "electricity":
-            for region in (self.region, "national"):
-                try:
-                    eq = self.ref.electricity_equal_value(day.year, region)
-                except (KeyError, ValueError):
-                    continue  # no published supply coal rate for that year and region: 等价值 is left out
-                equal = eq.kgce_per_unit * units.convert(1.0, info.unit, eq.unit)
-                break
-        info.factors[day] = (per_counter_unit, equal)
-        return per_counter_unit, equal
+    def _day(self, end_ms: int) -> date:
+        day_start = self._day_of.bounds(end_ms - 1)[0]
+        day = self._dates.get(day_start)
+        if day is None:
+            day = self._dates[day_start] = datetime.fromtimestamp(day_start / 1000, self.tz).date()
+        return day
 
     def book(self, meter_id: str, start_ms: int, end_ms: int, amount: float, flag: str) -> list[Row]:
         """Book one interval delta of a counter; return the energy / production rows it produces."""
         info = self._meters[meter_id]
         rows: list[Row] = []
         interval_s = (end_ms - start_ms) / 1000
+        gap = end_ms - start_ms > info.gap_ms
+        split_from = start_ms
+        if gap and self._gap_at_end:
+            split_from = end_ms - 1  # the whole interval lands in the period where the gap ends
         if info.energy_key is not None:
             day_start = self._day_of.bounds(end_ms - 1)[0]
-            day = self._dates.get(day_start)
-            if day is None:
-                day = self._dates[day_start] = datetime.fromtimestamp(day_start / 1000, self.tz).date()
-            kgce_per_unit, equal_per_unit = self._factors(info, day)
-            fields = {"consumed": amount, "kgce": amount * kgce_per_unit, "interval_s": interval_s}
-            if equal_per_unit is not None:
-                fields["kgce_equal"] = amount * equal_per_unit
+            f = info.factors.get(day_start)
+            if f is None:
+                f = info.factors[day_start] = self.rules.factors(meter_id, self._day(end_ms))
+            fields = {"consumed": amount, "kgce": amount * f.kgce, "interval_s": interval_s}
+            if f.kgce_equal is not None and info.carrier == "electricity":
+                fields["kgce_equal"] = amount * f.kgce_equal
+            if f.co2_kg is not None:
+                fields["co2_kg"] = amount * f.co2_kg
             if flag != "ok":
                 fields["flag_" + flag] = 1.0
+            if gap:
+                fields["flag_gap_at_end" if self._gap_at_end else "flag_gap_spread"] = 1.0
             rows.append((info.energy_key, fields, end_ms))
             if info.products_energy:
+                carrier = info.carrier or ""
+                kwh_unit = info.kwh_per_unit
+                shared = bool(info.output_allocated)
                 for period, cache in self._periods.items():
-                    for pstart, share in cache.split(start_ms, end_ms, amount):
-                        for pid in info.products_energy:
-                            self._add(pid, period, pstart, kgce=share * kgce_per_unit)
+                    for pstart, share in cache.split(split_from, end_ms, amount):
+                        weights = self._output_shares(info, period, pstart) if shared else None
+                        for pid, c in info.products_energy:
+                            w = weights.get(pid, 1.0) if weights else 1.0
+                            self._add_energy(pid, period, pstart, c, share * w, f.kgce, f.kgce_equal, carrier, kwh_unit)
         if info.production_key is not None:
-            fields = {"output": amount, "interval_s": interval_s}
-            rows.append((info.production_key, fields, end_ms))
+            rows.append((info.production_key, {"output": amount, "interval_s": interval_s}, end_ms))
             for pid in info.products_output:
-                product = self._products[pid]
-                factor = units.convert(1.0, info.unit, product.unit)
+                factor = self.rules.output_factor.get(pid, 1.0)
                 for period, cache in self._periods.items():
-                    for pstart, share in cache.split(start_ms, end_ms, amount):
-                        self._add(pid, period, pstart, output=share * factor)
+                    for pstart, share in cache.split(split_from, end_ms, amount):
+                        self._bucket(pid, period, pstart).output += share * factor
         return rows
 
-    def _add(self, product: str, period: str, start: int, *, kgce: float = 0.0, output: float = 0.0) -> None:
+    def _output_shares(self, info: _MeterInfo, period: str, pstart: int) -> dict[str, float] | None:
+        """Live approximation of an output allocation: each product's output so far in the same period."""
+        if not info.output_allocated:
+            return None
+        outs = {pid: (b.output if (b := self._buckets.get((pid, period, pstart))) else 0.0)
+                for pid in info.output_allocated}
+        total = sum(outs.values())
+        if total <= 0:
+            return {pid: 1.0 / len(outs) for pid in outs}
+        return {pid: v / total for pid, v in outs.items()}
+
+    def _bucket(self, product: str, period: str, start: int) -> _Bucket:
         key = (product, period, start)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket()
-        bucket.kgce += kgce
-        bucket.output += output
         self._dirty.add(key)
+        return bucket
+
+    def _add_energy(
+        self, pid: str, period: str, pstart: int, c: Contribution, amount: float, kgce_per: float,
+        equal_per: float | None, carrier: str, kwh_per: float | None,
+    ) -> None:
+        b = self._bucket(pid, period, pstart)
+        kgce = amount * kgce_per
+        b.kgce += c.total * kgce
+        if equal_per is None:
+            b.equal_missing = b.equal_missing or c.total != 0
+        else:
+            b.kgce_equal += c.total * amount * equal_per
+        b.kgce_feedstock += c.feedstock * kgce
+        b.kgce_exported += c.exported * kgce
+        b.carrier_kgce[carrier] = b.carrier_kgce.get(carrier, 0.0) + c.total * kgce
+        if kwh_per is not None:
+            b.kwh += c.total * amount * kwh_per
+            b.carrier_kwh[carrier] = b.carrier_kwh.get(carrier, 0.0) + c.total * amount * kwh_per
 
     def indicator_rows(self) -> list[Row]:
-        """Rows for every (product, period) changed since the last call, graded."""
+        """Rows for every (product, indicator, period) changed since the last call, graded."""
         rows: list[Row] = []
         for key in sorted(self._dirty):
             product_id, period, start = key
             bucket = self._buckets[key]
-            fields: dict[str, float] = {"energy_kgce": bucket.kgce, "output": bucket.output}
-            if bucket.output > 0:
-                value = bucket.kgce / bucket.output
-                fields["value"] = value
-                product = self._products[product_id]
-                day = datetime.fromtimestamp(start / 1000, self.tz).date()
-                levels = self._levels(product.indicator, day)
-                if levels is not None:
-                    result = grade_value(value, levels)
-                    fields.update(result.fields())
-            rows.append((self._indicator_keys[(product_id, period)], fields, start))
+            day = datetime.fromtimestamp(start / 1000, self.tz).date()
+            for indicator, carriers in self.rules.indicators(product_id):
+                fields = self._indicator_fields(product_id, indicator, carriers, bucket, day)
+                rows.append((self._indicator_keys[(product_id, indicator, period)], fields, start))
         self._dirty.clear()
         self._evict()
         return rows
 
-    def _levels(self, indicator: str, day: date) -> Levels | None:
-        key = (indicator, day)
-        if key not in self._level_cache:
-            self._level_cache[key] = levels_for(self.ref, indicator, day)
-        return self._level_cache[key]
+    def _indicator_fields(
+        self, product_id: str, indicator: str, carriers: tuple[str, ...], b: _Bucket, day: date
+    ) -> dict[str, float]:
+        if carriers:
+            kgce = sum(v for c, v in b.carrier_kgce.items() if c in carriers)
+            kwh = sum(v for c, v in b.carrier_kwh.items() if c in carriers)
+        else:
+            kgce, kwh = b.kgce, b.kwh
+        fields: dict[str, float] = {"energy_kgce": kgce, "output": b.output}
+        if not carriers:
+            if not b.equal_missing:
+                fields["energy_kgce_equal"] = b.kgce_equal
+            if b.kgce_feedstock:
+                fields["energy_kgce_feedstock"] = b.kgce_feedstock
+            if b.kgce_exported:
+                fields["energy_kgce_exported"] = b.kgce_exported
+        if kwh:
+            fields["electricity_kwh"] = kwh
+        electric = b.carrier_kgce.get("electricity", 0.0) if not carriers or "electricity" in carriers else 0.0
+        kgce_other = kgce - electric
+        value = indicator_value(
+            self.rules.indicator_unit(indicator), kgce, kwh, b.output,
+            energy_factor=self.plant.accounting.product(product_id).energy_factor, kgce_other=kgce_other,
+        )
+        if value is not None:
+            fields["value"] = value
+            levels = self.rules.levels(product_id, indicator, day)
+            if levels is not None:
+                fields.update(grade_value(value, levels).fields())
+        return fields
 
     def _evict(self) -> None:
         """Keep buckets of the last few days only; older periods are recomputed from the store by reports."""
@@ -299,13 +386,21 @@ class Accounting:
         b = self._buckets.get((product, period, start_ms))
         return None if b is None else (b.kgce, b.output)
 
+    def _levels(self, product: str, day: date) -> Levels | None:
+        return self.rules.levels(product, self._products[product].indicator, day)
+
     def latest(self, product: str, period: str = "hour") -> tuple[int, float, float, Grade | None] | None:
-        """Latest period with output: (start_ms, kgce, output, grade)."""
+        """Latest period with output: (start_ms, kgce, output, grade of the product's indicator)."""
         found = [(k[2], b) for k, b in self._buckets.items() if k[0] == product and k[1] == period and b.output > 0]
         if not found:
             return None
         start, b = max(found, key=lambda x: x[0])
         prod = self._products[product]
-        levels = self._levels(prod.indicator, datetime.fromtimestamp(start / 1000, self.tz).date())
-        grade = grade_value(b.kgce / b.output, levels) if levels is not None else None
+        levels = self._levels(product, datetime.fromtimestamp(start / 1000, self.tz).date())
+        value = indicator_value(
+            self.rules.indicator_unit(prod.indicator), b.kgce, b.kwh, b.output,
+            energy_factor=self.plant.accounting.product(product).energy_factor,
+            kgce_other=b.kgce - b.carrier_kgce.get("electricity", 0.0),
+        )
+        grade = grade_value(value, levels) if levels is not None and value is not None else None
         return start, b.kgce, b.output, grade

@@ -10,9 +10,12 @@ Store rows (measurement → fields; see docs/ARCHITECTURE.md for tags):
 
 * ``reading``: ``value`` for every good or uncertain point (``uncertain=1`` marks the latter);
 * ``reading_unavailable``: ``count=1`` for a point of quality bad (never a 0 in ``reading``);
-* ``energy``: interval ``consumed`` in the counter's unit, ``kgce`` (当量值), ``kgce_equal`` (等价值, electricity);
+* ``energy``: interval ``consumed`` in the counter's unit, ``kgce`` (当量值), ``kgce_equal`` (等价值, electricity),
+  ``co2_kg``, and ``flag_*`` quality flags (rollover, rebased, replaced, gap_spread, gap_at_end);
 * ``production``: interval ``output``;
-* ``indicator``: per product and local hour/day, ``energy_kgce``, ``output``, ``value`` and the grade fields.
+* ``indicator``: per product, indicator and local hour/day, ``energy_kgce``, ``output``, ``value`` and the grade
+  fields (provisional: reports recompute periods from the readings into the ``acct_*`` measurements, see
+  ``docs/accounting.md``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = ["Processor", "Rejected"]
 log = logging.getLogger(__name__)
 
 Observer = Callable[[Sequence[Point]], None]
+RowObserver = Callable[[Sequence[Row]], None]
 
 
 class Rejected:
@@ -82,6 +86,7 @@ class Processor:
         ref: reference data (coefficients, benchmark levels); defaults to the shipped tables.
         metrics: self-metrics (stage ``processor``).
         observers: called with the points of each batch after its rows were written (e.g. the alert engine).
+        row_observers: called with every written row set (the alert engine reads ``indicator`` rows).
         max_pending_rows: flush when this many rows are pending.
         dead_letter_path: JSON-lines file receiving rejected messages.
     """
@@ -94,6 +99,7 @@ class Processor:
         ref: Any = None,
         metrics: PipelineMetrics | None = None,
         observers: Sequence[Observer] = (),
+        row_observers: Sequence[RowObserver] = (),
         max_pending_rows: int = 5000,
         dead_letter_path: Path | None = None,
     ) -> None:
@@ -108,6 +114,7 @@ class Processor:
         self.metrics = metrics or private_metrics()
         self.stage = self.metrics.stage("processor")
         self.observers = list(observers)
+        self.row_observers = list(row_observers)
         self.max_pending_rows = max_pending_rows
         self.dead_letter_path = dead_letter_path
         self.rejected: deque[Rejected] = deque(maxlen=100)
@@ -124,11 +131,11 @@ class Processor:
         for meter in plant.meters:
             if meter.counter is None:
                 continue
-            unit, _, cmax = plant.quantities(meter)[meter.counter]
+            _unit, _, cmax = plant.quantities(meter)[meter.counter]
             if cmax is None:
                 cmax = counter_max_for(plant, meter)
-            tracker = CounterTracker(max_rate_per_hour=meter.max_rate_per_hour, counter_max=cmax)
-            self._counters[meter.id] = (meter.counter, tracker)
+            # the accounting builds the tracker: plausibility bound, rollover point, recorded replacements
+            self._counters[meter.id] = (meter.counter, self.accounting.tracker(meter.id, cmax))
 
     # ------------------------------------------------------------------ intake
 
@@ -254,6 +261,12 @@ class Processor:
                 except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
                     self.stage.error(exc)
                     log.exception("observer failed")
+            for row_observer in self.row_observers:
+                try:
+                    row_observer(rows)
+                except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
+                    self.stage.error(exc)
+                    log.exception("row observer failed")
             return len(rows)
 
 

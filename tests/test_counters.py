@@ -1,8 +1,9 @@
-"""Counter deltas: rollover, resets, zero glitches and spikes never become consumption spikes."""
+"""Counter deltas: rollover, resets, zero glitches and spikes never become consumption spikes; recorded meter
+replacements are bridged without a spike or a loss."""
 
 from __future__ import annotations
 
-from energymon.processors.counters import CounterTracker, DeltaFlag
+from energymon.processors.counters import CounterTracker, DeltaFlag, Replacement
 
 MIN = 60_000
 
@@ -58,3 +59,59 @@ def test_replayed_and_late_readings_book_nothing() -> None:
     assert t.update(102, MIN // 2) is None  # late
     d = t.update(110, 2 * MIN)
     assert d is not None and d.amount == 5 and d.start_ms == MIN
+
+
+# ---------------------------------------------------------------- recorded replacements
+
+HOUR = 3_600_000
+
+
+def feed_at(t: CounterTracker, readings: list[tuple[int, float]]) -> list[tuple[int, int, float, DeltaFlag]]:
+    out = []
+    for ts, v in readings:
+        d = t.update(v, ts)
+        if d is not None:
+            out.append((d.start_ms, d.end_ms, round(d.amount, 6), d.flag))
+    return out
+
+
+def test_recorded_replacement_books_both_parts_without_spike() -> None:
+    # old meter 10,000 at 10:00, final 10,250 at 10:30; new meter starts at 0 and reads 250 at 11:00
+    t = CounterTracker(max_rate_per_hour=1000, replacements=[Replacement(10 * HOUR + HOUR // 2, 10_250, 0)])
+    got = feed_at(t, [(9 * HOUR, 9_500), (10 * HOUR, 10_000), (11 * HOUR, 250), (12 * HOUR, 750)])
+    assert got == [
+        (9 * HOUR, 10 * HOUR, 500, DeltaFlag.OK),
+        (10 * HOUR, 11 * HOUR, 500, DeltaFlag.REPLACED),  # (10,250 - 10,000) + (250 - 0)
+        (11 * HOUR, 12 * HOUR, 500, DeltaFlag.OK),
+    ]
+    assert t.rejected == 0 and t.replacement_mismatches == 0
+
+
+def test_without_the_record_the_change_is_rebased_and_energy_is_lost() -> None:
+    t = CounterTracker(max_rate_per_hour=1000)
+    got = feed_at(t, [(k * HOUR, 5_000 + 500 * k if k <= 10 else 250 + 500 * (k - 11)) for k in range(15)])
+    total = sum(a for _, _, a, _ in got)
+    assert DeltaFlag.REBASED in {f for *_, f in got}
+    assert total == 14 * 500 - 500  # the changeover hour (10:00-11:00) is lost
+
+
+def test_replacement_at_a_reading_time_belongs_to_the_new_meter() -> None:
+    t = CounterTracker(max_rate_per_hour=1000, replacements=[Replacement(11 * HOUR, 10_400, 100)])
+    got = feed_at(t, [(10 * HOUR, 10_000), (11 * HOUR, 300)])
+    assert got == [(10 * HOUR, 11 * HOUR, 600, DeltaFlag.REPLACED)]  # 400 + 200
+
+
+def test_two_replacements_between_readings_and_a_mismatching_record() -> None:
+    reps = [Replacement(HOUR + 1, 1_100, 0), Replacement(HOUR + 2, 50, 10)]
+    t = CounterTracker(max_rate_per_hour=10_000, replacements=reps)
+    got = feed_at(t, [(0, 1_000), (2 * HOUR, 40)])
+    assert got == [(0, 2 * HOUR, 100 + 50 + 30, DeltaFlag.REPLACED)]
+    t = CounterTracker(max_rate_per_hour=10_000, replacements=[Replacement(HOUR, 900, 0)])
+    got = feed_at(t, [(0, 1_000), (2 * HOUR, 40)])  # the record's final value is below the last reading
+    assert got == [(0, 2 * HOUR, 40, DeltaFlag.REPLACED)] and t.replacement_mismatches == 1
+
+
+def test_replacement_before_the_first_reading_is_ignored() -> None:
+    t = CounterTracker(max_rate_per_hour=1000, replacements=[Replacement(HOUR, 10_000, 0)])
+    assert feed_at(t, [(2 * HOUR, 100), (3 * HOUR, 600)]) == [(2 * HOUR, 3 * HOUR, 500, DeltaFlag.OK)]
+    assert not t.has_pending_replacement(10 * HOUR)

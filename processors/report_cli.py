@@ -1,0 +1,51 @@
+"""``energymon report``: the command-line arguments, without the heavy imports (pandas, numpy) of the report.
+
+Wire it into ``energymon/cli.py``::
+
+    from energymon.processors import report_cli
+    p = sub.add_parser("report", help=report_cli.HELP)
+    report_cli.add_arguments(p)
+    ...
+    if args.command == "report":
+        return report_cli.main(args)
+
+Errors: a bad plant file raises ``ConfigError`` (exit 2 in ``cli.main``), an unreachable store ``StoreError``
+(exit 1); a bad period or missing readings source prints a message and returns 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["HELP", "add_arguments", "main"]
+
+HELP = "recompute a period (day, month, year, range) from the readings; write JSON, CSV and HTML reports"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``energymon report`` (call on the subcommand's parser)."""
+    parser.add_argument("--config", type=Path, required=True, help="plant file")
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--day", metavar="YYYY-MM-DD", help="report one local day")
+    when.add_argument("--month", metavar="YYYY-MM", help="report one month")
+    when.add_argument("--year", metavar="YYYY", help="report one year")
+    when.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="report from this day (with --to)")
+    parser.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="end day, exclusive (with --from)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--readings", type=Path, metavar="CSV", help="readings CSV: ts,meter_id,value")
+    src.add_argument("--store-file", type=Path, metavar="SQLITE", help="read an SQLite store file")
+    src.add_argument("--store-url", metavar="URL", help="read VictoriaMetrics / InfluxDB at this URL")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: report-<period>)")
+    parser.add_argument("--format", default="json,csv,html", help="comma-separated: json, csv, html")
+    parser.add_argument("--write-store", action="store_true",
+                        help="write the recomputed periods (acct_* measurements) to the store")
+    parser.add_argument("--lookback-hours", type=float, default=48.0,
+                        help="readings read before and after the period, to split the intervals across its ends")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the report (imports pandas and numpy only now)."""
+    from energymon.processors.report import main_report
+
+    return main_report(args)
