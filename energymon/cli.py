@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run a simulated cement plant through the whole pipeline, no server needed")
     p.add_argument("--speed", type=_positive, default=60.0, help="simulated seconds per real second (default 60)")
-    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many real seconds")
+    p.add_argument(
+        "--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many real seconds"
+    )
     p.add_argument("--config", type=Path, default=None, help="plant file (default: the shipped cement plant)")
     p.add_argument("--data-dir", type=Path, default=None, help="keep the store and outbox here (default: a temp dir)")
     p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="summary refresh interval")
@@ -71,8 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meter", required=True, help="meter id")
     p.add_argument("--quantity", required=True, help="quantity, e.g. energy_active_import")
     p.add_argument("--period", choices=["15min", "hour", "day", "month"], default="day")
-    p.add_argument("--from", dest="start", metavar="ISO", default=None,
-                   help="first period start, ISO 8601, plant local time unless it has an offset (default: 7 days back)")
+    p.add_argument(
+        "--from",
+        dest="start",
+        metavar="ISO",
+        default=None,
+        help="first period start, ISO 8601, plant local time unless it has an offset (default: 7 days back)",
+    )
     p.add_argument("--to", dest="end", metavar="ISO", default=None, help="end, exclusive (default: now)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     from energymon.alerts.cli import add_alerts_parser
@@ -84,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(path: Path) -> int:
-    from energymon.config import load_plant  # noqa: PLC0415
+    from energymon.config import load_plant
 
     plant = load_plant(path)
     print(
@@ -108,12 +115,12 @@ async def _until_stopped(stop: asyncio.Event, duration: float | None) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from prometheus_client import REGISTRY, start_http_server  # noqa: PLC0415
+    from prometheus_client import REGISTRY, start_http_server
 
-    from energymon.clock import WallClock  # noqa: PLC0415
-    from energymon.config import load_plant  # noqa: PLC0415
-    from energymon.metrics import PipelineMetrics  # noqa: PLC0415
-    from energymon.runtime import ProcessorService, build_gateway  # noqa: PLC0415
+    from energymon.clock import WallClock
+    from energymon.config import load_plant
+    from energymon.metrics import PipelineMetrics
+    from energymon.runtime import ProcessorService, build_gateway
 
     plant = load_plant(args.config)
     metrics = PipelineMetrics(REGISTRY)
@@ -141,12 +148,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime  # noqa: PLC0415
+    from datetime import UTC, datetime
 
-    from energymon.clock import ScaledClock  # noqa: PLC0415
-    from energymon.config import load_plant  # noqa: PLC0415
-    from energymon.simulators.plant import run_simulator  # noqa: PLC0415
-    from energymon.transport import open_transport  # noqa: PLC0415
+    from energymon.clock import ScaledClock
+    from energymon.config import load_plant
+    from energymon.simulators.plant import run_simulator
+    from energymon.transport import open_transport
 
     plant = load_plant(args.config)
     clock = ScaledClock(datetime.now(UTC), args.speed)
@@ -184,11 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.plant)
         if args.command == "demo":
-            from energymon.demo import run_demo  # noqa: PLC0415
+            from energymon.demo import run_demo
 
             return asyncio.run(
                 run_demo(
-                    speed=args.speed, duration_secs=args.duration, plant_path=args.config, data_dir=args.data_dir,
+                    speed=args.speed,
+                    duration_secs=args.duration,
+                    plant_path=args.config,
+                    data_dir=args.data_dir,
                     refresh_secs=args.refresh,
                 )
             )

@@ -148,6 +148,7 @@ class Process(Strict):
 
 # --------------------------------------------------------------------------- register maps
 
+
 class DataType(StrEnum):
     """Data type of a Modbus value."""
 
@@ -168,8 +169,15 @@ class DataType(StrEnum):
 
 
 _REGISTERS = {
-    DataType.INT16: 1, DataType.UINT16: 1, DataType.INT32: 2, DataType.UINT32: 2, DataType.INT64: 4,
-    DataType.UINT64: 4, DataType.FLOAT32: 2, DataType.FLOAT64: 4, DataType.BIT: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+    DataType.BIT: 1,
 }
 
 
@@ -215,7 +223,7 @@ class Register(Strict):
     count: int | None = Field(default=None, description="registers occupied; must fit the type if given")
     bit: int | None = Field(default=None, ge=0, le=15, description="bit of a register, for type bit")
     order: WordOrder = WordOrder.ABCD
-    """byte/word order of multi-register values (`ABCD` big-endian, `CDAB` word-swapped, `BADC` byte-swapped, `DCBA` little-endian)"""
+    """byte/word order: `ABCD` big-endian, `CDAB` word-swapped, `BADC` byte-swapped, `DCBA` little-endian"""
     scale: float = 1.0
     """engineering value = raw × scale + offset"""
     offset: float = 0.0
@@ -274,6 +282,7 @@ class RegisterMap(Strict):
 
 
 # --------------------------------------------------------------------------- buses
+
 
 class ModbusTcpBus(Strict):
     """A Modbus TCP server or TCP gateway; several unit ids may sit behind it."""
@@ -531,7 +540,7 @@ class Meter(Strict):
     name: str = ""
     """display name"""
     carrier: str | None = None
-    """energy carrier, a key of the standard-coal table (`electricity`, `raw_coal`, `natural_gas`, ...); empty for a production counter"""
+    """energy carrier, a key of the standard-coal table (`electricity`, `raw_coal`, ...); none for output"""
     level: MeteringLevel | None = None
     """GB 17167 metering level: 1 enterprise boundary, 2 process, 3 main equipment"""
     process: Id | None = None
@@ -728,7 +737,9 @@ class PlantConfig(Strict):
                 return m
         raise KeyError(meter_id)
 
-    def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus | Dlt645SerialBus | Dlt645TcpBus:
+    def bus(
+        self, bus_id: str
+    ) -> ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | MqttBus | Dlt645SerialBus | Dlt645TcpBus:
         """Return a bus by id (KeyError if absent)."""
         for b in self.buses:
             if b.id == bus_id:
@@ -742,7 +753,7 @@ class PlantConfig(Strict):
         assert source.model is not None
         found = self.register_maps.get(source.model)
         if found is None:
-            from energymon.collectors.library import library_map  # noqa: PLC0415 - optional, loaded lazily
+            from energymon.collectors.library import library_map
 
             found = library_map(source.model)
         if source.addressing and source.addressing != found.addressing:
@@ -845,12 +856,9 @@ def parse_plant(text: str, file: str = "<plant>", *, check_references: bool = Tr
     except ValidationError as exc:
         raise ConfigError(file, _issues_from_validation(exc, data, index)) from None
     if check_references:
-        from energymon.validators import check_plant  # noqa: PLC0415 - validators import this module
+        from energymon.validators import check_plant
 
-        issues = [
-            ConfigIssue(path, message, index.line(_parse_path(path)))
-            for path, message in check_plant(plant)
-        ]
+        issues = [ConfigIssue(path, message, index.line(_parse_path(path))) for path, message in check_plant(plant)]
         if issues:
             raise ConfigError(file, issues)
     return plant

@@ -216,6 +216,7 @@ def _check_carrier_unit(plant: PlantConfig, base: str, carrier: str, unit: str) 
     from energymon.refdata import ReferenceDataError, load_reference_data
 
     override = next((o for o in plant.accounting.coefficient_overrides if o.carrier == carrier), None)
+    coef_unit: str
     if override is not None:
         coef_unit = override.unit
     else:

@@ -104,7 +104,7 @@ class Processor:
         dead_letter_path: Path | None = None,
     ) -> None:
         if ref is None:
-            from energymon.refdata import load_reference_data  # noqa: PLC0415
+            from energymon.refdata import load_reference_data
 
             ref = load_reference_data()
         self.plant = plant
@@ -166,7 +166,9 @@ class Processor:
         self.stage.received(len(batch.points))
         if batch.enterprise != self.enterprise:
             if msg is not None:
-                self._reject(msg, f"batch of enterprise {batch.enterprise!r}, this processor serves {self.enterprise!r}")
+                self._reject(
+                    msg, f"batch of enterprise {batch.enterprise!r}, this processor serves {self.enterprise!r}"
+                )
             return False
         window = self._seqs.get(batch.gateway)
         if window is None:
@@ -204,7 +206,10 @@ class Processor:
                 bkey = self._bad_keys.get((gw, p.meter, p.quantity))
                 if bkey is None:
                     bkey = self._bad_keys[(gw, p.meter, p.quantity)] = series_key(
-                        "reading_unavailable", enterprise=self.enterprise, gateway=gw, meter=p.meter,
+                        "reading_unavailable",
+                        enterprise=self.enterprise,
+                        gateway=gw,
+                        meter=p.meter,
                         quantity=p.quantity,
                     )
                 rows.append((bkey, {"count": 1.0}, p.ts_ms))
@@ -258,13 +263,13 @@ class Processor:
             for observer in self.observers:
                 try:
                     observer(points)
-                except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
+                except Exception as exc:
                     self.stage.error(exc)
                     log.exception("observer failed")
             for row_observer in self.row_observers:
                 try:
                     row_observer(rows)
-                except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
+                except Exception as exc:
                     self.stage.error(exc)
                     log.exception("row observer failed")
             return len(rows)
@@ -274,7 +279,7 @@ def counter_max_for(plant: PlantConfig, meter: Meter) -> float | None:
     """Rollover point of a Modbus counter register that does not state one (unsigned integer types)."""
     if not isinstance(meter.source, ModbusSource):
         return None
-    from energymon.collectors.codec import default_counter_max  # noqa: PLC0415
+    from energymon.collectors.codec import default_counter_max
 
     for reg in plant.register_map(meter.source).registers:
         if reg.quantity == meter.counter:
