@@ -1,5 +1,5 @@
 """Accounting: periods in local time, standard coal, product boundaries, indicators and grades; the processor's
-intake (de-duplication, malformed payloads, acknowledgement only after a durable write); the plant rules of issue 5
+intake (de-duplication, malformed payloads, acknowledgement only after a durable write); the plant rules
 (roles, allocations, measured coefficients, 等价值, CO2, gap policy, process tree, bands and corrections, the
 accounting section's cross-checks) and the agreement of the live path with the recompute."""
 
@@ -137,7 +137,7 @@ def test_processor_dedupes_sets_aside_and_acks_after_write() -> None:
     assert sum(f["consumed"] for k, f, _ in store.rows if k.measurement == "energy") == pytest.approx(30.0)
 
 
-# ====================================================================== plant rules (issue 5)
+# ====================================================================== plant rules
 
 REF = load_reference_data()
 
