@@ -50,7 +50,7 @@ from energymon.alerts.state import AlertStore, Silence
 from energymon.alerts_config import ThresholdRule
 from energymon.interfaces import Clock, Row, SeriesKey
 from energymon.metrics import PipelineMetrics, StageMetrics
-from energymon.schema import Point, Quality
+from energymon.schema import Point, Quality, WirePoint, wire_to_point
 
 __all__ = [
     "Alert",
@@ -525,6 +525,20 @@ class AlertEngine:
                         apply(rule, obs)
             if self._stage is not None and n:
                 self._stage.received(n)
+
+    def observe_wire(self, points: Iterable[WirePoint]) -> None:
+        """Like :meth:`observe` for decoded wire dicts (the processor's form): only the points some rule reads
+        are turned into :class:`Point` objects."""
+        index, every = self._index, self._every
+        if every:
+            self.observe([wire_to_point(p) for p in points])
+            return
+        seen = list(points)
+        watched = [wire_to_point(p) for p in seen if (p["meter"], p["quantity"]) in index]
+        if watched:
+            self.observe(watched)
+        if self._stage is not None and len(seen) > len(watched):
+            self._stage.received(len(seen) - len(watched))
 
     def observe_rows(self, rows: Iterable[Row]) -> None:
         """Evaluate the row rules (``indicator``, ``budget``) on store rows; other measurements are skipped.

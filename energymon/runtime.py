@@ -198,7 +198,7 @@ class ProcessorService:
             plant,
             self.store,
             metrics=metrics,
-            observers=[self.alerts.observe, *observers],
+            observers=[self.alerts.observe_wire, *observers],
             row_observers=[self.alerts.observe_rows],
             dead_letter_path=data_dir / "rejected-messages.jsonl",
         )

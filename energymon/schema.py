@@ -21,9 +21,10 @@ from __future__ import annotations
 import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from typing_extensions import TypedDict
 
 from energymon.errors import SchemaError
 
@@ -33,10 +34,14 @@ __all__ = [
     "Batch",
     "Point",
     "Quality",
+    "WireBatch",
+    "WirePoint",
     "datetime_to_ms",
     "decode_batch",
+    "decode_wire",
     "encode_batch",
     "ms_to_datetime",
+    "wire_to_point",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -74,7 +79,6 @@ class Point(BaseModel):
     unit: Annotated[str, Field(min_length=1, max_length=16)]
     ts_ms: Annotated[int, Field(ge=946684800000, le=4102444800000)]  # 2000-01-01 .. 2100-01-01
     quality: Quality = Quality.GOOD
-
 
 
 def _quality_mismatch(point: Point) -> str:
@@ -124,11 +128,79 @@ def decode_batch(payload: bytes) -> Batch:
     try:
         return Batch.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise SchemaError(f"invalid batch: {loc + ': ' if loc else ''}{msg}{more}") from None
+        _raise_schema_error(exc)
+
+
+class WirePoint(TypedDict):
+    """A decoded point as a plain dict: the processor's hot path (validated like :class:`Point`)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    meter: Annotated[str, Field(pattern=ID_PATTERN)]
+    quantity: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    value: Annotated[float, Field(allow_inf_nan=False)] | None
+    unit: Annotated[str, Field(min_length=1, max_length=16)]
+    ts_ms: Annotated[int, Field(ge=946684800000, le=4102444800000)]
+    quality: NotRequired[Literal["good", "uncertain", "bad"]]
+
+
+class WireBatch(TypedDict):
+    """A decoded batch as a plain dict (same rules as :class:`Batch`)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    v: Literal[1]
+    enterprise: Annotated[str, Field(pattern=ID_PATTERN)]
+    gateway: Annotated[str, Field(pattern=ID_PATTERN)]
+    seq: Annotated[int, Field(ge=0)]
+    sent_ms: Annotated[int, Field(ge=0)]
+    points: list[WirePoint]
+
+
+_WIRE = TypeAdapter(WireBatch)
+
+
+def decode_wire(payload: bytes) -> WireBatch:
+    """Parse and validate a wire payload into plain dicts: the same checks as :func:`decode_batch`, about twice
+    as fast, because no model instance is built per point. ``quality`` is a plain string, absent when ``good``.
+
+    Raises:
+        SchemaError: the payload is not a valid v1 batch; the message says which field and why.
+    """
+    if payload[:1] != b"{":
+        try:
+            payload = zlib.decompress(payload)
+        except zlib.error as exc:
+            raise SchemaError(f"payload is neither JSON nor zlib-deflated JSON ({exc})") from None
+    try:
+        batch = _WIRE.validate_json(payload)
+    except ValidationError as exc:
+        _raise_schema_error(exc)
+    for i, p in enumerate(batch["points"]):
+        if (p["value"] is None) != (p.get("quality") == "bad"):
+            point = Point.model_construct(value=p["value"], quality=Quality(p.get("quality", "good")))
+            raise SchemaError(f"invalid batch: points.{i}: {_quality_mismatch(point)}")
+    return batch
+
+
+def wire_to_point(p: WirePoint) -> Point:
+    """A wire dict as a :class:`Point` (already validated, so not validated again)."""
+    return Point.model_construct(
+        meter=p["meter"],
+        quantity=p["quantity"],
+        value=p["value"],
+        unit=p["unit"],
+        ts_ms=p["ts_ms"],
+        quality=Quality(p.get("quality", "good")),
+    )
+
+
+def _raise_schema_error(exc: ValidationError) -> NoReturn:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    raise SchemaError(f"invalid batch: {loc + ': ' if loc else ''}{msg}{more}") from None
 
 
 def ms_to_datetime(ts_ms: int) -> datetime:

@@ -26,7 +26,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from energymon.config import Meter, ModbusSource, PlantConfig
 from energymon.errors import SchemaError, StoreError
@@ -34,13 +34,13 @@ from energymon.interfaces import Message, Row, SeriesKey, Store, series_key
 from energymon.metrics import PipelineMetrics, private_metrics
 from energymon.processors.accounting import Accounting
 from energymon.processors.counters import CounterTracker
-from energymon.schema import Batch, Point, Quality, decode_batch
+from energymon.schema import Batch, WireBatch, WirePoint, decode_wire
 
 __all__ = ["Processor", "Rejected"]
 
 log = logging.getLogger(__name__)
 
-Observer = Callable[[Sequence[Point]], None]
+Observer = Callable[[Sequence[WirePoint]], None]
 RowObserver = Callable[[Sequence[Row]], None]
 
 
@@ -85,7 +85,8 @@ class Processor:
         store: where rows go.
         ref: reference data (coefficients, benchmark levels); defaults to the shipped tables.
         metrics: self-metrics (stage ``processor``).
-        observers: called with the points of each batch after its rows were written (e.g. the alert engine).
+        observers: called with the points (as decoded wire dicts) of each batch after its rows were written
+            (e.g. the alert engine's ``observe_wire``).
         row_observers: called with every written row set (the alert engine reads ``indicator`` rows).
         max_pending_rows: flush when this many rows are pending.
         dead_letter_path: JSON-lines file receiving rejected messages.
@@ -122,7 +123,7 @@ class Processor:
         self._flush_lock = threading.Lock()  # one store write at a time, in order
         self._rows: list[Row] = []
         self._acks: list[Callable[[], None]] = []
-        self._points: list[Point] = []
+        self._points: list[WirePoint] = []
         self._seqs: dict[str, _SeqWindow] = {}
         self._keys: dict[tuple[str, str, str, str], SeriesKey] = {}
         self._bad_keys: dict[tuple[str, str, str], SeriesKey] = {}
@@ -142,7 +143,7 @@ class Processor:
     def handle(self, msg: Message) -> None:
         """Process one transport message (thread-safe)."""
         try:
-            batch = decode_batch(msg.payload)
+            batch = decode_wire(msg.payload)
         except SchemaError as exc:
             self._reject(msg, str(exc))
             return
@@ -157,25 +158,27 @@ class Processor:
 
     def handle_batch(self, batch: Batch) -> None:
         """Process an already-decoded batch (in-process use and tests)."""
+        wire = cast(WireBatch, batch.model_dump())
         with self._lock:
-            if self._accept(batch, None):
-                self._derive(batch)
+            if self._accept(wire, None):
+                self._derive(wire)
         self.flush()
 
-    def _accept(self, batch: Batch, msg: Message | None) -> bool:
-        self.stage.received(len(batch.points))
-        if batch.enterprise != self.enterprise:
+    def _accept(self, batch: WireBatch, msg: Message | None) -> bool:
+        points = batch["points"]
+        self.stage.received(len(points))
+        if batch["enterprise"] != self.enterprise:
             if msg is not None:
                 self._reject(
-                    msg, f"batch of enterprise {batch.enterprise!r}, this processor serves {self.enterprise!r}"
+                    msg, f"batch of enterprise {batch['enterprise']!r}, this processor serves {self.enterprise!r}"
                 )
             return False
-        window = self._seqs.get(batch.gateway)
+        window = self._seqs.get(batch["gateway"])
         if window is None:
-            window = self._seqs[batch.gateway] = _SeqWindow()
-        if not window.add(batch.seq):
+            window = self._seqs[batch["gateway"]] = _SeqWindow()
+        if not window.add(batch["seq"]):
             self.duplicates += 1
-            self.stage.dropped("duplicate_batch", len(batch.points))
+            self.stage.dropped("duplicate_batch", len(points))
             if msg is not None:
                 msg.ack()
             return False
@@ -194,43 +197,39 @@ class Processor:
 
     # ------------------------------------------------------------------ derivation
 
-    def _derive(self, batch: Batch) -> None:
+    def _derive(self, batch: WireBatch) -> None:
         rows = self._rows
         keys = self._keys
-        gw = batch.gateway
+        gw = batch["gateway"]
         acc = self.accounting
         counters = self._counters
-        good = Quality.GOOD
-        for p in batch.points:
-            if p.value is None:
-                bkey = self._bad_keys.get((gw, p.meter, p.quantity))
+        for p in batch["points"]:
+            meter, quantity, value, ts_ms = p["meter"], p["quantity"], p["value"], p["ts_ms"]
+            if value is None:
+                bkey = self._bad_keys.get((gw, meter, quantity))
                 if bkey is None:
-                    bkey = self._bad_keys[(gw, p.meter, p.quantity)] = series_key(
-                        "reading_unavailable",
-                        enterprise=self.enterprise,
-                        gateway=gw,
-                        meter=p.meter,
-                        quantity=p.quantity,
+                    bkey = self._bad_keys[(gw, meter, quantity)] = series_key(
+                        "reading_unavailable", enterprise=self.enterprise, gateway=gw, meter=meter, quantity=quantity
                     )
-                rows.append((bkey, {"count": 1.0}, p.ts_ms))
+                rows.append((bkey, {"count": 1.0}, ts_ms))
                 continue
-            k = (gw, p.meter, p.quantity, p.unit)
+            k = (gw, meter, quantity, p["unit"])
             key = keys.get(k)
             if key is None:
                 key = keys[k] = series_key(
-                    "reading", enterprise=self.enterprise, gateway=gw, meter=p.meter, quantity=p.quantity, unit=p.unit
+                    "reading", enterprise=self.enterprise, gateway=gw, meter=meter, quantity=quantity, unit=p["unit"]
                 )
-            if p.quality is good:
-                rows.append((key, {"value": p.value}, p.ts_ms))
-                counter = counters.get(p.meter)
-                if counter is not None and counter[0] == p.quantity:
-                    delta = counter[1].update(p.value, p.ts_ms)
+            if p.get("quality", "good") == "good":
+                rows.append((key, {"value": value}, ts_ms))
+                counter = counters.get(meter)
+                if counter is not None and counter[0] == quantity:
+                    delta = counter[1].update(value, ts_ms)
                     if delta is not None:
-                        rows.extend(acc.book(p.meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
+                        rows.extend(acc.book(meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
             else:
-                rows.append((key, {"value": p.value, "uncertain": 1.0}, p.ts_ms))
+                rows.append((key, {"value": value, "uncertain": 1.0}, ts_ms))
         if self.observers:
-            self._points.extend(batch.points)
+            self._points.extend(batch["points"])
 
     # ------------------------------------------------------------------ output
 
