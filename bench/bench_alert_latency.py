@@ -154,6 +154,9 @@ asyncio.run(main())
 """
 
 
+DEFAULT_FLUSH_MS = 50  # ProcessorService flushes every 50 ms unless an InfluxDB store sets its own interval
+
+
 async def run(transitions: int, seed: int, flush_interval_ms: int | None) -> dict[str, Any]:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="energymon-alert-bench-"))
@@ -200,7 +203,7 @@ async def run(transitions: int, seed: int, flush_interval_ms: int | None) -> dic
             "path": "modbus sim -> ModbusCollector -> Gateway -> Mosquitto -> ProcessorService -> AlertEngine -> "
                     "WebhookNotifier -> HTTP server",
             "poll_interval_s": 1,
-            "processor_flush_interval_ms": flush_interval_ms if flush_interval_ms is not None else 200,
+            "processor_flush_interval_ms": flush_interval_ms if flush_interval_ms is not None else DEFAULT_FLUSH_MS,
             "transitions": len(switch_to_hook),
             "missed": missed,
             "switch_to_webhook_ms": summary(switch_to_hook),
