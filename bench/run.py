@@ -12,6 +12,7 @@ RUNS = [
     ["bench_store.py", "--points", "200000"],
     ["bench_alert_latency.py", "--transitions", "60"],
     ["bench_recompute.py"],
+    ["bench_collector.py"],
 ]
 
 
