@@ -200,6 +200,7 @@ class ProcessorService:
             metrics=metrics,
             observers=[self.alerts.observe_wire, *observers],
             row_observers=[self.alerts.observe_rows],
+            counter_state_path=data_dir / "counters.sqlite",
             dead_letter_path=data_dir / "rejected-messages.jsonl",
         )
         if transport is None:
@@ -269,4 +270,5 @@ class ProcessorService:
         self.alerts.close()
         for n in self.notifiers:
             await asyncio.to_thread(n.close, 5.0)
+        self.processor.close()
         self.store.close()

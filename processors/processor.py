@@ -34,6 +34,7 @@ from energymon.interfaces import Message, Row, SeriesKey, Store, series_key
 from energymon.metrics import PipelineMetrics, private_metrics
 from energymon.processors.accounting import Accounting
 from energymon.processors.counters import CounterTracker
+from energymon.processors.state import CounterStateFile
 from energymon.schema import Batch, WireBatch, WirePoint, decode_wire
 
 __all__ = ["Processor", "Rejected"]
@@ -90,6 +91,8 @@ class Processor:
         row_observers: called with every written row set (the alert engine reads ``indicator`` rows).
         max_pending_rows: flush when this many rows are pending.
         dead_letter_path: JSON-lines file receiving rejected messages.
+        counter_state_path: SQLite file keeping the counters' baselines across restarts
+            (:mod:`energymon.processors.state`).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Processor:
         row_observers: Sequence[RowObserver] = (),
         max_pending_rows: int = 5000,
         dead_letter_path: Path | None = None,
+        counter_state_path: Path | None = None,
     ) -> None:
         if ref is None:
             from energymon.refdata import load_reference_data
@@ -137,6 +141,13 @@ class Processor:
                 cmax = counter_max_for(plant, meter)
             # the accounting builds the tracker: plausibility bound, rollover point, recorded replacements
             self._counters[meter.id] = (meter.counter, self.accounting.tracker(meter.id, cmax))
+        self._dirty_counters: set[str] = set()
+        self._state: CounterStateFile | None = None
+        if counter_state_path is not None:
+            self._state = CounterStateFile(counter_state_path)
+            restored = self._state.restore({m: c[1] for m, c in self._counters.items()})
+            if restored:
+                log.info("restored the baselines of %d counter(s) from %s", restored, counter_state_path)
 
     # ------------------------------------------------------------------ intake
 
@@ -223,6 +234,7 @@ class Processor:
                 rows.append((key, {"value": value}, ts_ms))
                 counter = counters.get(meter)
                 if counter is not None and counter[0] == quantity:
+                    self._dirty_counters.add(meter)
                     delta = counter[1].update(value, ts_ms)
                     if delta is not None:
                         rows.extend(acc.book(meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
@@ -232,6 +244,11 @@ class Processor:
             self._points.extend(batch["points"])
 
     # ------------------------------------------------------------------ output
+
+    def close(self) -> None:
+        """Release the counter-state file (after the last :meth:`flush`)."""
+        if self._state is not None:
+            self._state.close()
 
     def flush(self) -> int:
         """Write pending rows, then acknowledge their messages and notify observers.
@@ -245,6 +262,11 @@ class Processor:
                 rows = self._rows + self.accounting.indicator_rows()
                 acks, points = self._acks, self._points
                 self._rows, self._acks, self._points = [], [], []
+                dirty, self._dirty_counters = self._dirty_counters, set()
+                # the baselines that go with exactly these rows (intake goes on during the write)
+                baselines = (
+                    CounterStateFile.snapshot((m, self._counters[m][1]) for m in dirty) if self._state else []
+                )
             if not rows:
                 return 0
             try:
@@ -254,8 +276,11 @@ class Processor:
                     self._rows = rows + self._rows
                     self._acks = acks + self._acks
                     self._points = points + self._points
+                    self._dirty_counters |= dirty
                 self.stage.error(exc)
                 raise
+            if self._state is not None:
+                self._state.save(baselines)  # before the acks: see energymon.processors.state
             self.stage.sent(len(rows))
             for ack in acks:
                 ack()

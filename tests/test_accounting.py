@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -414,3 +415,33 @@ def test_boundary_includes_child_processes_levelled_with_their_parent() -> None:
     rules = PlantRules(make_plant(meters, prod, processes=processes), REF)
     # the fan (level 3, inside kiln) is covered by kiln_main (level 2); the cooler's gas is the only gas meter
     assert set(rules.product_meters["c"]) == {"kiln_main", "cooler_gas"}
+
+
+def test_counter_baselines_survive_a_processor_restart(tmp_path: Path) -> None:
+    """The consumption between the last reading before a restart and the first after it is booked once."""
+    plant = load_plant(example_plant_path())
+    state = tmp_path / "counters.sqlite"
+    t0 = ms(2026, 11, 23, 9, 0)
+    store = ListStore()
+    first = Processor(plant, store, counter_state_path=state)
+    first.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0)))
+    first.flush()
+    first.close()
+    second = Processor(plant, store, counter_state_path=state)  # a restarted processor
+    second.handle(Message("t", make_batch(2, [140.0, 150.0], t0 + 5 * 60_000)))
+    # a redelivered batch from before the restart books nothing again
+    second.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0)))
+    second.flush()
+    second.close()
+    consumed = sum(f["consumed"] for k, f, _ in store.rows if k.measurement == "energy")
+    assert consumed == pytest.approx(150.0 - 100.0)
+
+    forgetful = ListStore()
+    a = Processor(plant, forgetful)
+    a.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0)))
+    a.flush()
+    b = Processor(plant, forgetful)
+    b.handle(Message("t", make_batch(2, [140.0, 150.0], t0 + 5 * 60_000)))
+    b.flush()
+    lost = sum(f["consumed"] for k, f, _ in forgetful.rows if k.measurement == "energy")
+    assert lost == pytest.approx(25.0 + 10.0)  # without the state file the 125 → 140 step is lost
