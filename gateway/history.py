@@ -31,14 +31,16 @@ import io
 import json
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from energymon.config import ModbusSource, PlantConfig
+from energymon.periods import next_period_start, period_start
+from energymon.periods import split_by_period as _split
 from energymon.processors.counters import CounterTracker
 from energymon.schema import Point, Quality
 
@@ -67,54 +69,6 @@ _PRUNE_EVERY_MS = 3_600_000
 def history_path(data_dir: Path, gateway_id: str) -> Path:
     """The history file of a gateway, beside its outbox in ``data_dir``."""
     return data_dir / f"history-{gateway_id}.sqlite"
-
-
-def period_start(ts_ms: int, period: str, tz: ZoneInfo) -> int:
-    """Start (ms) of the local 15 minutes / hour / day / month containing ``ts_ms``."""
-    local = datetime.fromtimestamp(ts_ms / 1000, tz)
-    if period == "15min":
-        floor = local.replace(minute=local.minute - local.minute % 15, second=0, microsecond=0)
-    elif period == "hour":
-        floor = local.replace(minute=0, second=0, microsecond=0)
-    elif period == "day":
-        floor = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    elif period == "month":
-        floor = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    else:
-        raise ValueError(f"unknown period {period!r}; one of {', '.join(PERIODS)}")
-    return round(floor.timestamp() * 1000)
-
-
-def next_period_start(start_ms: int, period: str, tz: ZoneInfo) -> int:
-    """Start of the period after the one starting at ``start_ms``."""
-    if period == "15min":
-        return start_ms + 900_000
-    if period == "hour":
-        return start_ms + 3_600_000
-    local = datetime.fromtimestamp(start_ms / 1000, tz)
-    if period == "day":
-        nxt = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    elif period == "month":
-        nxt = (local.replace(day=28) + timedelta(days=4)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    else:
-        raise ValueError(f"unknown period {period!r}; one of {', '.join(PERIODS)}")
-    return round(nxt.timestamp() * 1000)
-
-
-def _split(start_ms: int, end_ms: int, amount: float, period: str, tz: ZoneInfo) -> Iterator[tuple[int, float]]:
-    """Spread ``amount`` consumed over [start, end) across local periods, in proportion to time."""
-    last = period_start(end_ms - 1, period, tz)
-    if end_ms <= start_ms or period_start(start_ms, period, tz) == last:
-        yield last, amount
-        return
-    cur = period_start(start_ms, period, tz)
-    span = end_ms - start_ms
-    while cur < end_ms:
-        nxt = next_period_start(cur, period, tz)
-        lo, hi = max(cur, start_ms), min(nxt, end_ms)
-        if hi > lo:
-            yield cur, amount * (hi - lo) / span
-        cur = nxt
 
 
 @dataclass(frozen=True, slots=True)
