@@ -13,6 +13,7 @@ RUNS = [
     ["bench_alert_latency.py", "--transitions", "60"],
     ["bench_recompute.py"],
     ["bench_collector.py"],
+    ["bench_gateway.py"],
 ]
 
 
