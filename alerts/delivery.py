@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from energymon.alerts.engine import Alert, AlertState
-from energymon.alerts.notifiers import accepts
 from energymon.errors import NotifyError
 from energymon.metrics import PipelineMetrics, StageMetrics
 
-__all__ = ["BackgroundNotifier", "DeliveryError"]
+__all__ = ["BackgroundNotifier", "DeliveryError", "accepts"]
 
 log = logging.getLogger("energymon.alerts.notifiers")
 
@@ -47,6 +46,13 @@ class DeliveryError(Exception):
         self.reason = reason
         self.retriable = retriable
         self.retry_after_s = retry_after_s
+
+
+def accepts(severities: Sequence[str], audiences: Sequence[str], alert: Alert) -> bool:
+    """The filter rule of every notifier: severity listed (or no list) and an audience in common (or no list)."""
+    if severities and alert.severity not in severities:
+        return False
+    return not audiences or any(a in audiences for a in alert.audience)
 
 
 def _iso_now() -> str:
@@ -186,6 +192,10 @@ class BackgroundNotifier:
         """What the dead-letter file keeps of a record."""
         return alert.to_dict()
 
+    def _dead_letter_extra(self, alert: Alert) -> dict[str, Any]:
+        """Fields a notifier adds to its dead-letter records (e.g. the URL, a delivery id)."""
+        return {}
+
     # ------------------------------------------------------------------ worker
 
     def _run(self) -> None:
@@ -261,6 +271,7 @@ class BackgroundNotifier:
             "type": self.kind,
             "reason": reason,
             "attempts": attempts,
+            **self._dead_letter_extra(alert),
             "payload": self._payload(alert),
         }
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"

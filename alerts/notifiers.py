@@ -30,12 +30,8 @@ import hmac
 import json
 import logging
 import os
-import random
-import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -43,10 +39,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from energymon.alerts.delivery import BackgroundNotifier, DeliveryError, _iso_now, accepts
 from energymon.alerts.engine import Alert, AlertState
 from energymon.alerts_config import WebhookNotifier as WebhookConfig
-from energymon.errors import ConfigError, ConfigIssue, NotifyError
-from energymon.metrics import PipelineMetrics, StageMetrics
+from energymon.errors import ConfigError, ConfigIssue
+from energymon.metrics import PipelineMetrics
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -103,13 +100,6 @@ class Resumable(Protocol):
     def resume(self, alerts: Sequence[Alert]) -> None:
         """Take over the firing alerts the engine restored from its state file."""
         ...
-
-
-def accepts(severities: Sequence[str], audiences: Sequence[str], alert: Alert) -> bool:
-    """The filter rule of every notifier: severity listed (or no list) and an audience in common (or no list)."""
-    if severities and alert.severity not in severities:
-        return False
-    return not audiences or any(a in audiences for a in alert.audience)
 
 
 def route(notifiers: Sequence[Notifier]) -> Callable[[Alert], list[str]]:
@@ -186,18 +176,13 @@ def _retry_after_secs(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass(frozen=True, slots=True)
-class _Delivery:
-    delivery_id: str
-    alert: Alert
-
-
-class WebhookNotifier:
+class WebhookNotifier(BackgroundNotifier):
     """POST alerts to a webhook from a background thread, with retries and a dead-letter file.
+
+    Queueing, retries with backoff, ``Retry-After``, closing and dead letters are
+    :class:`~energymon.alerts.delivery.BackgroundNotifier`'s; this class makes one signed POST per attempt. Every
+    attempt of one delivery carries the same ``X-Energymon-Delivery`` id, and a dead-letter record adds the URL
+    (without credentials), that id and the last HTTP status.
 
     Args:
         config: the ``webhook`` notifier from the plant file.
@@ -213,6 +198,8 @@ class WebhookNotifier:
     Raises:
         ConfigError: ``secret_env`` names an environment variable that is not set or empty.
     """
+
+    kind = "webhook"
 
     def __init__(
         self,
@@ -238,106 +225,19 @@ class WebhookNotifier:
                     f"secret of webhook notifier {config.id!r}",
                 )])
             self._secret = secret.encode()
-        self.dead_letter_path = Path(dead_letter_path)
+        super().__init__(
+            config.id, severities=config.severities, audiences=config.audiences, dead_letter_path=dead_letter_path,
+            max_retries=config.max_retries, metrics=metrics, queue_max=queue_max, backoff_base_s=backoff_base_s,
+            backoff_cap_s=backoff_cap_s, retry_after_max_s=retry_after_max_s,
+        )
         self._safe_url = str(httpx.URL(config.url).copy_with(username=None, password=None))
         self.enterprise = enterprise
-        self._stage: StageMetrics | None = metrics.stage(STAGE) if metrics is not None else None
-        self._queue_max = queue_max
-        self._backoff_base_s = backoff_base_s
-        self._backoff_cap_s = backoff_cap_s
-        self._retry_after_max_s = retry_after_max_s
         self._timeout_s = config.timeout_ms / 1000
         self._client = httpx.Client(timeout=self._timeout_s, transport=transport, follow_redirects=False)
-        self._queue: deque[_Delivery] = deque()
-        self._in_flight = 0
-        self._cond = threading.Condition()
-        self._closing = False
-        self._closed_result: bool | None = None
-        self._abort = threading.Event()
-        self._dl_lock = threading.Lock()
-        self._random = random.Random()
-        self._thread = threading.Thread(target=self._run, name=f"webhook-{config.id}", daemon=True)
-        self._thread.start()
-
-    @property
-    def id(self) -> str:
-        """The notifier id."""
-        return self.config.id
-
-    @property
-    def pending(self) -> int:
-        """Alerts queued or being delivered."""
-        with self._cond:
-            return len(self._queue) + self._in_flight
-
-    def accepts(self, alert: Alert) -> bool:
-        """The ``severities`` and ``audiences`` filters of the configuration."""
-        return accepts(self.config.severities, self.config.audiences, alert)
-
-    def notify(self, alert: Alert) -> None:
-        """Queue a firing or resolved alert; returns at once.
-
-        Raises:
-            ValueError: the alert is pending (only transitions to firing and resolved are notified).
-        """
-        if alert.state is AlertState.PENDING:
-            raise ValueError(f"alert {alert.id} is pending; only firing and resolved alerts are notified")
-        item = _Delivery(str(uuid.uuid4()), alert)
-        with self._cond:
-            if self._closing:
-                reason = "notifier closed"
-            elif len(self._queue) >= self._queue_max:
-                reason = f"queue full ({self._queue_max} alerts waiting)"
-            else:
-                self._queue.append(item)
-                self._cond.notify()
-                return
-        self._dead_letter(item, reason, attempts=0, status_code=None)
-
-    def close(self, timeout: float | None = 10.0) -> bool:
-        """Stop taking alerts, deliver the queue for at most ``timeout`` seconds, dead-letter what is left.
-
-        Returns True if every queued alert was delivered (or dead-lettered on its own merits) within the
-        timeout, False if the timeout cut deliveries short (those alerts are in the dead-letter file).
-        """
-        with self._cond:
-            if self._closed_result is not None:
-                return self._closed_result
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
-        drained = not self._thread.is_alive()
-        if not drained:
-            self._abort.set()  # ends backoff waits; queued alerts are dead-lettered
-            self._thread.join(4 * self._timeout_s + 1)  # at most one request is in flight
-        self._client.close()
-        with self._cond:
-            self._closed_result = drained
-        return drained
-
-    # ------------------------------------------------------------------ worker
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                item = self._queue.popleft()
-                self._in_flight = 1
-            try:
-                if self._abort.is_set():
-                    self._dead_letter(item, "notifier closed before delivery", attempts=0, status_code=None)
-                else:
-                    self._deliver(item)
-            except Exception as exc:  # never let one alert kill the worker
-                log.exception("webhook %s: unexpected error delivering alert %s", self.id, item.alert.id)
-                self._dead_letter(item, f"internal error: {exc!r}", attempts=0, status_code=None)
-            finally:
-                with self._cond:
-                    self._in_flight = 0
-                    self._cond.notify_all()
+        # the alert being delivered, its delivery id (the same on every retry) and its last HTTP status
+        self._current: tuple[Alert, str] | None = None
+        self._last_status: int | None = None
+        self._start()
 
     def _payload(self, alert: Alert) -> dict[str, Any]:
         payload: dict[str, Any] = alert.to_dict()
@@ -345,82 +245,49 @@ class WebhookNotifier:
         payload["enterprise"] = self.enterprise
         return payload
 
-    def _deliver(self, item: _Delivery) -> None:
-        payload = self._payload(item.alert)
-        max_attempts = 1 + self.config.max_retries
-        attempts = 0
-        while True:
-            attempts += 1
-            body = json.dumps({**payload, "sent_at": _iso_now()}, ensure_ascii=False,
-                              separators=(",", ":")).encode()
-            headers = {"Content-Type": "application/json; charset=utf-8", DELIVERY_HEADER: item.delivery_id}
-            if self._secret is not None:
-                headers[SIGNATURE_HEADER] = sign(self._secret, body)
-            status: int | None = None
-            retry_after: float | None = None
-            try:
-                response = self._client.post(self.config.url, content=body, headers=headers)
-            except httpx.TransportError as exc:  # connect errors, timeouts, broken connections
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                retriable = True
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    if self._stage is not None:
-                        self._stage.sent()
-                    log.debug("webhook %s: delivered alert %s %s after %d attempt(s)", self.id, item.alert.id,
-                              item.alert.state.value, attempts)
-                    return
-                snippet = response.text[:200].strip()
-                reason = f"HTTP {status}" + (f": {snippet}" if snippet else "")
-                retriable = status >= 500 or status in (408, 429)
-                retry_after = _retry_after_secs(response.headers.get("Retry-After"), datetime.now(UTC))
-            if self._stage is not None:
-                self._stage.error(NotifyError(reason))
-            if not retriable:
-                self._dead_letter(item, f"not retriable: {reason}", attempts, status)
-                return
-            if attempts >= max_attempts:
-                self._dead_letter(item, f"gave up after {attempts} attempts: {reason}", attempts, status)
-                return
-            if retry_after is not None:
-                delay = min(retry_after, self._retry_after_max_s)
-            else:
-                ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (attempts - 1))
-                delay = self._random.uniform(0, ceiling)
-            log_at = logging.WARNING if attempts == 1 else logging.DEBUG
-            log.log(log_at, "webhook %s: alert %s attempt %d failed (%s); retrying in %.2f s", self.id,
-                    item.alert.id, attempts, reason, delay)
-            if self._abort.wait(delay):
-                reason = f"notifier closed before delivery; last error: {reason}"
-                self._dead_letter(item, reason, attempts, status)
-                return
+    def _delivery_id(self, alert: Alert) -> str:
+        current = self._current
+        if current is not None and current[0] is alert:
+            return current[1]
+        return str(uuid.uuid4())
 
-    def _dead_letter(self, item: _Delivery, reason: str, attempts: int, status_code: int | None) -> None:
-        record = {
-            "dead_lettered_at": _iso_now(),
-            "notifier": self.id,
-            "url": self._safe_url,
-            "delivery_id": item.delivery_id,
-            "reason": reason,
-            "attempts": attempts,
-            "status_code": status_code,
-            "payload": self._payload(item.alert),
-        }
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        log.error("webhook %s: alert %s %s not delivered (%s); written to %s", self.id, item.alert.id,
-                  item.alert.state.value, reason, self.dead_letter_path)
-        if self._stage is not None:
-            self._stage.dropped("dead_letter")
+    def _deliver_once(self, alert: Alert) -> None:
+        current = self._current
+        if current is None or current[0] is not alert:
+            self._current = (alert, str(uuid.uuid4()))
+            self._last_status = None
+        delivery_id = self._delivery_id(alert)
+        body = json.dumps({**self._payload(alert), "sent_at": _iso_now()}, ensure_ascii=False,
+                          separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8", DELIVERY_HEADER: delivery_id}
+        if self._secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self._secret, body)
         try:
-            with self._dl_lock:
-                self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.dead_letter_path.open("a", encoding="utf-8") as fh:
-                    fh.write(line)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        except OSError as exc:
-            log.critical("webhook %s: cannot write dead-letter file %s: %s; lost alert: %s", self.id,
-                         self.dead_letter_path, exc, line.strip())
-            if self._stage is not None:
-                self._stage.error(exc)
+            response = self._client.post(self.config.url, content=body, headers=headers)
+        except httpx.TransportError as exc:  # connect errors, timeouts, broken connections
+            raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                                retriable=True) from None
+        status = self._last_status = response.status_code
+        if 200 <= status < 300:
+            return
+        snippet = response.text[:200].strip()
+        raise DeliveryError(
+            f"HTTP {status}" + (f": {snippet}" if snippet else ""),
+            retriable=status >= 500 or status in (408, 429),
+            retry_after_s=_retry_after_secs(response.headers.get("Retry-After"), datetime.now(UTC)),
+        )
+
+    def _dead_letter_extra(self, alert: Alert) -> dict[str, Any]:
+        current = self._current
+        mine = current is not None and current[0] is alert
+        return {
+            "url": self._safe_url,
+            "delivery_id": self._delivery_id(alert),
+            "status_code": self._last_status if mine else None,
+        }
+
+    def _close_grace_s(self) -> float:
+        return 4 * self._timeout_s  # at most one request is in flight
+
+    def _closed(self) -> None:
+        self._client.close()
