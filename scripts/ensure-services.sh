@@ -15,6 +15,8 @@ REQUIRED=(
     "socat:socat"
     "prometheus-alertmanager:prometheus-alertmanager"
     "prometheus:prometheus"
+    "promtool:prometheus"
+    "chromium:chromium"
 )
 
 export PATH="${PATH}:/usr/sbin:/sbin:/usr/local/sbin"
@@ -29,7 +31,7 @@ for pair in "${REQUIRED[@]}"; do
 done
 
 if [ "${#missing_pkgs[@]}" -eq 0 ]; then
-    echo "ensure-services: all present (mosquitto, mosquitto-clients, victoria-metrics, socat, prometheus-alertmanager, prometheus)"
+    echo "ensure-services: all present (mosquitto, mosquitto-clients, victoria-metrics, socat, prometheus-alertmanager, prometheus, chromium)"
     exit 0
 fi
 
