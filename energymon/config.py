@@ -697,6 +697,12 @@ class ProcessorConfig(Strict):
     share_group: Id | None = Field(default=None, description="MQTT v5 shared-subscription group for scale-out")
     store: Store | None = None
     """where rows are written: one of the `processor.store` types below"""
+    recompute_interval_s: int = Field(default=300, ge=0)
+    """how often the running processor recomputes today, this month and this year from the stored readings (the
+    `indicator` day/month/ytd/year rows, `acct_*` and `budget` rows the indicator and budget alert rules watch);
+    0 turns the schedule off"""
+    recompute_lookback_hours: float = Field(default=48.0, gt=0, le=24 * 31)
+    """readings read before each recomputed period, so the intervals that cross its start are split correctly"""
 
 
 # --------------------------------------------------------------------------- the plant
