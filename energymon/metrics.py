@@ -1,28 +1,58 @@
 """Self-metrics every stage exports, with the same names and labels.
 
-=========================================  ==================  =============================================
-metric                                     labels              meaning
-=========================================  ==================  =============================================
-``energymon_received_total``               stage               points (or messages) taken in
-``energymon_sent_total``                   stage               points handed on (published, written, notified)
-``energymon_dropped_total``                stage, reason       points set aside, by reason
-``energymon_errors_total``                 stage, error_type   errors, by :mod:`energymon.errors` class name
-``energymon_device_up``                    meter               1 while a meter answers, 0 while it does not
-``energymon_poll_duration_seconds``        group               time for one poll of a group (histogram)
-``energymon_store_write_duration_seconds``                     time for one store write (histogram)
-``energymon_outbox_fill_ratio``            gateway             used outbox bytes ÷ ``gateway.outbox_max_bytes``
-``energymon_outbox_bytes``                 gateway             bytes of the outbox file in use (pages not free)
-``energymon_outbox_batches``               gateway             batches waiting in the outbox
-``energymon_outbox_oldest_age_seconds``    gateway             age of the oldest waiting batch (0 when empty)
-=========================================  ==================  =============================================
+===================================================  =========  =================  =====================================
+metric                                               type       labels             meaning
+===================================================  =========  =================  =====================================
+``energymon_received_total``                         counter    stage              points (or messages) taken in
+``energymon_sent_total``                             counter    stage              points handed on (published, written,
+                                                                                   notified)
+``energymon_dropped_total``                          counter    stage, reason      points set aside, by reason
+``energymon_errors_total``                           counter    stage, error_type  errors, by :mod:`energymon.errors`
+                                                                                   class name
+``energymon_device_up``                              gauge      meter              1 while a meter answers, 0 while it
+                                                                                   does not
+``energymon_poll_duration_seconds``                  histogram  group              time for one poll of a group
+``energymon_store_write_duration_seconds``           histogram                     time for one store write
+``energymon_outbox_fill_ratio``                      gauge      gateway            used outbox bytes ÷
+                                                                                   ``gateway.outbox_max_bytes``
+``energymon_outbox_bytes``                           gauge      gateway            bytes of the outbox file in use
+                                                                                   (pages not free)
+``energymon_outbox_batches``                         gauge      gateway            batches waiting in the outbox
+``energymon_outbox_oldest_age_seconds``              gauge      gateway            age of the oldest waiting batch (0
+                                                                                   when empty)
+``energymon_queue_depth``                            gauge      stage, queue       items waiting in a stage's queue, or
+                                                                                   in flight
+``energymon_queue_capacity``                         gauge      stage, queue       items the queue holds at most
+``energymon_queue_oldest_age_seconds``               gauge      stage, queue       how long its oldest item has waited
+                                                                                   (0 when empty)
+``energymon_gateway_up``                             gauge      gateway            1 while the gateway's retained status
+                                                                                   says ``online``, 0 for ``offline``
+``energymon_gateway_last_seen_timestamp_seconds``    gauge      gateway            Unix time of the gateway's last batch
+                                                                                   (before the first: when its status
+                                                                                   was first heard)
+``energymon_build_info``                             gauge      version            always 1; the version is the label
+===================================================  =========  =================  =====================================
 
-Labels stay low-cardinality: a stage name, a reason, an error class, a meter id; never a value.
-Pass ``registry=`` (a fresh :class:`~prometheus_client.CollectorRegistry`) in tests.
+docs/metrics.md holds the same table with the stage that sets each metric, and the alert rules built on them
+(``deploy/prometheus/rules/energymon-health.rules.yml``).
+
+Labels stay low-cardinality: a stage name, a reason, an error class, a meter, gateway, poll group or queue id
+from the plant file; never a value. Pass ``registry=`` (a fresh :class:`~prometheus_client.CollectorRegistry`)
+in tests.
+
+Queue gauges are read when the registry is scraped: a stage registers its queue once with
+:meth:`PipelineMetrics.track_queue` and its hot path pays nothing.
 """
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+import contextlib
+import time
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from energymon import __version__
 
 __all__ = ["PipelineMetrics", "StageMetrics", "private_metrics"]
 
@@ -65,10 +95,100 @@ class PipelineMetrics:
             "energymon_outbox_oldest_age_seconds", "Age of the oldest batch in the outbox", ["gateway"],
             registry=registry,
         )
+        self.queue_depth = Gauge(
+            "energymon_queue_depth", "Items waiting in a stage's queue", ["stage", "queue"], registry=registry
+        )
+        self.queue_capacity = Gauge(
+            "energymon_queue_capacity", "Items a stage's queue holds at most", ["stage", "queue"], registry=registry
+        )
+        self.queue_oldest_age = Gauge(
+            "energymon_queue_oldest_age_seconds",
+            "How long the oldest item in a stage's queue has waited (0 when empty)",
+            ["stage", "queue"],
+            registry=registry,
+        )
+        self.gateway_up = Gauge(
+            "energymon_gateway_up", "1 while a gateway's retained status says online, 0 for offline", ["gateway"],
+            registry=registry,
+        )
+        self.gateway_last_seen = Gauge(
+            "energymon_gateway_last_seen_timestamp_seconds",
+            "Unix time of the last batch received from a gateway",
+            ["gateway"],
+            registry=registry,
+        )
+        self.build_info = Info("energymon_build", "The energymon version of this process", registry=registry)
+        self.build_info.info({"version": __version__})
+        self._seen: dict[str, Gauge] = {}
 
     def stage(self, name: str) -> StageMetrics:
         """Bound counters for one stage."""
         return StageMetrics(self, name)
+
+    def track_queue(
+        self,
+        stage: str,
+        queue: str,
+        *,
+        depth: Callable[[], float],
+        oldest_age_s: Callable[[], float | None] | None = None,
+        capacity: float | None = None,
+    ) -> None:
+        """Export a queue of ``stage``: the callables are called on each scrape (from the scraping thread).
+
+        Registering the same ``(stage, queue)`` again replaces the callables.
+
+        Args:
+            stage: the stage label (``processor``, ``notify``...).
+            queue: which queue of the stage (a notifier id, ``pending_rows``...).
+            depth: the number of items waiting (or in flight: not yet done).
+            oldest_age_s: seconds the oldest of them has waited, None or 0 when there is none; without it the
+                queue exports no ``energymon_queue_oldest_age_seconds``.
+            capacity: the most items the queue holds (the point where it refuses or sheds); without it the
+                queue exports no ``energymon_queue_capacity``.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> m = PipelineMetrics(CollectorRegistry())
+            >>> waiting = [1, 2, 3]
+            >>> m.track_queue("notify", "ops", depth=lambda: len(waiting), capacity=100)
+            >>> m.registry.get_sample_value("energymon_queue_depth", {"stage": "notify", "queue": "ops"})
+            3.0
+        """
+        self.queue_depth.labels(stage, queue).set_function(lambda: float(depth()))
+        if oldest_age_s is not None:
+            age = oldest_age_s
+
+            def _age() -> float:
+                value = age()
+                return max(0.0, float(value)) if value is not None else 0.0
+
+            self.queue_oldest_age.labels(stage, queue).set_function(_age)
+        if capacity is not None:
+            self.queue_capacity.labels(stage, queue).set(capacity)
+
+    def untrack_queue(self, stage: str, queue: str) -> None:
+        """Stop exporting a queue (its stage closed it); unknown queues are ignored."""
+        for gauge in (self.queue_depth, self.queue_oldest_age, self.queue_capacity):
+            with contextlib.suppress(KeyError):
+                gauge.remove(stage, queue)
+
+    def gateway_seen(self, gateway: str) -> None:
+        """A batch from ``gateway`` arrived now (sets ``energymon_gateway_last_seen_timestamp_seconds``)."""
+        child = self._seen.get(gateway)
+        if child is None:
+            child = self._seen[gateway] = self.gateway_last_seen.labels(gateway)
+        child.set(time.time())
+
+    def gateway_status(self, gateway: str, online: bool) -> None:
+        """The retained status of ``gateway`` said ``online`` (True) or ``offline`` (False).
+
+        A gateway heard of for the first time also gets its last-seen time set to now, so that one that never
+        sends a batch is noticed as silent.
+        """
+        self.gateway_up.labels(gateway).set(1 if online else 0)
+        if gateway not in self._seen:
+            self.gateway_seen(gateway)
 
 
 class StageMetrics:
