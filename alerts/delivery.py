@@ -15,6 +15,8 @@ import logging
 import os
 import random
 import threading
+import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -67,8 +69,11 @@ class BackgroundNotifier:
         severities, audiences: routing filters (empty = all).
         dead_letter_path: JSON-lines file for records that could not be delivered.
         max_retries: retries after the first attempt.
-        metrics: ``sent`` per delivered record, ``errors{error_type="NotifyError"}`` per failed attempt,
-            ``dropped{reason="dead_letter"}`` per dead-lettered record (stage ``notify``).
+        metrics: stage ``notify``: ``received`` per record handed to :meth:`notify`, ``sent`` per delivered
+            record, ``errors{error_type="NotifyError"}`` per failed attempt, ``dropped{reason="dead_letter"}``
+            per dead-lettered record; and the queue (``queue`` = the notifier id): ``energymon_queue_depth``
+            (waiting or being delivered), ``energymon_queue_capacity`` (``queue_max``) and
+            ``energymon_queue_oldest_age_seconds`` (since the oldest of them was queued).
         queue_max: records waiting beyond which new ones are dead-lettered at once.
         backoff_base_s, backoff_cap_s: retry ``n`` waits uniform(0, min(cap, base × 2^(n-1))) seconds.
         retry_after_max_s: upper bound on a server's own back-off request.
@@ -97,14 +102,16 @@ class BackgroundNotifier:
         self._audiences = tuple(audiences)
         self.dead_letter_path = Path(dead_letter_path)
         self._max_retries = max_retries
+        self._metrics = metrics
         self._stage: StageMetrics | None = metrics.stage(STAGE) if metrics is not None else None
         self._queue_max = queue_max
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._retry_after_max_s = retry_after_max_s
         self._idle_interval_s = idle_interval_s
-        self._queue: deque[Alert] = deque()
+        self._queue: deque[tuple[float, Alert]] = deque()  # (time.monotonic() when queued, record)
         self._in_flight = 0
+        self._in_flight_since = 0.0
         self._cond = threading.Condition()
         self._closing = False
         self._closed_result: bool | None = None
@@ -112,6 +119,16 @@ class BackgroundNotifier:
         self._dl_lock = threading.Lock()
         self._random = random.Random()
         self._thread = threading.Thread(target=self._run, name=f"{self.kind}-{notifier_id}", daemon=True)
+        if metrics is not None:
+            # weak references: the registry outlives a closed notifier and must not keep it alive
+            ref = weakref.ref(self)
+            metrics.track_queue(
+                STAGE,
+                notifier_id,
+                depth=lambda: n.pending if (n := ref()) is not None else 0,
+                oldest_age_s=lambda: n.oldest_age_s if (n := ref()) is not None else None,
+                capacity=queue_max,
+            )
 
     def _start(self) -> None:
         """Start the worker; subclasses call it at the end of their ``__init__``."""
@@ -128,6 +145,18 @@ class BackgroundNotifier:
         with self._cond:
             return len(self._queue) + self._in_flight
 
+    @property
+    def oldest_age_s(self) -> float | None:
+        """Seconds since the oldest record queued or being delivered was queued; None when there is none."""
+        with self._cond:
+            if self._in_flight:
+                since = self._in_flight_since
+            elif self._queue:
+                since = self._queue[0][0]
+            else:
+                return None
+        return time.monotonic() - since
+
     def accepts(self, alert: Alert) -> bool:
         """The ``severities`` and ``audiences`` filters of the configuration."""
         return accepts(self._severities, self._audiences, alert)
@@ -140,13 +169,15 @@ class BackgroundNotifier:
         """
         if alert.state is AlertState.PENDING:
             raise ValueError(f"alert {alert.id} is pending; only firing and resolved alerts are notified")
+        if self._stage is not None:
+            self._stage.received()
         with self._cond:
             if self._closing:
                 reason = "notifier closed"
             elif len(self._queue) >= self._queue_max:
                 reason = f"queue full ({self._queue_max} alerts waiting)"
             else:
-                self._queue.append(alert)
+                self._queue.append((time.monotonic(), alert))
                 self._cond.notify()
                 return
         self._dead_letter(alert, reason, attempts=0)
@@ -168,6 +199,8 @@ class BackgroundNotifier:
             self._abort.set()
             self._thread.join(self._close_grace_s() + 1)
         self._closed()
+        if self._metrics is not None:
+            self._metrics.untrack_queue(STAGE, self._id)
         with self._cond:
             self._closed_result = drained
         return drained
@@ -209,7 +242,7 @@ class BackgroundNotifier:
                 elif not self._queue:
                     return
                 else:
-                    item = self._queue.popleft()
+                    self._in_flight_since, item = self._queue.popleft()
                     self._in_flight = 1
             if item is None:
                 try:

@@ -15,7 +15,8 @@ requests, decoding, what counts as busy or as an exception, how a connection is 
   TCP link rebuild it (it may be half-open). Bus down and up are logged once each;
 * :class:`PollingCollector`: the collector skeleton on top of them: poll groups, :meth:`~PollingCollector.poll`
   over a group's meters under the bus lock with the ``poll_duration`` histogram and the ``collector`` stage
-  counters, :meth:`~PollingCollector.stop`, and the connection it keeps.
+  counters (``received``: values read; ``sent``: points handed on, a failed meter's quality-bad ones included;
+  ``errors`` by class), :meth:`~PollingCollector.stop`, and the connection it keeps.
 
 Messages are logged on the collector module's logger (passed in), so they read and filter as before.
 """
@@ -331,6 +332,7 @@ class PollingCollector(ABC, Generic[DeviceT, ConnT]):
         if self._metrics is not None and self._stage is not None and devices:
             self._metrics.poll_duration.labels(group).observe(time.perf_counter() - started)
             self._stage.received(sum(1 for p in points if p.value is not None))
+            self._stage.sent(len(points))  # every point goes on, a failed meter's as quality bad (no value)
         return points
 
     async def stop(self) -> None:
