@@ -173,6 +173,10 @@ class ProcessorService:
         flush_interval_ms: how often pending rows are written even if few (default: the InfluxDB store's
             ``flush_interval_ms``, else 50 ms); alerts see points only after their rows are written.
         alert_tick_ms: how often the alert engine's clock ticks (offline, completeness, reminders, silences).
+
+    With ``processor.recompute_interval_s`` > 0 a thread recomputes today, this month and this year from the
+    store on that schedule (:class:`~energymon.processors.schedule.CurrentPeriods`) and hands the ``indicator`` and
+    ``budget`` rows to the alert engine.
     """
 
     def __init__(
@@ -194,6 +198,22 @@ class ProcessorService:
         self.plant = plant
         self.store = store or open_store(plant, metrics=metrics)
         self.alerts, self.notifiers = build_alerting(plant, clock=clock, metrics=metrics, data_dir=data_dir)
+        self.schedule: Any = None
+        self.recompute_interval_s = float(plant.processor.recompute_interval_s)
+        if self.recompute_interval_s > 0:
+            from energymon.processors.schedule import CurrentPeriods
+
+            self.schedule = CurrentPeriods(
+                plant,
+                self.store,
+                clock=clock,
+                metrics=metrics,
+                cache_path=data_dir / "recompute.sqlite",
+                on_rows=[self.alerts.observe_rows],
+                lookback_ms=int(plant.processor.recompute_lookback_hours * 3_600_000),
+                live_indicators=plant.processor.share_group is None,
+            )
+            observers = [*observers, self.schedule.note_points]
         self.processor = Processor(
             plant,
             self.store,
@@ -220,6 +240,7 @@ class ProcessorService:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
+        self._recomputer: threading.Thread | None = None
 
     def _on_message(self, msg: Message) -> None:
         self.processor.handle(msg)
@@ -244,6 +265,20 @@ class ProcessorService:
             except Exception:  # an alert rule must not stop the ticks
                 log.exception("alert tick failed")
 
+    def _recompute_loop(self) -> None:
+        """Recompute the current periods now and then every ``processor.recompute_interval_s``."""
+        assert self.schedule is not None
+        while not self._stop.is_set():
+            try:
+                rows = self.schedule.run_once()
+                log.debug("recomputed the current periods: %d rows", len(rows))
+            except StoreError as exc:
+                log.warning("scheduled recompute could not use the store, trying again later: %s", exc)
+            except Exception:  # a recompute bug must not stop the processor
+                log.exception("scheduled recompute failed")
+            if self._stop.wait(self.recompute_interval_s):
+                return
+
     async def start(self) -> None:
         """Subscribe and start the flush and alert-tick timers."""
         flt = readings_filter(self.plant.enterprise.uscc, self.plant.processor.share_group)
@@ -254,6 +289,9 @@ class ProcessorService:
         self._flusher.start()
         self._ticker = threading.Thread(target=self._tick_loop, name="energymon-alert-tick", daemon=True)
         self._ticker.start()
+        if self.schedule is not None:
+            self._recomputer = threading.Thread(target=self._recompute_loop, name="energymon-recompute", daemon=True)
+            self._recomputer.start()
 
     async def stop(self) -> None:
         """Flush what is pending, unsubscribe, close the store, save the alert state and drain the notifiers."""
@@ -263,10 +301,14 @@ class ProcessorService:
             await asyncio.to_thread(self._flusher.join, 5)
         if self._ticker is not None:
             await asyncio.to_thread(self._ticker.join, 5)
+        if self._recomputer is not None:
+            await asyncio.to_thread(self._recomputer.join, 60)
         try:
             self.processor.flush()
         except StoreError as exc:
             log.warning("stopping with unwritten rows (the broker redelivers them): %s", exc)
+        if self.schedule is not None:
+            self.schedule.close()
         self.alerts.close()
         for n in self.notifiers:
             await asyncio.to_thread(n.close, 5.0)

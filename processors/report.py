@@ -749,11 +749,12 @@ def render_html(report: Mapping[str, Any]) -> str:
 _STATUS_CODE = {"green": 1.0, "yellow": 2.0, "red": 3.0}
 
 
-def report_rows(rc: Recomputation) -> list[Row]:
+def report_rows(rc: Recomputation, *, indicator_periods: Sequence[str] = ("month", "ytd", "year")) -> list[Row]:
     """Store rows of a recomputation (``acct_*`` measurements, documented in ``docs/accounting.md``).
 
     Periods overlapping the window are written, plus ``year`` and ``ytd`` rows (year so far). Every row is
-    stamped at its period's start, so writing a recomputed period again replaces it.
+    stamped at its period's start, so writing a recomputed period again replaces it. ``indicator_periods`` are
+    passed to :func:`alert_rows`.
     """
     ent = rc.rules.enterprise
     rows: list[Row] = []
@@ -829,11 +830,11 @@ def report_rows(rc: Recomputation) -> list[Row]:
         bud = bud.assign(status=bud["status"].map(_STATUS_CODE))
         emit("acct_budget", bud, ["period"], ["ytd_tce", "annual_tce", "prorated_tce", "ratio_pct", "status",
                                              "projected_tce"], lambda f: (f["period"] == "day").to_numpy())
-    rows += alert_rows(rc)
+    rows += alert_rows(rc, periods=indicator_periods)
     return rows
 
 
-def alert_rows(rc: Recomputation) -> list[Row]:
+def alert_rows(rc: Recomputation, *, periods: Sequence[str] = ("month", "ytd", "year")) -> list[Row]:
     """Rows in the shape the alert engine reads (``AlertEngine.observe_rows``), from a recomputation.
 
     * ``indicator`` (tags enterprise, product, indicator, period ``month`` / ``ytd`` / ``year``): the live path's
@@ -843,12 +844,18 @@ def alert_rows(rc: Recomputation) -> list[Row]:
     * ``budget`` (tags enterprise, scope ``enterprise``): ``ytd_share`` (year-to-date use ÷ pro-rated budget,
       1.0 = 100 %), ``ytd_tce``, ``prorated_tce``, ``annual_tce`` and ``as_of_ms`` (the end of the day), one row
       per day of the window, stamped at the day's start.
+
+    ``periods`` are the indicator periods written (``hour`` and ``day`` too when no live path writes them);
+    hour and day rows are limited to the window.
     """
     ent = rc.rules.enterprise
     rows: list[Row] = []
     prods = rc.products
     if not prods.empty and "value" in prods.columns:
-        sel = prods[prods["period"].isin(["month", "ytd", "year"]).to_numpy() & prods["value"].notna().to_numpy()]
+        fine = prods["period"].isin(["hour", "day"]).to_numpy()
+        in_window = ~fine | ((prods["start"].to_numpy(dtype=np.int64) < rc.end_ms)
+                             & (prods["end"].to_numpy(dtype=np.int64) > rc.start_ms))
+        sel = prods[prods["period"].isin(list(periods)).to_numpy() & prods["value"].notna().to_numpy() & in_window]
         for rec in sel.to_dict("records"):
             fields = {"energy_kgce": rec["kgce"], "output": rec["output"], "value": rec["value"],
                       "as_of_ms": float(min(int(rec["end"]), rc.end_ms))}

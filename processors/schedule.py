@@ -1,0 +1,277 @@
+"""The running processor's scheduled recompute of the current periods (today, this month, this year).
+
+The live path books intervals as they arrive and writes hour and day ``indicator`` rows; months and years, the
+year-to-date budget and the ``acct_*`` results come from a recompute of the stored readings
+(:mod:`energymon.processors.recompute`), which is also what ``energymon report`` runs. :class:`CurrentPeriods`
+runs that recompute on a schedule inside ``energymon processor`` so that the ``indicator`` (month, ytd, year) and
+``budget`` rows the alert rules watch stay current without anyone running a report.
+
+Reading a whole year of raw readings every few minutes would not scale, so the counter readings are kept
+*thinned* in a small cache file (``recompute.sqlite`` in the processor's data directory): for each meter and each
+15-minute slot only the first and the last good reading. For a counter the booked consumption of a slot is the
+sum of its intervals, which telescopes to ``last - first``, and the intervals that cross a slot boundary run from
+the last reading of one slot to the first of the next, exactly as in the raw data, so slot, hour, day, month and
+year totals are the same as from the raw readings. (Only readings the counter cleaning would reject *inside* a
+slot, such as a one-reading spike, are dropped earlier; they book nothing either way.) What counts readings
+(completeness, the per-meter counts of rejected readings, ``acct_meter`` and ``acct_quality_*``, and the
+``complete`` field of ``acct_product``) is left to ``energymon report``, which reads the raw readings.
+
+Each run reads only what is new since the previous run, plus ``reread_ms`` before it and anything older that
+arrived late (the processor reports the event time of the counter readings it stored, see :meth:`note_points`),
+so a gateway draining a day-long backlog gets its days recomputed. The first run fills the cache from the start of
+the year, one local day at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from energymon.config import PlantConfig
+from energymon.errors import StoreError
+from energymon.interfaces import Clock, Row
+from energymon.metrics import PipelineMetrics
+from energymon.periods import next_period_start, period_start
+from energymon.processors.recompute import MeterReadings, recompute
+from energymon.processors.report import load_readings_store, report_rows
+from energymon.processors.rules import PlantRules
+
+__all__ = ["SLOT_MS", "CurrentPeriods", "ThinnedReadings", "thin"]
+
+log = logging.getLogger(__name__)
+
+#: The thinning slot: 15 minutes, the finest period the accounting reports.
+SLOT_MS = 900_000
+
+#: Results that count readings (completeness, rejected-reading flags): thinned readings cannot give them, so the
+#: schedule leaves them to ``energymon report``, which reads the raw readings.
+_READING_COUNTS = frozenset({"acct_meter", "acct_quality_day", "acct_quality_month"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS thinned (
+    meter TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (meter, ts_ms)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def thin(readings: MeterReadings, slot_ms: int = SLOT_MS) -> MeterReadings:
+    """The first and the last reading of every ``slot_ms`` slot (UTC-aligned) of ``readings``."""
+    ts = readings.ts
+    if ts.size <= 2:
+        return readings
+    slot = ts // slot_ms
+    change = np.flatnonzero(slot[1:] != slot[:-1])
+    keep = np.zeros(ts.size, dtype=bool)
+    keep[0] = keep[-1] = True
+    keep[change] = True  # last of a slot
+    keep[change + 1] = True  # first of the next
+    return MeterReadings(ts[keep], readings.value[keep])
+
+
+class ThinnedReadings:
+    """The cache file of thinned counter readings, and how far the store has been read.
+
+    Args:
+        path: the SQLite file (created if missing).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+
+    @property
+    def read_to_ms(self) -> int | None:
+        """The end (exclusive) of what was read from the store, or None before the first run."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'read_to_ms'").fetchone()
+        return None if row is None else int(row[0])
+
+    def replace(self, start_ms: int, readings: Mapping[str, MeterReadings], read_to_ms: int) -> None:
+        """Replace everything from ``start_ms`` on with ``readings`` and record the new read mark, atomically."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("DELETE FROM thinned WHERE ts_ms >= ?", (start_ms,))
+            for meter, r in readings.items():
+                sel = r.ts >= start_ms
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO thinned (meter, ts_ms, value) VALUES (?, ?, ?)",
+                    zip([meter] * int(sel.sum()), r.ts[sel].tolist(), r.value[sel].tolist(), strict=True),
+                )
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('read_to_ms', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (read_to_ms,),
+            )
+
+    def load(self, start_ms: int) -> dict[str, MeterReadings]:
+        """Every meter's thinned readings from ``start_ms`` on."""
+        out: dict[str, tuple[list[int], list[float]]] = {}
+        for meter, ts, value in self._conn.execute(
+            "SELECT meter, ts_ms, value FROM thinned WHERE ts_ms >= ? ORDER BY meter, ts_ms", (start_ms,)
+        ):
+            pair = out.setdefault(meter, ([], []))
+            pair[0].append(ts)
+            pair[1].append(value)
+        return {m: MeterReadings(np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.float64))
+                for m, (t, v) in out.items()}
+
+    def forget_before(self, ts_ms: int) -> None:
+        """Drop readings older than ``ts_ms`` (last year's, once the new year's padding no longer needs them)."""
+        with self._conn:
+            self._conn.execute("DELETE FROM thinned WHERE ts_ms < ?", (ts_ms,))
+
+    def close(self) -> None:
+        """Close the file."""
+        self._conn.close()
+
+
+class CurrentPeriods:
+    """Recompute today, this month and this year from the store, and hand the rows on.
+
+    Args:
+        plant: the plant configuration.
+        store: the store the processor writes (``SqliteStore`` or ``InfluxStore``); readings are read from it and
+            the recomputed rows written back.
+        clock: event-time clock (``now`` decides the current day, month and year, in the plant's local time).
+        metrics: self-metrics, stage ``recompute``: received = readings read, sent = rows written.
+        cache_path: the thinned-readings cache file.
+        on_rows: called with the rows of each run after the store accepted them (the alert engine's
+            ``observe_rows``).
+        lookback_ms: readings kept before the start of the year, so intervals across New Year split correctly.
+        reread_ms: how much already-read data each run reads again (late data the processor did not report).
+        live_indicators: False when the live path writes no hour/day ``indicator`` rows (processors sharing a
+            subscription): the recompute then writes them.
+        ref: reference data (coefficients, levels); the shipped tables if None.
+    """
+
+    def __init__(
+        self,
+        plant: PlantConfig,
+        store: Any,
+        *,
+        clock: Clock,
+        metrics: PipelineMetrics,
+        cache_path: Path,
+        on_rows: Sequence[Callable[[Sequence[Row]], None]] = (),
+        lookback_ms: int = 48 * 3_600_000,
+        reread_ms: int = 3_600_000,
+        live_indicators: bool = True,
+        ref: Any = None,
+    ) -> None:
+        if ref is None:
+            from energymon.refdata import load_reference_data
+
+            ref = load_reference_data()
+        self.plant = plant
+        self.store = store
+        self.clock = clock
+        self.stage = metrics.stage("recompute")
+        self.rules = PlantRules(plant, ref)
+        self.tz = plant.enterprise.tz
+        self.cache = ThinnedReadings(cache_path)
+        self.on_rows = list(on_rows)
+        self.lookback_ms = lookback_ms
+        self.reread_ms = reread_ms
+        self.live_indicators = live_indicators
+        self._counter_meters = {m.id: m.counter for m in plant.meters if m.counter is not None}
+        self._late_lock = threading.Lock()
+        self._late_from: int | None = None
+        self._run_lock = threading.Lock()
+        self.runs = 0
+
+    def note_points(self, points: Iterable[Mapping[str, Any]]) -> None:
+        """Processor observer: remember the oldest counter reading stored since the last run (late data)."""
+        counters = self._counter_meters
+        oldest: int | None = None
+        for p in points:
+            if counters.get(p["meter"]) == p["quantity"] and (oldest is None or p["ts_ms"] < oldest):
+                oldest = p["ts_ms"]
+        if oldest is not None:
+            with self._late_lock:
+                if self._late_from is None or oldest < self._late_from:
+                    self._late_from = oldest
+
+    def run_once(self) -> list[Row]:
+        """Read what is new, recompute the current periods, write the rows and pass them on; returns them.
+
+        Raises:
+            StoreError: the store could not be read or written (the next run tries again from the same mark).
+        """
+        with self._run_lock:
+            now = self.clock.now_ms()
+            year_start = period_start(now, "year", self.tz)
+            lo = year_start - self.lookback_ms
+            with self._late_lock:
+                late, self._late_from = self._late_from, None
+            try:
+                self._refresh(lo, now, late)
+                rows = self._recompute(now)
+                if rows:
+                    self.store.write(rows)
+            except StoreError as exc:
+                if late is not None:  # keep the late mark for the next run
+                    with self._late_lock:
+                        self._late_from = late if self._late_from is None else min(late, self._late_from)
+                self.stage.error(exc)
+                raise
+            self.stage.sent(len(rows))
+            for observer in self.on_rows:
+                try:
+                    observer(rows)
+                except Exception as exc:
+                    self.stage.error(exc)
+                    log.exception("recompute row observer failed")
+            self.runs += 1
+            return rows
+
+    def _refresh(self, lo: int, now: int, late: int | None) -> None:
+        """Read the store from the re-read mark to now, a local day at a time, into the cache."""
+        read_to = self.cache.read_to_ms
+        start = lo if read_to is None else max(lo, read_to - self.reread_ms)
+        if late is not None:
+            start = max(lo, min(start, late))
+        start = period_start(start, "day", self.tz) if read_to is None else start
+        chunks: dict[str, list[MeterReadings]] = {}
+        t = start
+        while t <= now:
+            end = min(next_period_start(period_start(t, "day", self.tz), "day", self.tz), now + 1)
+            dense = load_readings_store(self.store, self.plant, t, end)
+            for meter, r in dense.items():
+                self.stage.received(int(r.ts.size))
+                chunks.setdefault(meter, []).append(thin(r))
+            t = end
+        merged = {m: MeterReadings(np.concatenate([c.ts for c in parts]), np.concatenate([c.value for c in parts]))
+                  for m, parts in chunks.items()}
+        self.cache.replace(start, merged, now + 1)
+        self.cache.forget_before(lo)
+
+    def _recompute(self, now: int) -> list[Row]:
+        readings = self.cache.load(period_start(now, "year", self.tz) - self.lookback_ms)
+        day_end = next_period_start(period_start(now, "day", self.tz), "day", self.tz)
+        month_start = period_start(now, "month", self.tz)
+        detail = ("hour", "day", "month", "year") if not self.live_indicators else ("day", "month", "year")
+        rc = recompute(self.rules, readings, month_start, day_end, with_ytd=True, detail_periods=detail)
+        periods = ("hour", "day", "month", "ytd", "year") if not self.live_indicators else ("month", "ytd", "year")
+        rows: list[Row] = []
+        for key, fields, ts in report_rows(rc, indicator_periods=periods):
+            if key.measurement in _READING_COUNTS:
+                continue
+            if key.measurement == "acct_product" and "complete" in fields:
+                fields = {k: v for k, v in fields.items() if k != "complete"}
+            rows.append((key, fields, ts))
+        return rows
+
+    def close(self) -> None:
+        """Close the cache file."""
+        self.cache.close()
