@@ -211,3 +211,28 @@ def test_the_processor_service_feeds_the_indicator_rule_on_its_own(tmp_path: Pat
         assert body["id"] == "clinker_month:clinker" and body["state"] == "firing"
     finally:
         hook.stop()
+
+
+def test_without_a_live_path_the_schedule_writes_hour_and_day_indicators(plant: PlantConfig, tmp_path: Path) -> None:
+    """Processors sharing a subscription write no live indicator rows; the schedule writes them for the window."""
+    store = SqliteStore(SqliteStoreConfig(type="sqlite", path=tmp_path / "store.sqlite"))
+    readings = minute_readings(ms(3, 1) - 86_400_000, ms(3, 3, 12))
+    store.write(rows_of(plant, readings))
+    clock = ManualClock(datetime(2026, 3, 3, 12, 0, tzinfo=SH))
+    sched = CurrentPeriods(plant, store, clock=clock, metrics=PipelineMetrics(CollectorRegistry()),
+                           cache_path=tmp_path / "recompute.sqlite", live_indicators=False)
+    rows = sched.run_once()
+    days = sorted(ts for k, f, ts in rows if k.measurement == "indicator" and dict(k.tags)["period"] == "day"
+                  and dict(k.tags)["product"] == "clinker")
+    hours = [ts for k, f, ts in rows if k.measurement == "indicator" and dict(k.tags)["period"] == "hour"
+             and dict(k.tags)["product"] == "clinker"]
+    assert days == [ms(3, 1), ms(3, 2), ms(3, 3)]  # this month's days so far, none before the month
+    assert min(hours) == ms(3, 1) and max(hours) == ms(3, 3, 11)  # up to the hour of the last reading
+    rc, _ = run_report(plant, ReportPeriod.parse("day", "2026-03-02"), readings)
+    want = rc.products[(rc.products["period"] == "day") & (rc.products["product"] == "clinker")
+                       & (rc.products["start"] == ms(3, 2))]["value"].iloc[0]
+    got = next(f["value"] for k, f, ts in rows if k.measurement == "indicator" and ts == ms(3, 2)
+               and dict(k.tags)["period"] == "day" and dict(k.tags)["product"] == "clinker")
+    assert got == pytest.approx(want, rel=1e-9)
+    store.close()
+    sched.close()
