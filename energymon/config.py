@@ -28,6 +28,7 @@ from energymon import units
 from energymon.accounting_config import AccountingConfig
 from energymon.alerts_config import AlertsConfig, ThresholdRule, WebhookNotifier
 from energymon.errors import ConfigError, ConfigIssue
+from energymon.provincial_config import ProvincialConfig
 from energymon.schema import ID_PATTERN
 
 __all__ = [
@@ -735,6 +736,8 @@ class PlantConfig(Strict):
     """alert rules and notifiers"""
     accounting: AccountingConfig = Field(default_factory=AccountingConfig)
     """energy-accounting settings (see the `accounting` sections below)"""
+    provincial: ProvincialConfig | None = None
+    """upload to the provincial online-monitoring platform (see the `provincial` sections below); none = off"""
 
     def meter(self, meter_id: str) -> Meter:
         """Return a meter by id (KeyError if absent)."""
