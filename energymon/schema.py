@@ -14,10 +14,19 @@ the two apart by the first byte (``{`` is JSON). Example::
 ``ts_ms`` is the event time: when the value was read from the meter, in milliseconds since the Unix epoch
 (UTC by definition). A point that could not be read or decoded has ``quality: "bad"`` and ``value: null``:
 an unavailable value is never sent as 0.
+
+Counter intervals computed at the edge (optional, additive): a gateway that cleans its counters itself (rollover,
+plausibility, replacements, resets) attaches to a good counter reading the interval that reading closes,
+``"interval": {"start_ms": 1763879995000, "amount": 12.5, "flag": "ok"}``: it ends at the point's ``ts_ms``,
+``amount`` is in the counter's unit, ``flag`` is ``ok``, ``rollover``, ``rebased`` or ``replaced``. A reading the
+edge checked that closes no interval (a rejected spike, a replay) carries an empty one, ``start_ms == ts_ms`` and
+``amount`` 0, so it books nothing. A counter reading without ``interval`` (older gateways, the first reading of a
+counter the edge has no baseline for) is booked by the processor's own counter tracking.
 """
 
 from __future__ import annotations
 
+import operator
 import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,11 +39,14 @@ from energymon.errors import SchemaError
 
 __all__ = [
     "ID_PATTERN",
+    "INTERVAL_FLAGS",
     "SCHEMA_VERSION",
     "Batch",
+    "Interval",
     "Point",
     "Quality",
     "WireBatch",
+    "WireInterval",
     "WirePoint",
     "datetime_to_ms",
     "decode_batch",
@@ -51,6 +63,12 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
+#: Why an edge interval is what it is (the values of :class:`energymon.processors.counters.DeltaFlag`).
+IntervalFlag = Literal["ok", "rollover", "rebased", "replaced"]
+INTERVAL_FLAGS: tuple[str, ...] = ("ok", "rollover", "rebased", "replaced")
+
+EventMs = Annotated[int, Field(ge=946684800000, le=4102444800000)]  # 2000-01-01 .. 2100-01-01
+
 
 class Quality(StrEnum):
     """Quality flag of a value.
@@ -64,11 +82,27 @@ class Quality(StrEnum):
     BAD = "bad"
 
 
+class Interval(BaseModel):
+    """The consumption a counter reading closes, computed at the edge: from ``start_ms`` to the point's ``ts_ms``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start_ms: EventMs
+    """event time of the previous accepted reading (ms since the epoch); before the point's ``ts_ms``, or equal to
+    it with ``amount`` 0 for a reading that closes no interval"""
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    """consumption in the counter's unit"""
+    flag: IntervalFlag = "ok"
+    """``ok``, ``rollover``, ``rebased`` (a new level accepted, the jump not booked) or ``replaced`` (spans a
+    recorded meter replacement)"""
+
+
 class Point(BaseModel):
     """One value of one quantity of one meter at one event time.
 
     ``value`` is null exactly when ``quality`` is ``bad``; the :class:`Batch` that carries points checks this
-    for all of them at once (one pass per batch keeps decoding fast).
+    for all of them at once (one pass per batch keeps decoding fast). ``interval`` (edge-computed counter
+    consumption) is only allowed on a good point, and is omitted from the wire when absent.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,14 +111,23 @@ class Point(BaseModel):
     quantity: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     value: Annotated[float, Field(allow_inf_nan=False)] | None
     unit: Annotated[str, Field(min_length=1, max_length=16)]
-    ts_ms: Annotated[int, Field(ge=946684800000, le=4102444800000)]  # 2000-01-01 .. 2100-01-01
+    ts_ms: EventMs
     quality: Quality = Quality.GOOD
+    interval: Annotated[Interval | None, Field(exclude_if=operator.not_)] = None
 
 
 def _quality_mismatch(point: Point) -> str:
     if point.value is None:
         return "value is null but quality is not 'bad'"
     return "quality 'bad' must carry value null"
+
+
+def _interval_problem(quality: str, start_ms: int, amount: float, ts_ms: int) -> str | None:
+    if quality != "good":
+        return f"an interval needs quality 'good', not {quality!r}"
+    if start_ms > ts_ms or (start_ms == ts_ms and amount != 0):
+        return f"interval.start_ms {start_ms} is after ts_ms {ts_ms}, or equal to it with an amount"
+    return None
 
 
 class Batch(BaseModel):
@@ -105,6 +148,9 @@ class Batch(BaseModel):
         for i, p in enumerate(self.points):
             if (p.value is None) != (p.quality is bad):
                 raise ValueError(f"points.{i}: {_quality_mismatch(p)}")
+            iv = p.interval
+            if iv is not None and (problem := _interval_problem(p.quality, iv.start_ms, iv.amount, p.ts_ms)):
+                raise ValueError(f"points.{i}: {problem}")
         return self
 
 
@@ -131,6 +177,16 @@ def decode_batch(payload: bytes) -> Batch:
         _raise_schema_error(exc)
 
 
+class WireInterval(TypedDict):
+    """A decoded edge interval as a plain dict (validated like :class:`Interval`; ``flag`` absent means ``ok``)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    start_ms: EventMs
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    flag: NotRequired[IntervalFlag]
+
+
 class WirePoint(TypedDict):
     """A decoded point as a plain dict: the processor's hot path (validated like :class:`Point`)."""
 
@@ -140,8 +196,9 @@ class WirePoint(TypedDict):
     quantity: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     value: Annotated[float, Field(allow_inf_nan=False)] | None
     unit: Annotated[str, Field(min_length=1, max_length=16)]
-    ts_ms: Annotated[int, Field(ge=946684800000, le=4102444800000)]
+    ts_ms: EventMs
     quality: NotRequired[Literal["good", "uncertain", "bad"]]
+    interval: NotRequired[WireInterval]
 
 
 class WireBatch(TypedDict):
@@ -180,6 +237,10 @@ def decode_wire(payload: bytes) -> WireBatch:
         if (p["value"] is None) != (p.get("quality") == "bad"):
             point = Point.model_construct(value=p["value"], quality=Quality(p.get("quality", "good")))
             raise SchemaError(f"invalid batch: points.{i}: {_quality_mismatch(point)}")
+        if "interval" in p:
+            iv = p["interval"]
+            if problem := _interval_problem(p.get("quality", "good"), iv["start_ms"], iv["amount"], p["ts_ms"]):
+                raise SchemaError(f"invalid batch: points.{i}: {problem}")
     return batch
 
 
@@ -192,6 +253,7 @@ def wire_to_point(p: WirePoint) -> Point:
         unit=p["unit"],
         ts_ms=p["ts_ms"],
         quality=Quality(p.get("quality", "good")),
+        interval=Interval.model_construct(**p["interval"]) if "interval" in p else None,
     )
 
 
