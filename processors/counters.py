@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["CounterTracker", "Delta", "DeltaFlag", "Replacement"]
+__all__ = ["CounterTracker", "Delta", "DeltaFlag", "Replacement", "TrackerState"]
 
 
 class DeltaFlag(StrEnum):
@@ -57,6 +57,12 @@ class Delta:
     end_ms: int
     amount: float
     flag: DeltaFlag
+
+
+#: Everything :meth:`CounterTracker.update` may change, as :meth:`CounterTracker.state` returns it.
+TrackerState = tuple[
+    float | None, int, tuple[float, int, float, int] | None, int, int, int, tuple[Replacement, ...]
+]
 
 
 class CounterTracker:
@@ -92,6 +98,26 @@ class CounterTracker:
         # (first value, first time, last value, last time) of a level that was rejected
         self._candidate: tuple[float, int, float, int] | None = None
         self._candidate_n = 0
+
+    def state(self) -> TrackerState:
+        """The tracker's whole state, to :meth:`set_state` back if what the updates produced was not kept."""
+        return (self.last_value, self.last_ms, self._candidate, self._candidate_n, self.rejected,
+                self.replacement_mismatches, tuple(self._replacements))
+
+    def set_state(self, state: TrackerState) -> None:
+        """Return to a :meth:`state`."""
+        (self.last_value, self.last_ms, self._candidate, self._candidate_n, self.rejected,
+         self.replacement_mismatches, replacements) = state
+        self._replacements = list(replacements)
+
+    def restore(self, value: float, ts_ms: int) -> None:
+        """Continue from a saved baseline (the last accepted reading): recorded replacements at or before it were
+        bridged already, and a level that was being confirmed is forgotten."""
+        self.last_value, self.last_ms = value, ts_ms
+        self._candidate, self._candidate_n = None, 0
+        reps = self._replacements
+        while reps and reps[-1].at_ms <= ts_ms:
+            reps.pop()
 
     def _plausible(self, amount: float, elapsed_ms: int) -> bool:
         return self.max_rate_per_ms is None or amount <= self.max_rate_per_ms * max(elapsed_ms, 1) + 1e-9

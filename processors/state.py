@@ -50,7 +50,7 @@ class CounterStateFile:
         n = 0
         for meter, tracker in trackers.items():
             if meter in saved and tracker.last_value is None:
-                tracker.last_value, tracker.last_ms = saved[meter]
+                tracker.restore(*saved[meter])
                 n += 1
         return n
 
