@@ -24,7 +24,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from energymon.config import PlantConfig
+from energymon.config import Meter, ModbusSource, PlantConfig
 from energymon.interfaces import Row, SeriesKey, series_key
 from energymon.periods import ALL_PERIODS, next_period_start, period_start, period_starts, split_by_period
 from energymon.processors.counters import CounterTracker
@@ -36,6 +36,7 @@ __all__ = [
     "PERIODS",
     "Accounting",
     "PeriodCache",
+    "counter_max_for",
     "next_period_start",
     "period_start",
     "period_starts",
@@ -104,9 +105,13 @@ class Accounting:
         plant: the validated plant configuration.
         ref: the reference data (``energymon.refdata.ReferenceData``).
         rules: the plant's resolved rules (built from ``plant`` and ``ref`` if omitted).
+        indicators: keep the live hour/day sums per product for :meth:`indicator_rows`. False books energy and
+            production rows only (a processor that sees a share of the readings has partial sums; the
+            indicator rows are then recomputed from the store).
     """
 
-    def __init__(self, plant: PlantConfig, ref: Any, rules: PlantRules | None = None) -> None:
+    def __init__(self, plant: PlantConfig, ref: Any, rules: PlantRules | None = None, *,
+                 indicators: bool = True) -> None:
         self.plant = plant
         self.ref = ref
         self.rules = rules or PlantRules(plant, ref)
@@ -119,7 +124,8 @@ class Accounting:
         self._buckets: dict[tuple[str, str, int], _Bucket] = {}
         self._dirty: set[tuple[str, str, int]] = set()
         self._indicator_keys: dict[tuple[str, str, str], SeriesKey] = {}
-        self._periods = {p: PeriodCache(p, self.tz) for p in PERIODS}
+        self.indicators = indicators
+        self._periods = {p: PeriodCache(p, self.tz) for p in PERIODS} if indicators else {}
         self._day_of = PeriodCache("day", self.tz)
         self._dates: dict[int, date] = {}
         by_meter: dict[str, list[tuple[str, Contribution]]] = {}
@@ -156,6 +162,19 @@ class Accounting:
     def tracker(self, meter_id: str, counter_max: float | None) -> CounterTracker:
         """The counter tracker of a meter (plausibility bound, rollover point, recorded replacements)."""
         return self.rules.tracker(meter_id, counter_max)
+
+    def counter_trackers(self) -> dict[str, tuple[str, CounterTracker]]:
+        """Per accounted meter, its counter quantity and a fresh tracker (unsigned Modbus registers without a
+        ``counter_max`` roll over at their type's range)."""
+        trackers: dict[str, tuple[str, CounterTracker]] = {}
+        for meter in self.plant.meters:
+            if meter.counter is None:
+                continue
+            _unit, _, cmax = self.plant.quantities(meter)[meter.counter]
+            if cmax is None:
+                cmax = counter_max_for(self.plant, meter)
+            trackers[meter.id] = (meter.counter, self.tracker(meter.id, cmax))
+        return trackers
 
     def enterprise_meters(self) -> dict[str, list[str]]:
         """Per carrier, the meters that measure the enterprise's intake: those at the top metering level
@@ -331,3 +350,15 @@ class Accounting:
         )
         grade = grade_value(value, levels) if levels is not None and value is not None else None
         return start, b.kgce, b.output, grade
+
+
+def counter_max_for(plant: PlantConfig, meter: Meter) -> float | None:
+    """Rollover point of a Modbus counter register that does not state one (unsigned integer types)."""
+    if not isinstance(meter.source, ModbusSource):
+        return None
+    from energymon.collectors.codec import default_counter_max
+
+    for reg in plant.register_map(meter.source).registers:
+        if reg.quantity == meter.counter:
+            return default_counter_max(reg)
+    return None

@@ -28,16 +28,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from energymon.config import Meter, ModbusSource, PlantConfig
+from energymon.config import PlantConfig
 from energymon.errors import SchemaError, StoreError
 from energymon.interfaces import Message, Row, SeriesKey, Store, series_key
 from energymon.metrics import PipelineMetrics, private_metrics
-from energymon.processors.accounting import Accounting
+from energymon.processors.accounting import Accounting, counter_max_for
 from energymon.processors.counters import CounterTracker
 from energymon.processors.state import CounterStateFile
 from energymon.schema import Batch, WireBatch, WirePoint, decode_wire
 
-__all__ = ["Processor", "Rejected"]
+__all__ = ["Processor", "Rejected", "counter_max_for"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ class Processor:
         dead_letter_path: JSON-lines file receiving rejected messages.
         counter_state_path: SQLite file keeping the counters' baselines across restarts
             (:mod:`energymon.processors.state`).
+        live_indicators: write the ``indicator`` rows of the local hour and day from the intervals this
+            processor booked. Pass False when several processors share the readings (``processor.share_group``):
+            each then holds only partial sums, and the indicator rows are recomputed from the store instead.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class Processor:
         max_pending_rows: int = 5000,
         dead_letter_path: Path | None = None,
         counter_state_path: Path | None = None,
+        live_indicators: bool = True,
     ) -> None:
         if ref is None:
             from energymon.refdata import load_reference_data
@@ -115,7 +119,8 @@ class Processor:
         self.plant = plant
         self.store = store
         self.enterprise = plant.enterprise.uscc
-        self.accounting = Accounting(plant, ref)
+        self.live_indicators = live_indicators
+        self.accounting = Accounting(plant, ref, indicators=live_indicators)
         self.metrics = metrics or private_metrics()
         self.stage = self.metrics.stage("processor")
         self.observers = list(observers)
@@ -131,16 +136,10 @@ class Processor:
         self._seqs: dict[str, _SeqWindow] = {}
         self._keys: dict[tuple[str, str, str, str], SeriesKey] = {}
         self._bad_keys: dict[tuple[str, str, str], SeriesKey] = {}
-        self._counters: dict[str, tuple[str, CounterTracker]] = {}
+        # the accounting builds the trackers: plausibility bound, rollover point, recorded replacements
+        self._counters: dict[str, tuple[str, CounterTracker]] = self.accounting.counter_trackers()
         self.duplicates = 0
-        for meter in plant.meters:
-            if meter.counter is None:
-                continue
-            _unit, _, cmax = plant.quantities(meter)[meter.counter]
-            if cmax is None:
-                cmax = counter_max_for(plant, meter)
-            # the accounting builds the tracker: plausibility bound, rollover point, recorded replacements
-            self._counters[meter.id] = (meter.counter, self.accounting.tracker(meter.id, cmax))
+        self.edge_intervals = 0
         self._dirty_counters: set[str] = set()
         self._state: CounterStateFile | None = None
         if counter_state_path is not None:
@@ -234,10 +233,23 @@ class Processor:
                 rows.append((key, {"value": value}, ts_ms))
                 counter = counters.get(meter)
                 if counter is not None and counter[0] == quantity:
-                    self._dirty_counters.add(meter)
-                    delta = counter[1].update(value, ts_ms)
-                    if delta is not None:
-                        rows.extend(acc.book(meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
+                    tracker = counter[1]
+                    iv = p.get("interval")
+                    if iv is not None:
+                        # cleaned at the edge: book the interval as it came, statelessly (a redelivery books the
+                        # same rows at the same time); an empty interval books nothing
+                        start = iv["start_ms"]
+                        if start < ts_ms:
+                            self.edge_intervals += 1
+                            rows.extend(acc.book(meter, start, ts_ms, iv["amount"], iv.get("flag", "ok")))
+                            if ts_ms > tracker.last_ms:  # a reading without interval continues from here
+                                tracker.restore(value, ts_ms)
+                                self._dirty_counters.add(meter)
+                    else:
+                        self._dirty_counters.add(meter)
+                        delta = tracker.update(value, ts_ms)
+                        if delta is not None:
+                            rows.extend(acc.book(meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
             else:
                 rows.append((key, {"value": value, "uncertain": 1.0}, ts_ms))
         if self.observers:
@@ -259,7 +271,7 @@ class Processor:
         """
         with self._flush_lock:
             with self._lock:
-                rows = self._rows + self.accounting.indicator_rows()
+                rows = self._rows + self.accounting.indicator_rows() if self.live_indicators else self._rows
                 acks, points = self._acks, self._points
                 self._rows, self._acks, self._points = [], [], []
                 dirty, self._dirty_counters = self._dirty_counters, set()
@@ -298,14 +310,3 @@ class Processor:
                     log.exception("row observer failed")
             return len(rows)
 
-
-def counter_max_for(plant: PlantConfig, meter: Meter) -> float | None:
-    """Rollover point of a Modbus counter register that does not state one (unsigned integer types)."""
-    if not isinstance(meter.source, ModbusSource):
-        return None
-    from energymon.collectors.codec import default_counter_max
-
-    for reg in plant.register_map(meter.source).registers:
-        if reg.quantity == meter.counter:
-            return default_counter_max(reg)
-    return None
