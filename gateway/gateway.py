@@ -19,6 +19,16 @@ Every polled or pushed point goes through the :class:`~energymon.gateway.outbox.
 quarantine, bounds, overflow policy) and, when good, into the :class:`~energymon.gateway.history.EdgeHistory`
 (15-minute, hourly, daily and monthly values kept for six months beside the outbox).
 
+**Counter intervals at the edge.** The gateway is the single, ordered writer of its meters' readings, so it
+cleans each accounted counter (the meter's ``counter``) with the processor's own
+:class:`~energymon.processors.counters.CounterTracker`, as the accounting builds it (rollover, plausibility bound,
+recorded replacements, rejected drops and spikes, a persistent new level, gaps), and attaches to every good
+counter reading the interval it closes (:class:`~energymon.schema.Interval`; an empty one when it closes none).
+The trackers' baselines are saved in the outbox file in the same transaction as the batch carrying their
+intervals and restored at start, so a crash neither loses nor repeats an interval, and a batch that is refused
+or fails to be written returns the trackers to where they were. Processors then book each interval as it comes,
+without state of their own, which lets several of them share the readings (``processor.share_group``).
+
 The gateway publishes ``online`` (retained) on its status topic once its uplink connects and ``offline`` when it stops;
 the transport's last will publishes ``offline`` if it dies.
 """
@@ -33,13 +43,15 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from energymon.clock import WallClock
 from energymon.config import PlantConfig
 from energymon.errors import TransportError
 from energymon.interfaces import Clock, Collector, PushCollector, Transport
 from energymon.metrics import PipelineMetrics, private_metrics
-from energymon.schema import Point
+from energymon.processors.counters import CounterTracker, TrackerState
+from energymon.schema import Interval, Point, Quality
 from energymon.topics import readings_topic, status_topic
 
 from .history import EdgeHistory, history_path
@@ -65,6 +77,7 @@ class Gateway:
         publish_window: batches in flight at once, and the size of one backlog slice.
         history_file: the edge history file (default ``history-{gateway}.sqlite`` beside the outbox; ``:memory:``
             when the outbox is); none when ``gateway.history_retention_days`` is 0.
+        ref: reference data for the counters' cleaning rules (defaults to the shipped tables).
 
     Raises:
         OutboxCorruptError: the outbox or history file is corrupt and ``gateway.outbox_on_corrupt`` is ``stop``.
@@ -82,6 +95,7 @@ class Gateway:
         metrics: PipelineMetrics | None = None,
         publish_window: int = 20,
         history_file: Path | str | None = None,
+        ref: Any = None,
     ) -> None:
         self.plant = plant
         self.enterprise = plant.enterprise.uscc
@@ -106,6 +120,18 @@ class Gateway:
             except BaseException:
                 self.queue.close()
                 raise
+        try:
+            self._trackers = _counter_trackers(plant, ref)
+            saved = self.queue.counter_baselines()
+        except BaseException:
+            self.queue.close()
+            if self.history is not None:
+                self.history.close()
+            raise
+        for meter, (_, tracker) in self._trackers.items():
+            if meter in saved:
+                tracker.restore(*saved[meter])
+        self._batch_points = cfg.batch_max_points
         self._history_failing = False
         self.publish_window = publish_window
         self._window = publish_window
@@ -132,7 +158,7 @@ class Gateway:
         now = self.clock.now_ms()
         self.stage.received(len(points))
         good = self.outbox.admit(points, now)
-        seqs = self.outbox.store(good, now)
+        seqs = self._store(good, now) if self._trackers else self.outbox.store(good, now)
         if self.history is not None and good:
             try:
                 self.history.record(good, now)
@@ -146,6 +172,44 @@ class Gateway:
                     log.error("edge history %s: cannot record readings (%s); the outbox is not affected",
                               self.history.path, exc)
         self._wake.set()
+        return seqs
+
+    def _store(self, good: list[Point], now: int) -> list[int]:
+        """Attach each counter reading's interval and store batch by batch, each with its trackers' baselines."""
+        seqs: list[int] = []
+        trackers = self._trackers
+        size = self._batch_points
+        for i in range(0, len(good), size):
+            chunk = good[i : i + size]
+            before: dict[str, TrackerState] = {}
+            for j, p in enumerate(chunk):
+                counter = trackers.get(p.meter)
+                if counter is None or counter[0] != p.quantity or p.value is None or p.quality is not Quality.GOOD:
+                    continue
+                tracker = counter[1]
+                if p.meter not in before:
+                    before[p.meter] = tracker.state()
+                had_baseline = tracker.last_value is not None
+                delta = tracker.update(p.value, p.ts_ms)
+                if delta is not None:
+                    interval = Interval(start_ms=delta.start_ms, amount=delta.amount, flag=delta.flag.value)
+                elif had_baseline:
+                    interval = Interval(start_ms=p.ts_ms, amount=0.0)  # checked here, closes no interval
+                else:
+                    continue  # the first reading: the processor may hold a baseline from before
+                chunk[j] = p.model_copy(update={"interval": interval})
+            if not before:
+                seqs.extend(self.outbox.store(chunk, now))
+                continue
+            baselines = [
+                (m, t.last_value, t.last_ms) for m in before if (t := trackers[m][1]).last_value is not None
+            ]
+            with self.queue.carrying_counters(baselines):
+                written = self.outbox.store(chunk, now)
+            if not written:  # refused or lost (counted by the outbox): the next reading closes the interval
+                for m, state in before.items():
+                    trackers[m][1].set_state(state)
+            seqs.extend(written)
         return seqs
 
     # ------------------------------------------------------------------ tasks
@@ -335,3 +399,16 @@ class Gateway:
 
     async def _status(self, state: bytes) -> None:
         await self.transport.publish(status_topic(self.enterprise, self.gateway_id), state, qos=1, retain=True)
+
+
+def _counter_trackers(plant: PlantConfig, ref: Any) -> dict[str, tuple[str, CounterTracker]]:
+    """Per accounted meter, its counter quantity and tracker, built as the processor builds them."""
+    if not any(m.counter is not None for m in plant.meters):
+        return {}
+    from energymon.processors.accounting import Accounting
+
+    if ref is None:
+        from energymon.refdata import load_reference_data
+
+        ref = load_reference_data()
+    return Accounting(plant, ref, indicators=False).counter_trackers()

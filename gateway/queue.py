@@ -12,6 +12,10 @@ SQLite in WAL mode with two tables:
 * ``quarantine(id, received_ms, meter, quantity, ts_ms, skew_ms, point)``: readings whose timestamps were too far
   from the gateway's clock, kept for the operator and never sent as if good (at most
   :data:`QUARANTINE_MAX_ROWS`, oldest deleted first).
+* ``counters(meter, value, ts_ms)``: the last accepted reading of each counter the gateway cleans (the baseline
+  of the next interval it computes). It is written in the same transaction as the batch that carries the intervals
+  up to that reading (:meth:`OutboundQueue.carrying_counters`), so after a crash the baselines and the committed
+  batches agree: no interval is computed twice, none is skipped.
 
 Crash guarantee: with ``synchronous=FULL`` a committed batch survives a process crash and a power cut
 (SQLite's WAL guarantee). At most the batches published but not yet removed are sent again after a restart.
@@ -28,11 +32,12 @@ transaction is rolled back and the queue stays usable, so writing resumes as soo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,6 +47,7 @@ from energymon.errors import EnergymonError
 __all__ = [
     "QUARANTINE_MAX_ROWS",
     "ROW_OVERHEAD_BYTES",
+    "CounterBaseline",
     "OnCorrupt",
     "OutboundQueue",
     "OutboxCorruptError",
@@ -58,6 +64,8 @@ QueuedBatch = tuple[int, int, bytes]  # (seq, points, payload)
 #: (received_ms, meter, quantity, ts_ms, skew_ms, point as JSON)
 QuarantinedPoint = tuple[int, str, str, int, int, str]
 OnCorrupt = Literal["stop", "move_aside"]
+#: (meter, last accepted counter value, its event time in ms)
+CounterBaseline = tuple[str, float, int]
 
 #: Bytes counted for one row besides its payload (row id, times, counts, SQLite's cell header and slack).
 ROW_OVERHEAD_BYTES = 32
@@ -195,6 +203,10 @@ class OutboundQueue:
                 " received_ms INTEGER NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL, ts_ms INTEGER NOT NULL,"
                 " skew_ms INTEGER NOT NULL, point TEXT NOT NULL)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS counters (meter TEXT PRIMARY KEY, value REAL NOT NULL,"
+                " ts_ms INTEGER NOT NULL)"
+            )
             numbered = self._db.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             aside = self.path != ":memory:" and any(Path(self.path).parent.glob(Path(self.path).name + ".corrupt-*"))
             if numbered is None and (self.moved_aside is not None or aside):
@@ -210,6 +222,7 @@ class OutboundQueue:
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length(point)), 0) FROM quarantine").fetchone()
             self._bytes += int(row[1]) + int(row[0]) * ROW_OVERHEAD_BYTES
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self._carry: list[CounterBaseline] | None = None
 
     # ------------------------------------------------------------------ writing
 
@@ -250,14 +263,40 @@ class OutboundQueue:
             seq = int(cur.lastrowid or 0)
             payload = build(seq)
             self._db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq))
+            if self._carry:
+                self._db.executemany(
+                    "INSERT INTO counters (meter, value, ts_ms) VALUES (?, ?, ?) ON CONFLICT(meter) DO UPDATE"
+                    " SET value = excluded.value, ts_ms = excluded.ts_ms",
+                    self._carry,
+                )
             return seq, len(payload)
 
         with self._lock:
             seq, size = self._write(insert)
+            self._carry = None  # saved with this batch
             self._batches += 1
             self._points += points
             self._bytes += size + ROW_OVERHEAD_BYTES
         return seq
+
+    @contextlib.contextmanager
+    def carrying_counters(self, baselines: Sequence[CounterBaseline]) -> Iterator[None]:
+        """Within the block, the next :meth:`put` also saves these counter baselines, in its transaction.
+
+        Leaving the block forgets them if no put committed (the batch was refused or failed): the caller then
+        returns its trackers to where they were.
+        """
+        self._carry = list(baselines)
+        try:
+            yield
+        finally:
+            self._carry = None
+
+    def counter_baselines(self) -> dict[str, tuple[float, int]]:
+        """The saved counter baselines: meter → (last accepted value, its event time in ms)."""
+        with self._lock:
+            rows = self._db.execute("SELECT meter, value, ts_ms FROM counters").fetchall()
+        return {str(m): (float(v), int(t)) for m, v, t in rows}
 
     def _delete(self, seqs: Sequence[int]) -> tuple[int, int, int]:
         """Delete rows (lock held, inside a transaction); (batches, points, bytes) actually deleted."""
