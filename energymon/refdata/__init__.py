@@ -55,7 +55,7 @@ from datetime import date
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -125,6 +125,32 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Sourced(_Frozen):
+    """Where a figure comes from: the source it was taken from, the independent check, how sure it is."""
+
+    source: str
+    #: an independent reproduction that was checked against ``source`` ("not found" when none was found)
+    second_source: str | None = None
+    confidence: Confidence
+
+
+class _Dates(_Frozen):
+    """An effective date range (``effective_to`` inclusive; None = open)."""
+
+    effective_from: date
+    effective_to: date | None = None
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> _Dates:
+        if self.effective_to is not None and self.effective_to < self.effective_from:
+            raise ValueError(f"effective_to {self.effective_to} before effective_from {self.effective_from}")
+        return self
+
+    def in_force(self, on: date) -> bool:
+        """True if the entry applies on ``on``."""
+        return _in_force(on, self.effective_from, self.effective_to)
+
+
 def _check_unit(unit: str) -> str:
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r} (known: {', '.join(UNITS)})")
@@ -163,24 +189,14 @@ def _in_force(on: date, start: date, end: date | None) -> bool:
 # ----------------------------------------------------------------------------------------- coefficients
 
 
-class Coefficient(_Frozen):
-    """One standard-coal coefficient: kgce per one ``unit`` of ``carrier``, in force over a date range."""
+class _CarrierEntry(_Dates, _Sourced):
+    """A figure for one energy carrier per one ``unit``, in force over a date range."""
 
     carrier: str
     name_zh: str
     unit: str
-    kgce_per_unit: float = Field(gt=0)
-    lhv_kj_per_unit: float | None = Field(default=None, gt=0)
-    #: step of the published LHV figure in kJ per unit ("2.51 MJ/t" -> 10)
-    lhv_resolution_kj: float = Field(default=1.0, gt=0)
-    lhv_confidence: Confidence | None = None
-    category: Category | None = None
     #: equivalent = 当量值 (heat content), equal = 等价值 (primary energy used to make it); None: not stated
     basis: Basis | None = None
-    source: str
-    effective_from: date
-    effective_to: date | None = None
-    confidence: Confidence
     note: str | None = None
 
     @field_validator("carrier")
@@ -195,15 +211,16 @@ class Coefficient(_Frozen):
     def _unit_known(cls, v: str) -> str:
         return _check_unit(v)
 
-    @model_validator(mode="after")
-    def _dates(self) -> Coefficient:
-        if self.effective_to is not None and self.effective_to < self.effective_from:
-            raise ValueError(f"{self.carrier}: effective_to {self.effective_to} before {self.effective_from}")
-        return self
 
-    def in_force(self, on: date) -> bool:
-        """True if the coefficient applies on ``on``."""
-        return _in_force(on, self.effective_from, self.effective_to)
+class Coefficient(_CarrierEntry):
+    """One standard-coal coefficient: kgce per one ``unit`` of ``carrier``, in force over a date range."""
+
+    kgce_per_unit: float = Field(gt=0)
+    lhv_kj_per_unit: float | None = Field(default=None, gt=0)
+    #: step of the published LHV figure in kJ per unit ("2.51 MJ/t" -> 10)
+    lhv_resolution_kj: float = Field(default=1.0, gt=0)
+    lhv_confidence: Confidence | None = None
+    category: Category | None = None
 
     def to_unit(self, unit: str) -> Coefficient:
         """The same coefficient per another unit of the same dimension (raw coal per t: 714.3)."""
@@ -225,28 +242,14 @@ class Coefficient(_Frozen):
         return quantity * coef.kgce_per_unit
 
 
-class CoefficientRange(_Frozen):
+class CoefficientRange(_CarrierEntry):
     """A carrier the standard gives only as a range (焦炉煤气); a measured LHV is needed for a value."""
 
-    carrier: str
-    name_zh: str
-    unit: str
     kgce_min: float = Field(gt=0)
     kgce_max: float = Field(gt=0)
     lhv_min_kj_per_unit: float | None = Field(default=None, gt=0)
     lhv_max_kj_per_unit: float | None = Field(default=None, gt=0)
     category: Category
-    basis: Basis | None = None
-    source: str
-    effective_from: date
-    effective_to: date | None = None
-    confidence: Confidence
-    note: str | None = None
-
-    @field_validator("unit")
-    @classmethod
-    def _unit_known(cls, v: str) -> str:
-        return _check_unit(v)
 
     @model_validator(mode="after")
     def _order(self) -> CoefficientRange:
@@ -254,29 +257,16 @@ class CoefficientRange(_Frozen):
             raise ValueError(f"{self.carrier}: kgce_min > kgce_max")
         return self
 
-    def in_force(self, on: date) -> bool:
-        return _in_force(on, self.effective_from, self.effective_to)
-
     def bounds(self) -> tuple[Coefficient, Coefficient]:
         """The two ends of the range as coefficients (for the LHV check and for display)."""
-        common: dict[str, Any] = {
-            "carrier": self.carrier,
-            "name_zh": self.name_zh,
-            "unit": self.unit,
-            "category": self.category,
-            "basis": self.basis,
-            "source": self.source,
-            "effective_from": self.effective_from,
-            "effective_to": self.effective_to,
-            "confidence": self.confidence,
-        }
+        common: dict[str, Any] = {**_fields_of(self, _CarrierEntry), "category": self.category}
         return (
             Coefficient(kgce_per_unit=self.kgce_min, lhv_kj_per_unit=self.lhv_min_kj_per_unit, **common),
             Coefficient(kgce_per_unit=self.kgce_max, lhv_kj_per_unit=self.lhv_max_kj_per_unit, **common),
         )
 
 
-class ElectricityEqualValue(_Frozen):
+class ElectricityEqualValue(_Sourced):
     """Electricity 等价值 (the year's 供电标准煤耗) for a region; a point value or only a range."""
 
     region: str
@@ -286,8 +276,6 @@ class ElectricityEqualValue(_Frozen):
     kgce_per_kwh: float | None = Field(default=None, gt=0)
     kgce_per_kwh_min: float | None = Field(default=None, gt=0)
     kgce_per_kwh_max: float | None = Field(default=None, gt=0)
-    source: str
-    confidence: Confidence
     note: str | None = None
 
     @model_validator(mode="after")
@@ -367,26 +355,33 @@ def coefficient_from_lhv(
 # ----------------------------------------------------------------------------------------- CO2 factors
 
 
-class GridCo2Factor(_Frozen):
+class _Co2Factor(_Sourced):
+    """A published CO2 factor: its value in ``unit`` and where it comes from."""
+
+    allowed_units: ClassVar[frozenset[str]] = frozenset()
+
+    name_zh: str
+    value: float = Field(gt=0)
+    unit: str
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _unit_known(self) -> _Co2Factor:
+        if self.allowed_units and self.unit not in self.allowed_units:
+            known = ", ".join(sorted(self.allowed_units))
+            raise ValueError(f"unknown {type(self).__name__} unit {self.unit!r} (known: {known})")
+        return self
+
+
+class GridCo2Factor(_Co2Factor):
     """Grid electricity CO2 factor for a region and a range of years (kgCO2/kWh = tCO2/MWh)."""
 
+    allowed_units: ClassVar[frozenset[str]] = GRID_UNITS
+
     region: str
-    name_zh: str
     kind: Literal["average", "reporting_default"]
     year_from: int
     year_to: int | None = None
-    value: float = Field(gt=0)
-    unit: str
-    source: str
-    confidence: Confidence
-    note: str | None = None
-
-    @field_validator("unit")
-    @classmethod
-    def _unit_known(cls, v: str) -> str:
-        if v not in GRID_UNITS:
-            raise ValueError(f"unknown grid factor unit {v!r}")
-        return v
 
     def covers(self, year: int) -> bool:
         return self.year_from <= year and (self.year_to is None or year <= self.year_to)
@@ -396,21 +391,17 @@ class GridCo2Factor(_Frozen):
         return self.value
 
 
-class FuelCo2Factor(_Frozen):
+class FuelCo2Factor(_Co2Factor):
     """Fuel combustion CO2 factor: NCV x carbon content x oxidation x 44/12, with the published value."""
 
     fuel: str
-    name_zh: str
     ncv: float = Field(gt=0)
     ncv_unit: str
     carbon_content_tc_per_tj: float = Field(gt=0)
     oxidation_rate: float = Field(gt=0, le=1)
-    value: float = Field(gt=0)
     published_decimals: int = Field(ge=0, le=6)
-    unit: str
-    source: str
-    confidence: Confidence
-    note: str | None = None
+    #: date of the guideline the defaults come from
+    effective_from: date | None = None
 
     @model_validator(mode="after")
     def _units(self) -> FuelCo2Factor:
@@ -424,36 +415,22 @@ class FuelCo2Factor(_Frozen):
         return self.ncv * self.carbon_content_tc_per_tj / 1000 * self.oxidation_rate * 44 / 12 * scale
 
 
-class HeatCo2Factor(_Frozen):
+class HeatCo2Factor(_Co2Factor):
     """CO2 factor of purchased heat/steam."""
 
-    id: str
-    name_zh: str
-    applies_to: tuple[str, ...]
-    value: float = Field(gt=0)
-    unit: str
-    source: str
-    confidence: Confidence
-    note: str | None = None
+    allowed_units: ClassVar[frozenset[str]] = HEAT_UNITS
 
-    @field_validator("unit")
-    @classmethod
-    def _unit_known(cls, v: str) -> str:
-        if v not in HEAT_UNITS:
-            raise ValueError(f"unknown heat factor unit {v!r}")
-        return v
+    id: str
+    applies_to: tuple[str, ...]
+    effective_from: date | None = None
 
 
 # ----------------------------------------------------------------------------------------- benchmarks
 
 
-class Band(_Frozen):
-    """A capacity band (flat glass t/d, EAF tonnage); None bounds are open."""
+class _BandUnit(_Frozen):
+    """A capacity unit (t/d, t)."""
 
-    min: float | None = None
-    max: float | None = None
-    min_inclusive: bool = True
-    max_inclusive: bool = False
     unit: str
 
     @field_validator("unit")
@@ -462,6 +439,15 @@ class Band(_Frozen):
         if v not in BAND_UNITS:
             raise ValueError(f"unknown band unit {v!r} (known: {', '.join(sorted(BAND_UNITS))})")
         return v
+
+
+class Band(_BandUnit):
+    """A capacity band (flat glass t/d, EAF tonnage); None bounds are open."""
+
+    min: float | None = None
+    max: float | None = None
+    min_inclusive: bool = True
+    max_inclusive: bool = False
 
     @model_validator(mode="after")
     def _order(self) -> Band:
@@ -495,18 +481,10 @@ class Band(_Frozen):
         return f"{lo}x{hi} {self.unit}"
 
 
-class BandSpec(_Frozen):
+class BandSpec(_BandUnit):
     """What the band value of an indicator measures."""
 
     name_zh: str
-    unit: str
-
-    @field_validator("unit")
-    @classmethod
-    def _unit_known(cls, v: str) -> str:
-        if v not in BAND_UNITS:
-            raise ValueError(f"unknown band unit {v!r}")
-        return v
 
 
 class Correction(_Frozen):
@@ -569,14 +547,12 @@ class QuotaRow(_Frozen):
     note: str | None = None
 
 
-class PolicyEdition(_Frozen):
+class PolicyEdition(_Dates):
     """One edition of the 标杆/基准 notice."""
 
     id: str
     title: str
     document_no: str
-    effective_from: date
-    effective_to: date | None = None
     retrofit_deadline: date | None = None
     source: str
     confidence: Confidence
@@ -584,37 +560,40 @@ class PolicyEdition(_Frozen):
     note: str | None = None
 
 
-class QuotaStandard(_Frozen):
+class QuotaStandard(_Dates):
     """One mandatory 能耗限额 standard."""
 
     id: str
     title: str
     published: date | None = None
-    effective_from: date
-    effective_to: date | None = None
     source: str
     date_confidence: Confidence
     note: str | None = None
 
 
-class _PolicySetIn(_Frozen):
+class _PolicySetIn(_Sourced):
+    """A 标杆/基准 level set as written in benchmarks.yaml (names its edition)."""
+
     edition: str
-    source: str
-    confidence: Confidence
     rows: tuple[PolicyRow, ...] = Field(min_length=1)
     note: str | None = None
 
 
 class _QuotaSetIn(_Frozen):
+    """A 能耗限额 level set as written in benchmarks.yaml (names its standard; source defaults to the standard's)."""
+
     standard: str
     source: str | None = None
+    second_source: str | None = None
     confidence: Confidence
     rows: tuple[QuotaRow, ...] = Field(min_length=1)
     corrections: tuple[Correction, ...] = ()
     note: str | None = None
 
 
-class _IndicatorIn(_Frozen):
+class _IndicatorBase(_Frozen):
+    """What an indicator is, without its level sets."""
+
     id: str
     name_zh: str
     unit: str
@@ -622,86 +601,67 @@ class _IndicatorIn(_Frozen):
     sign_note: str | None = None
     band: BandSpec | None = None
     note: str | None = None
+
+
+class _IndicatorIn(_IndicatorBase):
     policy: tuple[_PolicySetIn, ...] = ()
     quota: tuple[_QuotaSetIn, ...] = ()
 
 
-class PolicyLevelSet(_Frozen):
-    """标杆/基准 of one indicator under one policy edition (document data attached)."""
+class _PolicyDocument(_Dates, _Sourced):
+    """The policy edition behind a level set or a resolved row."""
 
     edition: str
-    title: str
     document_no: str
-    effective_from: date
-    effective_to: date | None = None
     retrofit_deadline: date | None = None
-    source: str
-    confidence: Confidence
-    rows: tuple[PolicyRow, ...]
     note: str | None = None
 
 
-class QuotaLevelSet(_Frozen):
-    """1级/2级/3级 of one indicator under one 能耗限额 standard (document data attached)."""
+class _QuotaDocument(_Dates, _Sourced):
+    """The 能耗限额 standard behind a level set or a resolved row, with its corrections."""
 
     standard: str
     title: str
     document_no: str
-    effective_from: date
-    effective_to: date | None = None
-    source: str
-    confidence: Confidence
-    rows: tuple[QuotaRow, ...]
     corrections: tuple[Correction, ...] = ()
     note: str | None = None
 
 
-class IndicatorDef(_Frozen):
+class PolicyLevelSet(_PolicyDocument):
+    """标杆/基准 of one indicator under one policy edition (document data attached)."""
+
+    title: str
+    rows: tuple[PolicyRow, ...]
+
+
+class QuotaLevelSet(_QuotaDocument):
+    """1级/2级/3级 of one indicator under one 能耗限额 standard (document data attached)."""
+
+    rows: tuple[QuotaRow, ...]
+
+
+class IndicatorDef(_IndicatorBase):
     """An indicator with all its level sets. All indicators are lower-is-better."""
 
-    id: str
-    name_zh: str
-    unit: str
-    direction: Literal["lower_is_better"] = "lower_is_better"
-    sign_note: str | None = None
-    band: BandSpec | None = None
-    note: str | None = None
     policy: tuple[PolicyLevelSet, ...] = ()
     quota: tuple[QuotaLevelSet, ...] = ()
 
 
-class PolicyLevels(_Frozen):
+class PolicyLevels(_PolicyDocument):
     """The 标杆/基准 row that applies (one edition, one band)."""
 
-    edition: str
-    document_no: str
-    effective_from: date
-    effective_to: date | None
-    retrofit_deadline: date | None
-    source: str
-    confidence: Confidence
     band: Band | None
     benchmark: float | None
     baseline: float | None
-    note: str | None = None
 
 
-class QuotaLevels(_Frozen):
+class QuotaLevels(_QuotaDocument):
     """The 能耗限额 row that applies (one standard, one band), with its corrections."""
 
-    standard: str
-    title: str
-    document_no: str
-    effective_from: date
-    effective_to: date | None
-    source: str
-    confidence: Confidence
     band: Band | None
     grade_1: float | None
     grade_2: float | None
     grade_3: float | None
-    corrections: tuple[Correction, ...] = ()
-    note: str | None = None
 
 
 class Levels(_Frozen):
@@ -723,7 +683,7 @@ class Levels(_Frozen):
     ref_version: str
 
 
-class Target(_Frozen):
+class Target(_Sourced):
     """A policy target or trigger on an indicator that is not a grade table (e.g. PUE < 1.3)."""
 
     id: str
@@ -734,8 +694,6 @@ class Target(_Frozen):
     scope: str
     effective_from: date | None = None
     deadline: date | None = None
-    source: str
-    confidence: Confidence
     note: str | None = None
 
 
@@ -1061,17 +1019,12 @@ class ReferenceData(_Frozen):
                 policy_status = "band_not_covered"
             else:
                 policy = PolicyLevels(
-                    edition=pset.edition,
-                    document_no=pset.document_no,
-                    effective_from=pset.effective_from,
-                    effective_to=pset.effective_to,
-                    retrofit_deadline=pset.retrofit_deadline,
-                    source=pset.source,
-                    confidence=prow.confidence or pset.confidence,
+                    **_fields_of(pset, _PolicyDocument),
                     band=prow.band,
                     benchmark=prow.benchmark,
                     baseline=prow.baseline,
-                    note=prow.note or pset.note,
+                ).model_copy(
+                    update={"confidence": prow.confidence or pset.confidence, "note": prow.note or pset.note}
                 )
                 policy_status = "in_force"
         elif any(p.effective_from > on for p in ind.policy):
@@ -1104,6 +1057,12 @@ class ReferenceData(_Frozen):
 _R = TypeVar("_R", PolicyRow, QuotaRow)
 
 
+def _fields_of(model: BaseModel, kind: type[BaseModel], only: Sequence[str] | None = None) -> dict[str, Any]:
+    """The fields of ``model`` that ``kind`` declares, or just ``only`` (shallow: nested models are kept)."""
+    names = only if only is not None else [n for n in kind.model_fields if n in type(model).model_fields]
+    return {name: getattr(model, name) for name in names}
+
+
 def _pick_row(rows: Sequence[_R], band_value: float | None) -> _R | None:
     if band_value is None:
         return rows[0] if rows and rows[0].band is None else None
@@ -1118,20 +1077,8 @@ def _quota_levels(qset: QuotaLevelSet, band_value: float | None) -> QuotaLevels 
     if row is None:
         return None
     return QuotaLevels(
-        standard=qset.standard,
-        title=qset.title,
-        document_no=qset.document_no,
-        effective_from=qset.effective_from,
-        effective_to=qset.effective_to,
-        source=qset.source,
-        confidence=row.confidence or qset.confidence,
-        band=row.band,
-        grade_1=row.grade_1,
-        grade_2=row.grade_2,
-        grade_3=row.grade_3,
-        corrections=qset.corrections,
-        note=row.note or qset.note,
-    )
+        **_fields_of(qset, _QuotaDocument), band=row.band, grade_1=row.grade_1, grade_2=row.grade_2, grade_3=row.grade_3
+    ).model_copy(update={"confidence": row.confidence or qset.confidence, "note": row.note or qset.note})
 
 
 def _validate_indicator(ind: IndicatorDef) -> list[str]:
@@ -1196,55 +1143,38 @@ def _validate_indicator(ind: IndicatorDef) -> list[str]:
     return problems
 
 
+_Doc = TypeVar("_Doc", PolicyEdition, QuotaStandard)
+
+
+def _document(docs: Mapping[str, _Doc], name: str, what: str, indicator: str) -> _Doc:
+    doc = docs.get(name)
+    if doc is None:
+        raise ValueError(f"indicator {indicator!r}: unknown {what} {name!r}")
+    return doc
+
+
 def _resolve_indicator(
     raw: _IndicatorIn, editions: Mapping[str, PolicyEdition], standards: Mapping[str, QuotaStandard]
 ) -> IndicatorDef:
-    policy: list[PolicyLevelSet] = []
-    for p in raw.policy:
-        ed = editions.get(p.edition)
-        if ed is None:
-            raise ValueError(f"indicator {raw.id!r}: unknown policy edition {p.edition!r}")
-        policy.append(
-            PolicyLevelSet(
-                edition=ed.id,
-                title=ed.title,
-                document_no=ed.document_no,
-                effective_from=ed.effective_from,
-                effective_to=ed.effective_to,
-                retrofit_deadline=ed.retrofit_deadline,
-                source=p.source,
-                confidence=p.confidence,
-                rows=p.rows,
-                note=p.note,
-            )
+    policy = [
+        PolicyLevelSet(
+            **_fields_of(p, _PolicySetIn),
+            **_fields_of(ed, PolicyEdition, ("title", "document_no", "effective_from", "effective_to",
+                                             "retrofit_deadline")),
         )
-    quota: list[QuotaLevelSet] = []
-    for q in raw.quota:
-        std = standards.get(q.standard)
-        if std is None:
-            raise ValueError(f"indicator {raw.id!r}: unknown quota standard {q.standard!r}")
-        quota.append(
-            QuotaLevelSet(
-                standard=std.id,
-                title=std.title,
-                document_no=std.id,
-                effective_from=std.effective_from,
-                effective_to=std.effective_to,
-                source=q.source or std.source,
-                confidence=q.confidence,
-                rows=q.rows,
-                corrections=q.corrections,
-                note=q.note,
-            )
+        for p in raw.policy
+        if (ed := _document(editions, p.edition, "policy edition", raw.id))
+    ]
+    quota = [
+        QuotaLevelSet(
+            **{**_fields_of(q, _QuotaSetIn), "source": q.source or std.source, "document_no": std.id},
+            **_fields_of(std, QuotaStandard, ("title", "effective_from", "effective_to")),
         )
+        for q in raw.quota
+        if (std := _document(standards, q.standard, "quota standard", raw.id))
+    ]
     return IndicatorDef(
-        id=raw.id,
-        name_zh=raw.name_zh,
-        unit=raw.unit,
-        direction=raw.direction,
-        sign_note=raw.sign_note,
-        band=raw.band,
-        note=raw.note,
+        **_fields_of(raw, _IndicatorBase),
         policy=tuple(sorted(policy, key=lambda s: s.effective_from)),
         quota=tuple(sorted(quota, key=lambda s: s.effective_from)),
     )
