@@ -780,6 +780,40 @@ def pipeline_health() -> dash.Dashboard:
                                            model.DynamicConfigValue(id_val="custom.axisPlacement",
                                                                     value="right")]), 12, 8)
 
+    lay.row("队列与网关 Queues and gateways")
+    lay.add(timeseries.Panel().title("队列占用 Queue fill by stage and queue (%)")
+            .description("Items waiting ÷ the queue's capacity (queues that declare one). A queue near 100 % "
+                         "refuses or sheds items.")
+            .with_target(prom_query(f"max by (stage, queue) (energymon_queue_depth{{{stage}}} "
+                                    f"/ energymon_queue_capacity{{{stage}}})", "{{stage}} {{queue}}"))
+            .unit("percentunit").decimals(1).min(0)
+            .thresholds(thresholds((None, "green"), (0.8, "red")))
+            .thresholds_style(common_builders.GraphThresholdsStyleConfig()
+                              .mode(common.GraphThresholdsStyleMode.DASHED)), 12, 8)
+    lay.add(timeseries.Panel().title("队列积压 Queue depth and oldest item age")
+            .with_target(prom_query(f"max by (stage, queue) (energymon_queue_depth{{{stage}}})",
+                                    "{{stage}} {{queue}} items"))
+            .with_target(prom_query(f"max by (stage, queue) (energymon_queue_oldest_age_seconds{{{stage}}})",
+                                    "{{stage}} {{queue}} oldest (s)", "B"))
+            .unit("short").decimals(0)
+            .override_by_regexp(".*oldest.*", props(("unit", "s"), ("custom.axisPlacement", "right"))), 12, 8)
+    lay.add(stat_panel("离线网关 Gateways offline")
+            .description("Gateways whose retained status says offline (energymon_gateway_up == 0).")
+            .with_target(prom_query("count(energymon_gateway_up == 0) or vector(0)", "offline").instant())
+            .decimals(0).reduce_options(last_value()).color_mode(common.BigValueColorMode.BACKGROUND)
+            .thresholds(thresholds((None, "green"), (1, "red"))), 4, 7)
+    lay.add(bargauge.Panel().title("网关最近数据 Time since each gateway's last batch (s)")
+            .with_target(prom_query("time() - max by (gateway) (energymon_gateway_last_seen_timestamp_seconds)",
+                                    "{{gateway}}").instant())
+            .unit("s").decimals(0).reduce_options(last_value())
+            .thresholds(thresholds((None, "green"), (60, "yellow"), (900, "red")))
+            .display_mode(common.BarGaugeDisplayMode.BASIC).orientation(common.VizOrientation.HORIZONTAL), 14, 7)
+    lay.add(stat_panel("版本 Versions running")
+            .description("Processes per energymon version (energymon_build_info).")
+            .with_target(prom_query("count by (version) (energymon_build_info)", "{{version}}").instant())
+            .decimals(0).reduce_options(last_value()).color_mode(common.BigValueColorMode.NONE)
+            .text_mode(common.BigValueTextMode.VALUE_AND_NAME), 6, 7)
+
     lay.row("网关缓存 Gateway outbox")
     lay.add(timeseries.Panel().title("缓存占用 Outbox fill (%)")
             .description("Used outbox bytes ÷ gateway.outbox_max_bytes; alert at 90 %.")
