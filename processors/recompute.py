@@ -775,8 +775,11 @@ def _scope_frames(
                 else:
                     output = _range_sums(outputs[scope], lo, hi)
                     columns.update(product=scope, indicator=indicator, unit=unit, output=output)
+                    kgoe = rules.kgoe(indicator, rules.local_date(end_ms - 1), kgce, {
+                        c: (_range_sums(a.kgce, lo, hi), _range_sums(a.consumed, lo, hi), carrier_units[c])
+                        for c, a in chosen.items()}) if unit.startswith("kgoe") else None
                     value = _values(unit, kgce, columns["electricity_kwh"], output,
-                                    kgce - _range_sums(electric, lo, hi), rules.acc.product(scope).energy_factor)
+                                    kgce - _range_sums(electric, lo, hi), rules.acc.product(scope).energy_factor, kgoe)
                     columns["value"] = value
                     if period != "15min":
                         columns.update(_grade_columns(rules, scope, indicator, value, en))
@@ -805,18 +808,20 @@ def _total(accs: dict[str, _Acc], name: str, n: int) -> F64:
     return out
 
 
-def _values(unit: str, kgce: F64, kwh: F64, output: F64, kgce_other: F64, energy_factor: float | None) -> F64:
-    """Vectorised :func:`rules.indicator_value` (NaN without output)."""
+def _values(unit: str, kgce: F64, kwh: F64, output: F64, kgce_other: F64, energy_factor: float | None,
+            kgoe: F64 | None = None) -> F64:
+    """Vectorised :func:`rules.indicator_value` (NaN without output); ``kgoe`` from :meth:`PlantRules.kgoe`."""
+    oil = kgce * KGOE_PER_KGCE if kgoe is None else kgoe
     if unit == "kWh/t":
         num = kwh
     elif unit == "ratio":
         num = kwh + kgce_other * KWH_PER_KGCE
     elif unit == "kgoe/t":
-        num = kgce * KGOE_PER_KGCE
+        num = oil
     elif unit == "kgoe/(t*energy_factor)":
         if not energy_factor:
             return np.full(kgce.size, np.nan)
-        num = kgce * KGOE_PER_KGCE / energy_factor
+        num = oil / energy_factor
     else:
         num = kgce
     with np.errstate(invalid="ignore", divide="ignore"):

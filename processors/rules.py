@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -91,7 +91,14 @@ class MeterInfo:
 
 
 def indicator_value(
-    unit: str, kgce: float, kwh: float, output: float, *, energy_factor: float | None = None, kgce_other: float = 0.0
+    unit: str,
+    kgce: float,
+    kwh: float,
+    output: float,
+    *,
+    energy_factor: float | None = None,
+    kgce_other: float = 0.0,
+    kgoe: float | None = None,
 ) -> float | None:
     """The indicator value of a period from its sums; None without output.
 
@@ -103,6 +110,7 @@ def indicator_value(
         output: output in the product's unit (for ``ratio``: the IT energy in kWh).
         energy_factor: 能量因数 (refining).
         kgce_other: kgce of non-electric carriers, added to a ratio's numerator at 3,600 kJ/kWh.
+        kgoe: the boundary's energy in kgoe for ``kgoe`` units (:meth:`PlantRules.kgoe`); None: kgce × 0.7.
     """
     if output == 0 or not math.isfinite(output):
         return None
@@ -110,12 +118,13 @@ def indicator_value(
         return kwh / output
     if unit == "ratio":
         return (kwh + kgce_other * KWH_PER_KGCE) / output
+    oil = kgce * KGOE_PER_KGCE if kgoe is None else kgoe
     if unit == "kgoe/t":
-        return kgce * KGOE_PER_KGCE / output
+        return oil / output
     if unit == "kgoe/(t*energy_factor)":
         if not energy_factor:
             return None
-        return kgce * KGOE_PER_KGCE / (output * energy_factor)
+        return oil / (output * energy_factor)
     return kgce / output
 
 
@@ -395,6 +404,38 @@ class PlantRules:
             corrections = settings.corrections if indicator == self.products[product_id].indicator else ()
             self._levels[key] = levels_for(self.ref, indicator, day, settings.band_value, corrections)
         return self._levels[key]
+
+    def kgoe(self, indicator: str, on: date, kgce: Any, carriers: Mapping[str, tuple[Any, Any, str]]) -> Any:
+        """Energy of a boundary in kgoe for a ``kgoe`` indicator, on the rules in force on ``on``.
+
+        An indicator with a GB 30251 factor set (``ReferenceData.oil_equivalent_set``: 炼油, 乙烯) converts each
+        carrier with the standard's 能源折算值 (electricity 等价值 0.21 kgoe/kWh, steam by pressure grade, water…):
+        ``consumed × kgoe_per_unit``. A carrier the set does not list, or one with a measured calorific value in
+        ``accounting.coefficient_overrides``, is converted from its kgce × 0.7 (= LHV / 41,868 kJ). Any other
+        indicator: ``kgce × 0.7``.
+
+        Args:
+            indicator: indicator id.
+            on: local date whose factors apply (the last day of the period).
+            kgce: the boundary's 综合能耗 in kgce (a number or a numpy array; the result has the same shape).
+            carriers: carrier → (its kgce, its net consumed quantity, the unit of that quantity).
+        """
+        oil_set = self.ref.oil_equivalent_set(indicator)
+        if oil_set is None:
+            return kgce * KGOE_PER_KGCE
+        measured = {ov.carrier for ov in self.acc.coefficient_overrides}
+        total: Any = 0.0
+        for carrier, (carrier_kgce, consumed, unit) in carriers.items():
+            factor = None if carrier in measured else oil_set.factor(carrier, on)
+            total = total + (carrier_kgce * KGOE_PER_KGCE if factor is None else consumed * factor.per(_ref_unit(unit)))
+        return total
+
+    def kgoe_source(self, indicator: str) -> str:
+        """How :meth:`kgoe` converts an indicator's energy (for a report's rule block)."""
+        oil_set = self.ref.oil_equivalent_set(indicator)
+        if oil_set is None:
+            return "kgce × 0.7 (1 kgoe = 10,000 kcal)"
+        return f"{oil_set.title} ({oil_set.standard}); carriers not listed or measured: kgce × 0.7"
 
     def local_date(self, ts_ms: int) -> date:
         """Local calendar date of an instant."""

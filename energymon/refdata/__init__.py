@@ -30,6 +30,8 @@ __all__ = [
     "HeatCo2Factor",
     "IndicatorDef",
     "Levels",
+    "OilEquivalentFactor",
+    "OilEquivalentSet",
     "PolicyEdition",
     "PolicyLevelSet",
     "PolicyLevels",
@@ -264,6 +266,32 @@ class CoefficientRange(_CarrierEntry):
             Coefficient(kgce_per_unit=self.kgce_min, lhv_kj_per_unit=self.lhv_min_kj_per_unit, **common),
             Coefficient(kgce_per_unit=self.kgce_max, lhv_kj_per_unit=self.lhv_max_kj_per_unit, **common),
         )
+
+
+class OilEquivalentFactor(_CarrierEntry):
+    """A GB 30251 能源折算值: kilograms of oil equivalent (1 kgoe = 41,868 kJ) per one ``unit`` of a carrier."""
+
+    kgoe_per_unit: float = Field(gt=0)
+
+    def per(self, unit: str) -> float:
+        """kgoe per one ``unit`` (same dimension as the factor's unit)."""
+        return _scaled(self.kgoe_per_unit, _per_unit_scale(self.unit, unit))
+
+
+class OilEquivalentSet(_Frozen):
+    """The oil-equivalent factors a quota standard prescribes for some of its indicators (GB 30251: 炼油, 乙烯)."""
+
+    id: str
+    standard: str
+    title: str
+    #: indicators computed with these factors instead of GB/T 2589 kgce x 0.7
+    indicators: tuple[str, ...] = Field(min_length=1)
+    factors: tuple[OilEquivalentFactor, ...] = Field(min_length=1)
+    note: str | None = None
+
+    def factor(self, carrier: str, on: date) -> OilEquivalentFactor | None:
+        """The factor of ``carrier`` in force on ``on``; None: not listed (convert its kgce x 0.7)."""
+        return next((f for f in self.factors if f.carrier == carrier and f.in_force(on)), None)
 
 
 class ElectricityEqualValue(_Sourced):
@@ -705,6 +733,7 @@ class _CoefficientsFile(_Frozen):
     coefficients: tuple[Coefficient, ...]
     coefficient_ranges: tuple[CoefficientRange, ...] = ()
     electricity_equal_values: tuple[ElectricityEqualValue, ...] = ()
+    oil_equivalent_sets: tuple[OilEquivalentSet, ...] = ()
 
 
 class _Co2File(_Frozen):
@@ -755,6 +784,7 @@ class ReferenceData(_Frozen):
     coefficients: tuple[Coefficient, ...]
     coefficient_ranges: tuple[CoefficientRange, ...] = ()
     electricity_equal_values: tuple[ElectricityEqualValue, ...] = ()
+    oil_equivalent_sets: tuple[OilEquivalentSet, ...] = ()
     grid_factors: tuple[GridCo2Factor, ...] = ()
     fuel_factors: tuple[FuelCo2Factor, ...] = ()
     heat_factors: tuple[HeatCo2Factor, ...] = ()
@@ -770,6 +800,7 @@ class ReferenceData(_Frozen):
         problems += self._validate_coefficients()
         problems += self._validate_co2()
         problems += self._validate_benchmarks()
+        problems += self._validate_oil_equivalent()
         if problems:
             raise ValueError("invalid reference data:\n  " + "\n  ".join(problems))
         return self
@@ -813,6 +844,38 @@ class ReferenceData(_Frozen):
                     ):
                         problems.append(f"electricity 等价值 {region!r}: year ranges overlap")
         return problems
+
+    def _validate_oil_equivalent(self) -> list[str]:
+        problems: list[str] = []
+        for dup in _duplicates(o.id for o in self.oil_equivalent_sets):
+            problems.append(f"duplicate oil-equivalent set {dup!r}")
+        indicators = {i.id for i in self.indicators}
+        known = {c.carrier: c.unit for c in self.coefficients}
+        claimed: dict[str, str] = {}
+        for o in self.oil_equivalent_sets:
+            for ind in o.indicators:
+                if ind not in indicators:
+                    problems.append(f"oil-equivalent set {o.id!r}: unknown indicator {ind!r}")
+                elif ind in claimed:
+                    problems.append(f"indicator {ind!r} is in oil-equivalent sets {claimed[ind]!r} and {o.id!r}")
+                claimed[ind] = o.id
+            spans: dict[str, list[tuple[date, date | None]]] = {}
+            for f in o.factors:
+                spans.setdefault(f.carrier, []).append((f.effective_from, f.effective_to))
+                if f.carrier not in known:
+                    problems.append(f"oil-equivalent set {o.id!r}: unknown carrier {f.carrier!r}")
+                elif UNITS[f.unit][0] != UNITS[known[f.carrier]][0]:
+                    problems.append(
+                        f"oil-equivalent set {o.id!r}: {f.carrier} per {f.unit} but its coefficient is per"
+                        f" {known[f.carrier]}"
+                    )
+            for carrier, carrier_spans in spans.items():
+                problems += _check_no_overlap(f"oil-equivalent set {o.id!r} carrier", carrier, carrier_spans)
+        return problems
+
+    def oil_equivalent_set(self, indicator_id: str) -> OilEquivalentSet | None:
+        """The oil-equivalent factor set an indicator is computed with (GB 30251: 炼油, 乙烯), or None."""
+        return next((o for o in self.oil_equivalent_sets if indicator_id in o.indicators), None)
 
     def _validate_co2(self) -> list[str]:
         problems: list[str] = []
@@ -1234,6 +1297,7 @@ def _build(texts: Mapping[str, str]) -> ReferenceData:
             coefficients=coef.coefficients,
             coefficient_ranges=coef.coefficient_ranges,
             electricity_equal_values=coef.electricity_equal_values,
+            oil_equivalent_sets=coef.oil_equivalent_sets,
             grid_factors=co2.grid,
             fuel_factors=co2.fuels,
             heat_factors=co2.heat,
