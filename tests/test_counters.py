@@ -115,3 +115,30 @@ def test_replacement_before_the_first_reading_is_ignored() -> None:
     t = CounterTracker(max_rate_per_hour=1000, replacements=[Replacement(HOUR, 10_000, 0)])
     assert feed_at(t, [(2 * HOUR, 100), (3 * HOUR, 600)]) == [(2 * HOUR, 3 * HOUR, 500, DeltaFlag.OK)]
     assert not t.has_pending_replacement(10 * HOUR)
+
+
+def test_state_undoes_updates_whose_output_was_not_kept() -> None:
+    t = CounterTracker(max_rate_per_hour=1000, replacements=[Replacement(3 * HOUR, 10_000, 0)])
+    feed_at(t, [(HOUR, 9_000), (2 * HOUR, 9_500), (2 * HOUR + 1, 1e9)])  # a spike starts a candidate level
+    saved = t.state()
+    reference = CounterTracker(max_rate_per_hour=1000, replacements=[Replacement(3 * HOUR, 10_000, 0)])
+    reference.set_state(saved)
+    # updates whose batch was then refused: a replacement bridged, the candidate dropped
+    assert feed_at(t, [(4 * HOUR, 600)]) == [(2 * HOUR, 4 * HOUR, 1_100, DeltaFlag.REPLACED)]
+    t.set_state(saved)
+    assert t.state() == saved
+    # the same readings again give the same result as a tracker that never saw the undone ones
+    later = [(4 * HOUR, 700), (5 * HOUR, 1_200)]
+    assert feed_at(t, later) == feed_at(reference, later) == [
+        (2 * HOUR, 4 * HOUR, 1_200, DeltaFlag.REPLACED), (4 * HOUR, 5 * HOUR, 500, DeltaFlag.OK)]
+
+
+def test_restore_from_a_saved_baseline_does_not_bridge_a_replacement_twice() -> None:
+    reps = [Replacement(10 * HOUR + HOUR // 2, 10_250, 0)]
+    live = CounterTracker(max_rate_per_hour=1000, replacements=reps)
+    feed_at(live, [(10 * HOUR, 10_000), (11 * HOUR, 250)])  # bridged: 500, flag replaced
+    restarted = CounterTracker(max_rate_per_hour=1000, replacements=reps)
+    assert live.last_value is not None
+    restarted.restore(live.last_value, live.last_ms)
+    assert feed_at(restarted, [(12 * HOUR, 750)]) == [(11 * HOUR, 12 * HOUR, 500, DeltaFlag.OK)]
+    assert restarted.replacement_mismatches == 0

@@ -8,7 +8,18 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from energymon.errors import SchemaError
-from energymon.schema import Batch, Point, Quality, datetime_to_ms, decode_batch, encode_batch, ms_to_datetime
+from energymon.schema import (
+    Batch,
+    Interval,
+    Point,
+    Quality,
+    datetime_to_ms,
+    decode_batch,
+    decode_wire,
+    encode_batch,
+    ms_to_datetime,
+    wire_to_point,
+)
 from energymon.topics import alert_topic, parse_readings_topic, readings_filter, readings_topic, status_topic
 
 TS = 1_763_880_000_000
@@ -86,3 +97,53 @@ def test_topic_scheme() -> None:
     assert readings_filter("E", "procs") == "$share/procs/energymon/v1/E/+/readings"
     assert parse_readings_topic("energymon/v1/E/g/readings") == ("E", "g")
     assert parse_readings_topic("energymon/v1/E/alerts/r/m") is None
+
+
+def counter_point(interval: Interval | None, **kw: object) -> Point:
+    return Point(meter="m1", quantity="energy_active_import", value=1234.5, unit="kWh", ts_ms=TS,
+                 interval=interval, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_edge_interval_round_trips_on_both_decoders(compress: bool) -> None:
+    b = Batch(enterprise="E", gateway="g", seq=1, sent_ms=TS, points=[
+        counter_point(Interval(start_ms=TS - 5000, amount=2.5, flag="rollover")),
+        counter_point(Interval(start_ms=TS, amount=0.0)),  # checked at the edge, closes no interval
+        counter_point(None),
+    ])
+    raw = encode_batch(b, compress=compress)
+    assert decode_batch(raw) == b
+    wire = decode_wire(raw)
+    assert wire["points"][0]["interval"] == {"start_ms": TS - 5000, "amount": 2.5, "flag": "rollover"}
+    assert wire["points"][1]["interval"] == {"start_ms": TS, "amount": 0.0, "flag": "ok"}
+    assert "interval" not in wire["points"][2]
+    assert wire_to_point(wire["points"][0]) == b.points[0]
+
+
+def test_a_batch_without_intervals_keeps_its_old_bytes() -> None:
+    raw = encode_batch(batch())
+    assert b"interval" not in raw
+    assert json.loads(raw)["points"][0] == {"meter": "m1", "quantity": "energy_active_import", "value": 1234.5,
+                                            "unit": "kWh", "ts_ms": TS, "quality": "good"}
+
+
+@pytest.mark.parametrize(
+    ("interval", "quality", "reason"),
+    [
+        ({"start_ms": TS + 1, "amount": 1.0, "flag": "ok"}, "good", "is after ts_ms"),
+        ({"start_ms": TS, "amount": 1.0, "flag": "ok"}, "good", "equal to it with an amount"),
+        ({"start_ms": TS - 1, "amount": -1.0, "flag": "ok"}, "good", "points.0.interval.amount"),
+        ({"start_ms": TS - 1, "amount": float("nan"), "flag": "ok"}, "good", "points.0.interval.amount"),
+        ({"start_ms": TS - 1, "amount": 1.0, "flag": "guessed"}, "good", "points.0.interval.flag"),
+        ({"start_ms": TS - 1, "amount": 1.0, "extra": 1}, "good", "points.0.interval.extra"),
+        ({"start_ms": TS - 1, "amount": 1.0}, "uncertain", "needs quality 'good'"),
+    ],
+)
+def test_invalid_interval_is_refused_by_both_decoders(interval: dict[str, object], quality: str, reason: str) -> None:
+    point = {"meter": "m1", "quantity": "energy_active_import", "value": 1.0, "unit": "kWh", "ts_ms": TS,
+             "quality": quality, "interval": interval}
+    raw = json.dumps({"v": 1, "enterprise": "E", "gateway": "g", "seq": 1, "sent_ms": TS, "points": [point]},
+                     allow_nan=True).encode()
+    for decode in (decode_batch, decode_wire):
+        with pytest.raises(SchemaError, match=reason):
+            decode(raw)
