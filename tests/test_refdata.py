@@ -15,6 +15,7 @@ import yaml
 
 from energymon.refdata import (
     KGCE_KJ,
+    KGCE_KJ_ANNEX,
     Coefficient,
     ReferenceData,
     ReferenceDataError,
@@ -455,3 +456,102 @@ def test_carriers_listed(ref: ReferenceData) -> None:
         "deaerated_water", "compressed_air", "blast_air", "oxygen", "nitrogen", "nitrogen_byproduct",
     }  # fmt: skip
     assert expected <= carriers
+
+
+# ------------------------------------------------------------------------- provenance of every figure
+
+
+def _figures(ref: ReferenceData) -> list[tuple[str, object, object, object]]:
+    """(what, source, effective date, confidence) of every figure in the packaged reference data."""
+    out: list[tuple[str, object, object, object]] = []
+    for c in ref.coefficients:
+        out.append((f"coefficient {c.carrier} {c.effective_from}", c.source, c.effective_from, c.confidence))
+    for r in ref.coefficient_ranges:
+        out.append((f"range {r.carrier}", r.source, r.effective_from, r.confidence))
+    for e in ref.electricity_equal_values:
+        # the sources give no year for these two entries; the key is present and the note says so
+        out.append((f"等价值 {e.region}", e.source, e.year_from or ("undated" if e.note else None), e.confidence))
+    for o in ref.oil_equivalent_sets:
+        for f in o.factors:
+            out.append((f"{o.id} {f.carrier}", f.source, f.effective_from, f.confidence))
+    for g in ref.grid_factors:
+        out.append((f"grid {g.region}/{g.kind}/{g.year_from}", g.source, g.year_from, g.confidence))
+    for fu in ref.fuel_factors:
+        out.append((f"fuel {fu.fuel}", fu.source, fu.effective_from, fu.confidence))
+    for h in ref.heat_factors:
+        out.append((f"heat {h.id}", h.source, h.effective_from, h.confidence))
+    for ind in ref.indicators:
+        for p in ind.policy:
+            out.append((f"{ind.id} {p.edition}", p.source, p.effective_from, p.confidence))
+        for q in ind.quota:
+            out.append((f"{ind.id} {q.standard}", q.source, q.effective_from, q.confidence))
+    for t in ref.targets:
+        out.append((f"target {t.id}", t.source, t.effective_from or t.deadline, t.confidence))
+    return out
+
+
+def test_every_figure_has_source_effective_date_and_confidence() -> None:
+    ref = load_reference_data()
+    figures = _figures(ref)
+    assert len(figures) > 100
+    missing = [what for what, source, when, conf in figures
+               if not (isinstance(source, str) and source.strip()) or when is None
+               or conf not in ("verified", "secondary", "unverified")]
+    assert not missing, missing
+
+
+def test_every_carrier_and_co2_figure_records_its_second_source() -> None:
+    ref = load_reference_data()
+    entries = [*ref.coefficients, *ref.coefficient_ranges, *ref.grid_factors, *ref.fuel_factors, *ref.heat_factors,
+               *(f for o in ref.oil_equivalent_sets for f in o.factors)]
+    lacking = [e for e in entries if not (e.second_source and e.second_source.strip())]
+    assert not lacking, lacking
+    # an unverified figure never claims an independent confirmation
+    assert all(e.second_source == "not found" or e.confidence != "unverified" or "not found" in (e.second_source or "")
+               for e in entries)
+
+
+def test_converter_gas_and_steel_gases() -> None:
+    ref = load_reference_data()
+    on = date(2026, 1, 1)
+    assert ref.coefficient("converter_gas", on).kgce_per_unit == pytest.approx(7945 / KGCE_KJ_ANNEX, abs=1e-4)
+    assert ref.coefficient("blast_furnace_gas", on).kgce_per_unit == 0.1286
+    assert ref.coefficient_range("coke_oven_gas", on).kgce_min == 0.5714
+    assert ref.fuel_co2_factor("converter_gas").computed() == pytest.approx(1.51, abs=0.005)
+    assert ref.fuel_co2_factor("blast_furnace_gas").computed() == pytest.approx(0.85, abs=0.005)
+
+
+def test_gb30251_oil_equivalent_set_applies_to_refining_and_ethylene_only() -> None:
+    ref = load_reference_data()
+    for indicator in ("oil_refining", "ethylene"):
+        oil = ref.oil_equivalent_set(indicator)
+        assert oil is not None and oil.standard == "GB 30251-2024"
+        power = oil.factor("electricity", date(2025, 6, 1))
+        assert power is not None and power.kgoe_per_unit == 0.21 and power.basis == "equal"
+        assert oil.factor("electricity", date(2025, 4, 30)) is None  # before GB 30251-2024 is in force
+    assert ref.oil_equivalent_set("paraxylene") is None  # other GB 30251 products use electricity's 当量值
+    assert ref.oil_equivalent_set("cement_clinker") is None
+    steam = ref.oil_equivalent_set("ethylene").factor("steam_saturated_0_8_1_0mpa", date(2026, 1, 1))  # type: ignore[union-attr]
+    assert steam is not None and steam.per("kg") == pytest.approx(0.076)
+    # fuels: the GB 30251 value equals the GB/T 2589 coefficient x 0.7 where both are by net calorific value
+    for carrier, unit in (("fuel_oil", "kg"), ("lpg", "kg"), ("natural_gas", "m3")):
+        f = ref.oil_equivalent_set("oil_refining").factor(carrier, date(2026, 1, 1))  # type: ignore[union-attr]
+        assert f is not None
+        assert f.per(unit) == pytest.approx(ref.coefficient(carrier, date(2026, 1, 1), unit).kgce_per_unit * 0.7,
+                                            abs=2e-3)
+
+
+def test_oil_equivalent_set_with_unknown_carrier_or_indicator_is_rejected(tmp_path: Path) -> None:
+    src = resources.files("energymon.refdata")
+    for name in ("coefficients.yaml", "co2_factors.yaml", "benchmarks.yaml"):
+        (tmp_path / name).write_text(src.joinpath(name).read_text(encoding="utf-8"), encoding="utf-8")
+    text = (tmp_path / "coefficients.yaml").read_text(encoding="utf-8")
+    bad = text.replace("indicators: [oil_refining, ethylene]", "indicators: [oil_refining, no_such_indicator]")
+    (tmp_path / "coefficients.yaml").write_text(bad, encoding="utf-8")
+    with pytest.raises(ReferenceDataError, match="no_such_indicator"):
+        load_reference_data(tmp_path)
+    entry = "      - carrier: softened_water\n        name_zh: 软化水\n        unit: {}\n        kgoe_per_unit"
+    bad = text.replace(entry.format("t"), entry.format("kWh"))
+    (tmp_path / "coefficients.yaml").write_text(bad, encoding="utf-8")
+    with pytest.raises(ReferenceDataError, match="softened_water per kWh"):
+        load_reference_data(tmp_path)
