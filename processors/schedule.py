@@ -13,8 +13,9 @@ sum of its intervals, which telescopes to ``last - first``, and the intervals th
 the last reading of one slot to the first of the next, exactly as in the raw data, so slot, hour, day, month and
 year totals are the same as from the raw readings. (Only readings the counter cleaning would reject *inside* a
 slot, such as a one-reading spike, are dropped earlier; they book nothing either way.) What counts readings
-(completeness, the per-meter counts of rejected readings, ``acct_meter`` and ``acct_quality_*``, and the
-``complete`` field of ``acct_product``) is left to ``energymon report``, which reads the raw readings.
+(completeness, the per-meter counts of flagged intervals: ``acct_meter`` and ``acct_quality_day``) is computed
+once per closed local day from the raw readings of that day; ``acct_quality_month`` and the ``complete`` field of
+``acct_product`` are left to ``energymon report``.
 
 Each run reads only what is new since the previous run, plus ``reread_ms`` before it and anything older that
 arrived late (the processor reports the event time of the counter readings it stored, see :meth:`note_points`),
@@ -94,8 +95,20 @@ class ThinnedReadings:
     @property
     def read_to_ms(self) -> int | None:
         """The end (exclusive) of what was read from the store, or None before the first run."""
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'read_to_ms'").fetchone()
+        return self.meta("read_to_ms")
+
+    def meta(self, key: str) -> int | None:
+        """A stored mark, or None."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else int(row[0])
+
+    def set_meta(self, key: str, value: int) -> None:
+        """Store a mark."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def replace(self, start_ms: int, readings: Mapping[str, MeterReadings], read_to_ms: int) -> None:
         """Replace everything from ``start_ms`` on with ``readings`` and record the new read mark, atomically."""
@@ -188,6 +201,7 @@ class CurrentPeriods:
         self._late_lock = threading.Lock()
         self._late_from: int | None = None
         self._run_lock = threading.Lock()
+        self._pending_quality_mark = 0
         self.runs = 0
 
     def note_points(self, points: Iterable[Mapping[str, Any]]) -> None:
@@ -217,6 +231,7 @@ class CurrentPeriods:
             try:
                 self._refresh(lo, now, late)
                 rows = self._recompute(now)
+                rows += self._closed_days(now)
                 if rows:
                     self.store.write(rows)
             except StoreError as exc:
@@ -225,6 +240,7 @@ class CurrentPeriods:
                         self._late_from = late if self._late_from is None else min(late, self._late_from)
                 self.stage.error(exc)
                 raise
+            self.cache.set_meta("quality_done_to_ms", self._pending_quality_mark)
             self.stage.sent(len(rows))
             for observer in self.on_rows:
                 try:
@@ -270,6 +286,32 @@ class CurrentPeriods:
             if key.measurement == "acct_product" and "complete" in fields:
                 fields = {k: v for k, v in fields.items() if k != "complete"}
             rows.append((key, fields, ts))
+        return rows
+
+    def _closed_days(self, now: int) -> list[Row]:
+        """Reading counts of the days closed since the last run, from the raw readings (once per day).
+
+        ``acct_meter`` day rows (with the per-day counts of flagged intervals) and ``acct_quality_day``
+        (completeness, the day's first reading) need every reading, so each local day is recomputed once from
+        the raw readings after it ends (the first run does yesterday). Late data for a closed day is picked up
+        by ``energymon report``.
+        """
+        today = period_start(now, "day", self.tz)
+        done = self.cache.meta("quality_done_to_ms")
+        day = period_start(today - 1, "day", self.tz) if done is None else done
+        rows: list[Row] = []
+        pad = self.lookback_ms
+        while day < today:
+            end = next_period_start(day, "day", self.tz)
+            dense = load_readings_store(self.store, self.plant, day - pad, end + pad)
+            rc = recompute(self.rules, dense, day, end, with_ytd=False, detail_periods=("day",))
+            for key, fields, ts in report_rows(rc, indicator_periods=()):
+                if key.measurement == "acct_quality_day" or (
+                    key.measurement == "acct_meter" and dict(key.tags).get("period") == "day" and day <= ts < end
+                ):
+                    rows.append((key, fields, ts))
+            day = end
+        self._pending_quality_mark = today
         return rows
 
     def close(self) -> None:

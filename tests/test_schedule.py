@@ -124,7 +124,8 @@ def test_runs_are_incremental_and_match_a_report(plant: PlantConfig, tmp_path: P
         assert got[product]["value"] == pytest.approx(fields["value"], rel=1e-9)
         assert got[product]["energy_kgce"] == pytest.approx(fields["energy_kgce"], rel=1e-9)
     assert {k.measurement for k, _, _ in rows} >= {"indicator", "acct_product", "acct_enterprise"}
-    assert not {k.measurement for k, _, _ in rows} & {"acct_quality_day", "acct_meter"}
+    # reading counts only for the closed day (from the raw readings), never from the thinned ones
+    assert {ts for k, _, ts in rows if k.measurement == "acct_quality_day"} == {ms(3, 2)}
     # stored, and stored again in place: the store holds one month row per product
     stored = store.query("indicator", "value", tags={"period": "month"})
     assert len(stored) == len(want)
@@ -234,5 +235,27 @@ def test_without_a_live_path_the_schedule_writes_hour_and_day_indicators(plant: 
     got = next(f["value"] for k, f, ts in rows if k.measurement == "indicator" and ts == ms(3, 2)
                and dict(k.tags)["period"] == "day" and dict(k.tags)["product"] == "clinker")
     assert got == pytest.approx(want, rel=1e-9)
+    store.close()
+    sched.close()
+
+
+def test_a_closed_day_gets_its_reading_counts_from_the_raw_readings(plant: PlantConfig, tmp_path: Path) -> None:
+    store = SqliteStore(SqliteStoreConfig(type="sqlite", path=tmp_path / "store.sqlite"))
+    readings = minute_readings(ms(3, 1) - 86_400_000, ms(3, 3, 12))
+    store.write(rows_of(plant, readings))
+    clock = ManualClock(datetime(2026, 3, 3, 12, 0, tzinfo=SH))
+    sched = CurrentPeriods(plant, store, clock=clock, metrics=PipelineMetrics(CollectorRegistry()),
+                           cache_path=tmp_path / "recompute.sqlite")
+    rows = sched.run_once()
+    quality = [(dict(k.tags)["meter"], ts, f) for k, f, ts in rows if k.measurement == "acct_quality_day"]
+    assert {ts for _, ts, _ in quality} == {ms(3, 2)}  # yesterday only, once
+    assert {m for m, _, _ in quality} == set(RATES)
+    rc, _ = run_report(plant, ReportPeriod.parse("day", "2026-03-02"), readings)
+    want = {dict(k.tags)["meter"]: f for k, f, _ in report_rows(rc) if k.measurement == "acct_quality_day"}
+    assert {m: f for m, _, f in quality} == want  # every raw minute reading, not the thinned ones
+    assert not [k for k, _, _ in sched.run_once() if k.measurement == "acct_quality_day"]  # not again
+    clock.advance(86_400)  # the next day closes
+    later = [ts for k, _, ts in sched.run_once() if k.measurement == "acct_quality_day"]
+    assert set(later) == {ms(3, 3)}
     store.close()
     sched.close()
