@@ -72,6 +72,7 @@ class MqttNotifier:
         self.config = config
         self.enterprise = enterprise
         self._factory = transport_factory
+        self._metrics = metrics
         self._stage: StageMetrics | None = metrics.stage(STAGE) if metrics is not None else None
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
@@ -84,6 +85,8 @@ class MqttNotifier:
         self._random = random.Random()
         self._thread = threading.Thread(target=self._run, name=f"mqtt-notifier-{config.id}", daemon=True)
         self._thread.start()
+        if metrics is not None:
+            metrics.track_queue(STAGE, config.id, depth=lambda: self.pending)
 
     @property
     def id(self) -> str:
@@ -113,6 +116,8 @@ class MqttNotifier:
         if alert.state is AlertState.PENDING:
             raise ValueError(f"alert {alert.id} is pending; only firing and resolved alerts are notified")
         topic = self.topic(alert)
+        if self._stage is not None:
+            self._stage.received()
         with self._cond:
             if self._closing:
                 log.error("mqtt %s: closed; alert %s %s not published", self.id, alert.id, alert.state.value)
@@ -141,6 +146,8 @@ class MqttNotifier:
             self._closed_result = drained and not lost
         for alert in lost:
             log.error("mqtt %s: alert %s %s not published before close", self.id, alert.id, alert.state.value)
+        if self._metrics is not None:
+            self._metrics.untrack_queue(STAGE, self.config.id)
         return self._closed_result
 
     # ------------------------------------------------------------------ worker

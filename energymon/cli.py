@@ -115,7 +115,7 @@ async def _until_stopped(stop: asyncio.Event, duration: float | None) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from prometheus_client import REGISTRY, start_http_server
+    from prometheus_client import REGISTRY, disable_created_metrics, start_http_server
 
     from energymon.clock import WallClock
     from energymon.config import load_plant
@@ -125,6 +125,7 @@ async def _serve(args: argparse.Namespace) -> int:
     plant = load_plant(args.config)
     metrics = PipelineMetrics(REGISTRY)
     if args.metrics_port is not None:
+        disable_created_metrics()  # no `_created` series next to every counter
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
     clock = WallClock()
     stop = asyncio.Event()

@@ -236,6 +236,7 @@ class ProcessorService:
             flush_interval_ms = store_cfg.flush_interval_ms if isinstance(store_cfg, InfluxStoreConfig) else 50
         self.flush_interval_s = flush_interval_ms / 1000
         self.clock = clock
+        self.metrics = metrics
         self.alert_tick_s = alert_tick_ms / 1000
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -248,6 +249,7 @@ class ProcessorService:
     def _on_status(self, msg: Message) -> None:
         """A gateway's retained status (``online`` / ``offline``, the latter also its last will)."""
         gateway = msg.topic.split("/")[3]
+        self.metrics.gateway_status(gateway, msg.payload.strip() == b"online")
         self.alerts.observe_status(gateway, msg.payload.strip() == b"online", self.clock.now_ms())
         msg.ack()
 

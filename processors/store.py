@@ -252,6 +252,8 @@ class InfluxStore:
         if self._closed:
             raise StoreError(f"InfluxDB store {self.url} is closed")
         began = time.perf_counter()
+        if self._stage is not None:
+            self._stage.received(sum(len(f) for _, f, _ in rows))
         try:
             lines, counts, dropped = to_line_protocol(rows)
             if self._stage is not None:
@@ -468,6 +470,8 @@ class SqliteStore:
                 of this call is stored.
         """
         began = time.perf_counter()
+        if self._stage is not None:
+            self._stage.received(sum(len(f) for _, f, _ in rows))
         try:
             with self._lock:
                 self._check_open()
