@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?= --speed 60
 
-.PHONY: demo test install dev services lint docs bench clean
+.PHONY: demo test install dev services lint docs dashboards bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,13 @@ test: dev services
 lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m mypy energymon collectors gateway processors alerts simulators
+	$(BIN)/python deploy/grafana/dashboards.py --check
 
 docs: dev
 	$(BIN)/python scripts/update-readme-reference.py
+
+dashboards: dev
+	$(BIN)/python deploy/grafana/dashboards.py
 
 bench: dev services
 	$(BIN)/python bench/run.py
