@@ -6,6 +6,10 @@ only after the rows it produced were written, so a crash or a store outage makes
 the store's overwrite-on-same-timestamp semantics plus the per-gateway sequence check keep a redelivered
 batch from being counted twice.
 
+Counter readings that carry an edge-computed ``interval`` (wire v1, see :mod:`energymon.schema`) are booked as
+they stand, without state, so several processors can share one gateway's batches through a shared subscription;
+only readings without one go through the processor's own :class:`~energymon.processors.counters.CounterTracker`.
+
 Store rows (measurement → fields; see docs/ARCHITECTURE.md for tags):
 
 * ``reading``: ``value`` for every good or uncertain point (``uncertain=1`` marks the latter);
