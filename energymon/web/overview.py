@@ -1,0 +1,302 @@
+"""The plant overview the live page shows, computed from a :class:`~energymon.web.reader.StoreReader`.
+
+One snapshot (a JSON-ready dict, see ``energymon/web/README.md`` for its shape) holds what the Grafana plant
+overview holds: live power (or flow) per meter with the last hour, today's energy by carrier (consumed and kgce,
+enterprise-level meters only, so sub-meters are not added to their parent), standard coal so far today, the
+latest 单位产品综合能耗 of each product against its 标杆 and 基准 with the grade, data quality (meters unavailable or
+silent) and the active alerts.
+
+"Today" is the plant's local day of the clock's *now* (a fast simulated clock in the demo, the wall clock
+otherwise); energy rows count when their interval ends in ``(day start, now]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from energymon.clock import WallClock
+from energymon.config import PlantConfig
+from energymon.errors import StoreError
+from energymon.interfaces import Clock
+from energymon.periods import period_start
+from energymon.web.reader import StoreReader
+
+__all__ = ["STATUS_LABELS", "AlertSource", "Overview", "alerts_from_engine", "alerts_from_state_file"]
+
+log = logging.getLogger(__name__)
+
+#: Returns the active alerts as JSON-ready dicts (``id``, ``rule_id``, ``source``, ``state``, ``severity``...).
+AlertSource = Callable[[], list[dict[str, Any]]]
+
+#: ``status`` field of the ``indicator`` measurement → (Chinese, English) label.
+STATUS_LABELS: dict[int, tuple[str, str]] = {
+    1: ("达到标杆", "at benchmark"),
+    2: ("标杆与基准之间", "between benchmark and baseline"),
+    3: ("未达基准", "below baseline"),
+    4: ("超过限额", "over the limit"),
+}
+
+_ALERT_KEYS = ("id", "rule_id", "source", "state", "severity", "summary", "value", "threshold", "started_ms",
+               "fired_ms", "acked_ms", "acked_by")
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+_INDICATOR_FIELDS = ["value", "energy_kgce", "output", "status", "benchmark", "baseline", "limit",
+                     "gap_to_benchmark_pct"]
+_HOUR_MS = 3_600_000
+_DAY_MS = 86_400_000
+_PUSH_STALE_MS = 300_000  # meters that push (MQTT) without a poll interval: silent after 5 minutes
+
+
+def _clean_alert(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in _ALERT_KEYS}
+
+
+def _sorted_alerts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(
+        records,
+        key=lambda a: (a.get("state") != "firing", _SEVERITY_RANK.get(str(a.get("severity")), 9), str(a.get("id"))),
+    )
+
+
+def alerts_from_engine(engine: Any) -> AlertSource:
+    """Active alerts of a running alert engine (``energymon.alerts.engine.AlertEngine.active``)."""
+
+    def read() -> list[dict[str, Any]]:
+        return _sorted_alerts([_clean_alert(a.to_dict()) for a in engine.active()])
+
+    return read
+
+
+def alerts_from_state_file(path: Path) -> AlertSource:
+    """Active alerts in an alert state file (``alerts.sqlite`` of a processor's data directory).
+
+    The file is opened on the first read that finds it, so the page may start before the processor.
+    """
+    from energymon.alerts.state import AlertStore
+
+    opened: list[AlertStore] = []
+
+    def read() -> list[dict[str, Any]]:
+        if not opened:
+            if not path.exists():
+                return []
+            opened.append(AlertStore(path))
+        return _sorted_alerts([_clean_alert(r) for r in opened[0].active()])
+
+    return read
+
+
+class Overview:
+    """Builds overview snapshots of one plant from its store.
+
+    Args:
+        plant: the plant configuration (meters, carriers, products, time zone).
+        reader: the store to read.
+        clock: *now* for "today" and the freshness of readings (default: the wall clock).
+        alerts: where active alerts come from; None when unknown (the page says so).
+        alerts_from: a description of the alert source for the page (e.g. the state file's path).
+    """
+
+    def __init__(
+        self,
+        plant: PlantConfig,
+        reader: StoreReader,
+        *,
+        clock: Clock | None = None,
+        alerts: AlertSource | None = None,
+        alerts_from: str | None = None,
+    ) -> None:
+        from energymon.processors.rules import PlantRules
+        from energymon.refdata import load_reference_data
+
+        self.plant = plant
+        self.reader = reader
+        self.clock: Clock = clock or WallClock()
+        self.alerts = alerts
+        self.alerts_from = alerts_from
+        self.tz = plant.enterprise.tz
+        ref = load_reference_data()
+        rules = PlantRules(plant, ref)
+        self._top_meters = rules.top_meters()
+        names = {c.carrier: c.name_zh.split("（")[0] for c in ref.coefficients}
+        self._carrier_names = {c: names.get(c, c) for c in self._top_meters}
+        self._counter_unit = {
+            m.id: plant.quantities(m)[m.counter][0] for m in plant.meters if m.counter is not None
+        }
+        self._indicator_units = {p.id: rules.indicator_unit(p.indicator) for p in plant.products}
+        self._live: list[tuple[str, str, str]] = []  # (meter, quantity, unit) shown live
+        for meter in plant.meters:
+            quantities = plant.quantities(meter)
+            pick = "power_active" if "power_active" in quantities else next(
+                (q for q, (unit, kind, _) in quantities.items() if kind != "counter" and "/h" in unit), None
+            )
+            if pick is not None:
+                self._live.append((meter.id, pick, quantities[pick][0]))
+        intervals = {g.id: g.interval_secs for g in plant.gateway.poll_groups}
+        self._stale_ms: dict[str, int] = {}
+        for meter in plant.meters:
+            group = getattr(meter.source, "poll_group", None)
+            interval = intervals.get(group) if isinstance(group, str) else None
+            self._stale_ms[meter.id] = (
+                _PUSH_STALE_MS if interval is None else max(60_000, round(3 * interval * 1000))
+            )
+
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        """The overview now. Store failures are reported in ``error`` instead of raising."""
+        now = self.clock.now_ms()
+        day_start = period_start(now, "day", self.tz)
+        out: dict[str, Any] = {
+            "plant": {
+                "name": self.plant.enterprise.name,
+                "uscc": self.plant.enterprise.uscc,
+                "timezone": self.tz.key,
+            },
+            "store": self.reader.describe(),
+            "now_ms": now,
+            "now_local": datetime.fromtimestamp(now / 1000, self.tz).isoformat(timespec="seconds"),
+            "day_start_ms": day_start,
+            "speed": self.clock.speed(),
+            "error": None,
+        }
+        try:
+            out["power"] = self._power(now)
+            out.update(self._energy(day_start, now))
+            out["indicators"] = self._indicators(now)
+            out["quality"] = self._quality(now)
+        except StoreError as exc:
+            log.warning("overview: %s", exc)
+            out["error"] = str(exc)
+        out["alerts_from"] = self.alerts_from
+        out["alerts"] = None
+        if self.alerts is not None:
+            try:
+                out["alerts"] = self.alerts()
+            except Exception as exc:  # a locked or damaged state file must not take the page down
+                log.warning("overview: alerts: %s", exc)
+                out["alerts_error"] = f"{self.alerts_from}: {exc}"
+        return out
+
+    def _power(self, now: int) -> list[dict[str, Any]]:
+        by_quantity: dict[str, list[tuple[str, str]]] = {}
+        for meter_id, quantity, _ in self._live:
+            by_quantity.setdefault(quantity, []).append((meter_id, quantity))
+        latest: dict[tuple[str, str], tuple[int, float]] = {}
+        history: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        start = now - _HOUR_MS
+        for quantity in by_quantity:
+            tags = {"quantity": quantity}
+            for series_tags, ts, value in self.reader.latest("reading", "value", tags, at_ms=now, window_ms=_DAY_MS):
+                latest[(series_tags.get("meter", ""), quantity)] = (ts, value)
+            for series_tags, pairs in self.reader.samples("reading", "value", tags, start_ms=start, end_ms=now):
+                history[(series_tags.get("meter", ""), quantity)] = _downsample(pairs, start, now, 120)
+        names = {m.id: m.name or m.id for m in self.plant.meters}
+        carriers = {m.id: m.carrier for m in self.plant.meters}
+        out: list[dict[str, Any]] = []
+        for meter_id, quantity, unit in self._live:
+            ts_value = latest.get((meter_id, quantity))
+            out.append({
+                "meter": meter_id,
+                "name": names[meter_id],
+                "carrier": carriers[meter_id],
+                "quantity": quantity,
+                "unit": unit,
+                "value": None if ts_value is None else ts_value[1],
+                "ts_ms": None if ts_value is None else ts_value[0],
+                "history": [[t, v] for t, v in history.get((meter_id, quantity), [])],
+            })
+        return out
+
+    def _energy(self, day_start: int, now: int) -> dict[str, Any]:
+        consumed = self.reader.sum("energy", "consumed", "meter", start_ms=day_start, end_ms=now)
+        kgce = self.reader.sum("energy", "kgce", "meter", start_ms=day_start, end_ms=now)
+        rows: list[dict[str, Any]] = []
+        for carrier in sorted(self._top_meters):
+            meters = self._top_meters[carrier]
+            units = {self._counter_unit.get(m, "") for m in meters}
+            rows.append({
+                "carrier": carrier,
+                "name": self._carrier_names[carrier],
+                "meters": meters,
+                "consumed": sum(consumed.get(m, 0.0) for m in meters),
+                "unit": units.pop() if len(units) == 1 else "",
+                "kgce": sum(kgce.get(m, 0.0) for m in meters),
+            })
+        return {"energy_today": rows, "kgce_today": sum(r["kgce"] for r in rows)}
+
+    def _indicators(self, now: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for product in self.plant.products:
+            item: dict[str, Any] = {
+                "product": product.id,
+                "name": product.name or product.id,
+                "indicator": product.indicator,
+                "unit": self._indicator_units[product.id],
+                "product_unit": product.unit,
+            }
+            for period, window in (("hour", 2 * _DAY_MS), ("day", 2 * _DAY_MS)):
+                tags = {"product": product.id, "indicator": product.indicator, "period": period}
+                found = self.reader.latest("indicator", "value", tags, at_ms=now, window_ms=window)
+                if not found:
+                    item[period] = None
+                    continue
+                _, start_ms, _ = max(found, key=lambda s: s[1])
+                fields = self.reader.row("indicator", _INDICATOR_FIELDS, tags, start_ms)
+                status = int(fields["status"]) if "status" in fields else None
+                labels = STATUS_LABELS.get(status) if status is not None else None
+                item[period] = {
+                    "start_ms": start_ms,
+                    "start_local": datetime.fromtimestamp(start_ms / 1000, self.tz).isoformat(timespec="minutes"),
+                    **{f: fields.get(f) for f in _INDICATOR_FIELDS if f != "status"},
+                    "status": status,
+                    "grade": labels[0] if labels else None,
+                    "grade_en": labels[1] if labels else None,
+                }
+            out.append(item)
+        return out
+
+    def _quality(self, now: int) -> dict[str, Any]:
+        good: dict[str, int] = {}
+        for tags, ts, _ in self.reader.latest("reading", "value", None, at_ms=now, window_ms=_DAY_MS):
+            meter_id = tags.get("meter", "")
+            good[meter_id] = max(ts, good.get(meter_id, ts))
+        bad: dict[str, tuple[int, list[str]]] = {}
+        for tags, ts, _ in self.reader.latest("reading_unavailable", "count", None, at_ms=now, window_ms=_DAY_MS):
+            meter_id = tags.get("meter", "")
+            last, quantities = bad.get(meter_id, (ts, []))
+            quantities.append(tags.get("quantity", ""))
+            bad[meter_id] = (max(last, ts), quantities)
+        newest = max(good.values(), default=None)
+        unavailable: list[dict[str, Any]] = []
+        silent: list[dict[str, Any]] = []
+        for meter in self.plant.meters:
+            last_good = good.get(meter.id)
+            if meter.id in bad and (last_good is None or bad[meter.id][0] >= last_good):
+                unavailable.append({"meter": meter.id, "name": meter.name or meter.id,
+                                    "last_unavailable_ms": bad[meter.id][0], "last_good_ms": last_good,
+                                    "quantities": sorted(bad[meter.id][1])})
+            elif last_good is None or (newest is not None and newest - last_good > self._stale_ms[meter.id]):
+                silent.append({"meter": meter.id, "name": meter.name or meter.id, "last_good_ms": last_good})
+        return {
+            "meters_total": len(self.plant.meters),
+            "meters_ok": len(self.plant.meters) - len(unavailable) - len(silent),
+            "unavailable": unavailable,
+            "silent": silent,
+            "latest_reading_ms": newest,
+            "readings_last_5min": self.reader.count("reading", "value", start_ms=now - 300_000, end_ms=now),
+        }
+
+
+def _downsample(pairs: list[tuple[int, float]], start: int, end: int, buckets: int) -> list[tuple[int, float]]:
+    """The last sample of each of ``buckets`` equal slices of ``(start, end]`` (for a sparkline)."""
+    if len(pairs) <= buckets:
+        return pairs
+    width = (end - start) / buckets
+    last: dict[int, tuple[int, float]] = {}
+    for ts, value in pairs:
+        last[min(buckets - 1, int((ts - start - 1) // width))] = (ts, value)
+    return [last[i] for i in sorted(last)]
