@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="plant file (default: the shipped cement plant)")
     p.add_argument("--data-dir", type=Path, default=None, help="keep the store and outbox here (default: a temp dir)")
     p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="summary refresh interval")
+    p.add_argument("--web-port", type=int, default=8787, metavar="PORT",
+                   help="serve the live page on this port (default 8787; 0 picks a free one)")
+    p.add_argument("--web-host", default="127.0.0.1", help="address for the live page (default 127.0.0.1)")
+    p.add_argument("--no-web", action="store_true", help="do not serve the live page")
+
+    p = sub.add_parser("serve", help="serve the live web page (plant overview) over a plant's store")
+    p.add_argument("plant", type=Path, help="plant YAML file (processor.store names the store to read)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0 picks a free one)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="the processor's data directory, to show its active alerts (alerts.sqlite)")
+    p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="snapshot interval")
+    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this long")
 
     p = sub.add_parser("simulate", help="serve simulated meters for a plant file (Modbus servers, MQTT meters)")
     p.add_argument("--config", type=Path, required=True, help="plant file")
@@ -201,8 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     plant_path=args.config,
                     data_dir=args.data_dir,
                     refresh_secs=args.refresh,
+                    web_port=None if args.no_web else args.web_port,
+                    web_host=args.web_host,
                 )
             )
+        if args.command == "serve":
+            from energymon.web.serve import serve
+
+            return serve(args.plant, host=args.host, port=args.port, data_dir=args.data_dir,
+                         refresh_s=args.refresh, duration_s=args.duration)
         if args.command == "simulate":
             return asyncio.run(_simulate(args))
         if args.command == "history":

@@ -3,7 +3,8 @@
 Simulated Modbus TCP meters (real pymodbus servers on loopback) and a natural-gas flow meter publishing JSON on
 an in-process MQTT bus are polled by the gateway, which publishes batches on an in-process uplink; the
 processor turns them into energy, standard coal and the clinker's 单位产品综合能耗, writes everything to an
-embedded SQLite store and feeds the alert engine. A summary is drawn in the terminal from the store.
+embedded SQLite store and feeds the alert engine. A summary is drawn in the terminal from the store, and the
+live web page (:mod:`energymon.web`) shows the same plant overview on ``http://127.0.0.1:8787/`` unless turned off.
 """
 
 from __future__ import annotations
@@ -118,8 +119,13 @@ async def run_demo(
     data_dir: Path | None = None,
     refresh_secs: float = 1.0,
     out: TextIO = sys.stdout,
+    web_port: int | None = None,
+    web_host: str = "127.0.0.1",
 ) -> int:
-    """Run the demo until ``duration_secs`` (real seconds) pass or SIGINT/SIGTERM; returns the exit code."""
+    """Run the demo until ``duration_secs`` (real seconds) pass or SIGINT/SIGTERM; returns the exit code.
+
+    ``web_port`` serves the live page there (0: a free port; None: no page); its URL is printed.
+    """
     from energymon.simulators.plant import run_simulator
     from energymon.transport import open_transport
 
@@ -154,10 +160,16 @@ async def run_demo(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     service: ProcessorService | None = None
+    web: Any = None
+    web_line = ""
     try:
         plant = _with_ports(plant, sim.ports)
         service = ProcessorService(plant, clock=clock, metrics=metrics, data_dir=data_dir)
         await service.start()
+        if web_port is not None:
+            web, web_line = _start_web(plant, service, clock, web_host, web_port)
+            print(web_line, file=out)
+            out.flush()
         gateway = build_gateway(plant, data_dir=data_dir, clock=clock, metrics=metrics)
         gw_task = asyncio.create_task(gateway.run(stop))
         deadline = None if duration_secs is None else time.monotonic() + duration_secs
@@ -171,13 +183,16 @@ async def run_demo(
                 gw_task.result()  # surface a crash of the gateway
             n = metrics.registry.get_sample_value("energymon_received_total", {"stage": "gateway"}) or 0.0
             t = time.monotonic()
-            draw(render_summary(plant, service.store, service, gateway, clock, (n - last_n) / max(t - last_t, 1e-9)))
+            rate = (n - last_n) / max(t - last_t, 1e-9)
+            draw(render_summary(plant, service.store, service, gateway, clock, rate) + web_line)
             last_n, last_t = n, t
             if deadline is not None and t >= deadline:
                 stop.set()
         await gw_task
     finally:
         stop.set()
+        if web is not None:
+            web.stop()
         if service is not None:
             await service.stop()
         await sim.stop()
@@ -189,6 +204,25 @@ async def run_demo(
             tmp.cleanup()
     print("demo stopped cleanly", file=out)
     return 0
+
+
+def _start_web(plant: PlantConfig, service: ProcessorService, clock: Clock, host: str, port: int) -> tuple[Any, str]:
+    """Serve the live page over the demo's store and alert engine; a port in use only costs the page."""
+    from energymon.processors.store import SqliteStore
+    from energymon.web import Overview, SqliteReader, WebServer, alerts_from_engine
+
+    if not isinstance(service.store, SqliteStore):
+        return None, ""
+    overview = Overview(
+        plant, SqliteReader(service.store), clock=clock, alerts=alerts_from_engine(service.alerts),
+        alerts_from="demo alert engine",
+    )
+    server = WebServer(overview, host=host, port=port)
+    try:
+        server.start()
+    except OSError as exc:
+        return None, f"\nlive page: cannot listen on {host}:{port}: {exc} (use --web-port N, or --no-web)"
+    return server, f"\nlive page: {server.url}"
 
 
 def _drawer(out: TextIO) -> Callable[[str], None]:

@@ -83,11 +83,13 @@ class SqliteReader:
     """Reads an embedded SQLite store through :class:`SqliteStore`'s query API.
 
     Args:
-        store: an open store (e.g. the one the demo's processor writes); the reader never closes it.
+        store: an open store (e.g. the one the demo's processor writes).
+        owns: close the store with the reader (False for a store its writer still uses).
     """
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, *, owns: bool = False) -> None:
         self.store = store
+        self.owns = owns
 
     def describe(self) -> str:
         """``sqlite:<path>``."""
@@ -151,7 +153,9 @@ class SqliteReader:
         return out
 
     def close(self) -> None:
-        """Nothing to release: the store belongs to the caller."""
+        """Close the store if the reader owns it."""
+        if self.owns:
+            self.store.close()
 
 
 # --------------------------------------------------------------------------- VictoriaMetrics
