@@ -138,7 +138,7 @@ async def _serve(args: argparse.Namespace) -> int:
     plant = load_plant(args.config)
     metrics = PipelineMetrics(REGISTRY)
     if args.metrics_port is not None:
-        disable_created_metrics()  # no `_created` series next to every counter
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series next to every counter
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
     clock = WallClock()
     stop = asyncio.Event()

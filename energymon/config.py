@@ -696,6 +696,9 @@ class ProcessorConfig(Strict):
     """The processor: where it reads batches from and writes points to."""
 
     share_group: Id | None = Field(default=None, description="MQTT v5 shared-subscription group for scale-out")
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    """MQTT client id of this processor instance (default `energymon-proc-{uscc}`, plus the host name with a
+    `share_group`); keep it stable: the broker queues messages for it while it is down"""
     store: Store | None = None
     """where rows are written: one of the `processor.store` types below"""
     recompute_interval_s: int = Field(default=300, ge=0)

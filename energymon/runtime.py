@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "build_collectors",
     "build_gateway",
     "open_store",
+    "processor_client_id",
     "uplink_transport",
 ]
 
@@ -160,6 +161,20 @@ def build_alerting(
                   replacements=replacements)
 
 
+def processor_client_id(plant: PlantConfig) -> str:
+    """The processor's MQTT client id: stable across restarts, so its persistent session (and what the broker
+    queued for it while it was down) is picked up again.
+
+    ``processor.client_id`` when set; otherwise ``energymon-proc-{uscc}``, plus the host name under a shared
+    subscription (each instance of the group needs a session of its own).
+    """
+    cfg = plant.processor
+    if cfg.client_id:
+        return cfg.client_id
+    base = f"energymon-proc-{plant.enterprise.uscc}"
+    return f"{base}-{socket.gethostname()}" if cfg.share_group else base
+
+
 class ProcessorService:
     """Processor + store + alerts, fed by a subscription on the uplink broker.
 
@@ -221,12 +236,15 @@ class ProcessorService:
             observers=[self.alerts.observe_wire, *observers],
             row_observers=[self.alerts.observe_rows],
             counter_state_path=data_dir / "counters.sqlite",
+            live_indicators=plant.processor.share_group is None,
             dead_letter_path=data_dir / "rejected-messages.jsonl",
         )
+        metrics.track_queue("processor", "pending_rows", depth=lambda: self.processor.pending_rows,
+                            oldest_age_s=self.processor.pending_age_s)
         if transport is None:
             transport = uplink_transport(
                 plant,
-                client_id=f"energymon-proc-{plant.enterprise.uscc}-{os.getpid()}",
+                client_id=processor_client_id(plant),
                 clean_start=False,
                 manual_ack=True,
             )
@@ -296,8 +314,13 @@ class ProcessorService:
             self._recomputer.start()
 
     async def stop(self) -> None:
-        """Flush what is pending, unsubscribe, close the store, save the alert state and drain the notifiers."""
-        await self.transport.close()
+        """Flush what is pending and acknowledge it, disconnect, close the store, save the alert state and drain
+        the notifiers.
+
+        The last rows are written and acknowledged while still connected; what arrives after that final flush is
+        left unacknowledged, so the broker delivers it again (to this session when it comes back; under a shared
+        subscription, a stopped instance's share waits in its persistent session until it returns).
+        """
         self._stop.set()
         if self._flusher is not None:
             await asyncio.to_thread(self._flusher.join, 5)
@@ -306,9 +329,10 @@ class ProcessorService:
         if self._recomputer is not None:
             await asyncio.to_thread(self._recomputer.join, 60)
         try:
-            self.processor.flush()
+            await asyncio.to_thread(self.processor.flush)
         except StoreError as exc:
             log.warning("stopping with unwritten rows (the broker redelivers them): %s", exc)
+        await self.transport.close()
         if self.schedule is not None:
             self.schedule.close()
         self.alerts.close()

@@ -287,8 +287,8 @@ class Gateway:
             tick = (now // interval_ms + 1) * interval_ms
             if not await self._sleep_until(tick, stop):
                 return
-            with self.metrics.poll_duration.labels(group).time():
-                results = await asyncio.gather(*(c.poll(group, tick) for c in serving), return_exceptions=True)
+            # each collector times its own poll of the group (energymon_poll_duration_seconds)
+            results = await asyncio.gather(*(c.poll(group, tick) for c in serving), return_exceptions=True)
             points: list[Point] = []
             for c, res in zip(serving, results, strict=True):
                 if isinstance(res, BaseException):

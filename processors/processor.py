@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -135,6 +136,7 @@ class Processor:
         self._lock = threading.Lock()  # guards the pending rows, acks and points
         self._flush_lock = threading.Lock()  # one store write at a time, in order
         self._rows: list[Row] = []
+        self._pending_since: float | None = None  # monotonic time the oldest unwritten message arrived
         self._acks: list[Callable[[], None]] = []
         self._points: list[WirePoint] = []
         self._seqs: dict[str, _SeqWindow] = {}
@@ -166,9 +168,21 @@ class Processor:
                 return
             self._derive(batch)
             self._acks.append(msg.ack)
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
             pending = len(self._rows)
         if pending >= self.max_pending_rows:
             self.flush()
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows derived but not yet written."""
+        return len(self._rows)
+
+    def pending_age_s(self) -> float | None:
+        """Seconds since the oldest unwritten message arrived (None when nothing is pending)."""
+        since = self._pending_since
+        return None if since is None else time.monotonic() - since
 
     def handle_batch(self, batch: Batch) -> None:
         """Process an already-decoded batch (in-process use and tests)."""
@@ -187,6 +201,7 @@ class Processor:
                     msg, f"batch of enterprise {batch['enterprise']!r}, this processor serves {self.enterprise!r}"
                 )
             return False
+        self.metrics.gateway_seen(batch["gateway"])
         window = self._seqs.get(batch["gateway"])
         if window is None:
             window = self._seqs[batch["gateway"]] = _SeqWindow()
@@ -278,6 +293,7 @@ class Processor:
                 rows = self._rows + self.accounting.indicator_rows() if self.live_indicators else self._rows
                 acks, points = self._acks, self._points
                 self._rows, self._acks, self._points = [], [], []
+                pending_since, self._pending_since = self._pending_since, None
                 dirty, self._dirty_counters = self._dirty_counters, set()
                 # the baselines that go with exactly these rows (intake goes on during the write)
                 baselines = (
@@ -290,6 +306,8 @@ class Processor:
             except StoreError as exc:
                 with self._lock:
                     self._rows = rows + self._rows
+                    if pending_since is not None:
+                        self._pending_since = pending_since
                     self._acks = acks + self._acks
                     self._points = points + self._points
                     self._dirty_counters |= dirty
