@@ -24,6 +24,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from energymon import units
 from energymon.config import Meter, ModbusSource, PlantConfig
 from energymon.interfaces import Row, SeriesKey, series_key
 from energymon.periods import ALL_PERIODS, next_period_start, period_start, period_starts, split_by_period
@@ -96,6 +97,8 @@ class _Bucket:
     output: float = 0.0
     carrier_kgce: dict[str, float] = field(default_factory=dict)
     carrier_kwh: dict[str, float] = field(default_factory=dict)
+    carrier_consumed: dict[str, float] = field(default_factory=dict)  # net, in carrier_unit (GB 30251 kgoe)
+    carrier_unit: dict[str, str] = field(default_factory=dict)
 
 
 class Accounting:
@@ -220,13 +223,15 @@ class Accounting:
             if info.products_energy:
                 carrier = info.carrier or ""
                 kwh_unit = info.kwh_per_unit
+                unit = self.rules.meters[info.meter_id].unit
                 shared = bool(info.output_allocated)
                 for period, cache in self._periods.items():
                     for pstart, share in cache.split(split_from, end_ms, amount):
                         weights = self._output_shares(info, period, pstart) if shared else None
                         for pid, c in info.products_energy:
                             w = weights.get(pid, 1.0) if weights else 1.0
-                            self._add_energy(pid, period, pstart, c, share * w, f.kgce, f.kgce_equal, carrier, kwh_unit)
+                            self._add_energy(pid, period, pstart, c, share * w, f.kgce, f.kgce_equal, carrier, kwh_unit,
+                                             unit)
         if info.production_key is not None:
             rows.append((info.production_key, {"output": amount, "interval_s": interval_s}, end_ms))
             for pid in info.products_output:
@@ -257,9 +262,12 @@ class Accounting:
 
     def _add_energy(
         self, pid: str, period: str, pstart: int, c: Contribution, amount: float, kgce_per: float,
-        equal_per: float | None, carrier: str, kwh_per: float | None,
+        equal_per: float | None, carrier: str, kwh_per: float | None, unit: str,
     ) -> None:
         b = self._bucket(pid, period, pstart)
+        ref_unit = b.carrier_unit.setdefault(carrier, unit)
+        consumed = c.total * amount * (1.0 if unit == ref_unit else units.convert(1.0, unit, ref_unit))
+        b.carrier_consumed[carrier] = b.carrier_consumed.get(carrier, 0.0) + consumed
         kgce = amount * kgce_per
         b.kgce += c.total * kgce
         if equal_per is None:
@@ -307,9 +315,11 @@ class Accounting:
             fields["electricity_kwh"] = kwh
         electric = b.carrier_kgce.get("electricity", 0.0) if not carriers or "electricity" in carriers else 0.0
         kgce_other = kgce - electric
+        unit = self.rules.indicator_unit(indicator)
         value = indicator_value(
-            self.rules.indicator_unit(indicator), kgce, kwh, b.output,
+            unit, kgce, kwh, b.output,
             energy_factor=self.plant.accounting.product(product_id).energy_factor, kgce_other=kgce_other,
+            kgoe=self._kgoe(indicator, unit, carriers, b, day, kgce),
         )
         if value is not None:
             fields["value"] = value
@@ -317,6 +327,16 @@ class Accounting:
             if levels is not None:
                 fields.update(grade_value(value, levels).fields())
         return fields
+
+    def _kgoe(
+        self, indicator: str, unit: str, carriers: tuple[str, ...], b: _Bucket, day: date, kgce: float
+    ) -> float | None:
+        """The boundary's kgoe for a ``kgoe`` indicator (GB 30251 factors where they apply), else None."""
+        if not unit.startswith("kgoe"):
+            return None
+        parts = {c: (v, b.carrier_consumed.get(c, 0.0), b.carrier_unit.get(c, "")) for c, v in b.carrier_kgce.items()
+                 if not carriers or c in carriers}
+        return float(self.rules.kgoe(indicator, day, kgce, parts))
 
     def _evict(self) -> None:
         """Keep buckets of the last few days only; older periods are recomputed from the store by reports."""
@@ -343,10 +363,13 @@ class Accounting:
         start, b = max(found, key=lambda x: x[0])
         prod = self._products[product]
         levels = self._levels(product, datetime.fromtimestamp(start / 1000, self.tz).date())
+        unit = self.rules.indicator_unit(prod.indicator)
+        day = datetime.fromtimestamp(start / 1000, self.tz).date()
         value = indicator_value(
-            self.rules.indicator_unit(prod.indicator), b.kgce, b.kwh, b.output,
+            unit, b.kgce, b.kwh, b.output,
             energy_factor=self.plant.accounting.product(product).energy_factor,
             kgce_other=b.kgce - b.carrier_kgce.get("electricity", 0.0),
+            kgoe=self._kgoe(prod.indicator, unit, (), b, day, b.kgce),
         )
         grade = grade_value(value, levels) if levels is not None and value is not None else None
         return start, b.kgce, b.output, grade

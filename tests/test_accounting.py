@@ -445,3 +445,38 @@ def test_counter_baselines_survive_a_processor_restart(tmp_path: Path) -> None:
     b.flush()
     lost = sum(f["consumed"] for k, f, _ in forgetful.rows if k.measurement == "energy")
     assert lost == pytest.approx(25.0 + 10.0)  # without the state file the 125 → 140 step is lost
+
+
+def test_live_path_uses_the_gb30251_factors_like_the_recompute() -> None:
+    """炼油 and 乙烯 in kgoe: the live day indicator equals the recompute's (GB 30251 能源折算值, not kgce × 0.7)."""
+    from energymon.processors.report import load_readings_csv
+
+    case = Path(__file__).resolve().parent / "cases" / "kgoe_refining_ethylene"
+    plant = load_plant(case / "plant.yaml")
+    readings = load_readings_csv(case / "readings.csv", plant)
+    store = ListStore()
+    proc = Processor(plant, store)
+    stamps = sorted({int(t) for r in readings.values() for t in r.ts})
+    for seq, ts in enumerate(stamps, 1):
+        pts = []
+        for meter_id, r in readings.items():
+            meter = plant.meter(meter_id)
+            assert meter.counter is not None
+            hit = np.flatnonzero(r.ts == ts)
+            if hit.size:
+                unit = plant.quantities(meter)[meter.counter][0]
+                pts.append(Point(meter=meter_id, quantity=meter.counter, value=float(r.value[hit[0]]), unit=unit,
+                                 ts_ms=ts))
+        proc.handle_batch(Batch(enterprise=plant.enterprise.uscc, gateway="gw", seq=seq, sent_ms=ts, points=pts))
+    day0 = stamps[0]
+    rc = recompute(PlantRules(plant, REF), readings, day0, day0 + 86_400_000)
+    checked = 0
+    for product in ("ethylene", "refinery"):
+        want = rc.products[(rc.products["period"] == "day") & (rc.products["product"] == product)
+                           & (rc.products["start"] == day0)]["value"].iloc[0]
+        live = [f for k, f, ts in store.rows if k.measurement == "indicator" and ("period", "day") in k.tags
+                and ("product", product) in k.tags and ts == day0]
+        assert live[-1]["value"] == pytest.approx(float(want), rel=1e-9)
+        assert live[-1]["value"] != pytest.approx(live[-1]["energy_kgce"] * 0.7 / live[-1]["output"], rel=1e-3)
+        checked += 1
+    assert checked == 2
