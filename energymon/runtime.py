@@ -186,7 +186,8 @@ class ProcessorService:
         metrics: shared self-metrics.
         data_dir: where dead-letter files and the alert state file go.
         flush_interval_ms: how often pending rows are written even if few (default: the InfluxDB store's
-            ``flush_interval_ms``, else 50 ms); alerts see points only after their rows are written.
+            ``flush_interval_ms``, else 50 ms); the alert engine sees points as they arrive, without waiting for
+            the write.
         alert_tick_ms: how often the alert engine's clock ticks (offline, completeness, reminders, silences).
 
     With ``processor.recompute_interval_s`` > 0 a thread recomputes today, this month and this year from the
@@ -233,7 +234,8 @@ class ProcessorService:
             plant,
             self.store,
             metrics=metrics,
-            observers=[self.alerts.observe_wire, *observers],
+            observers=observers,
+            intake_observers=[self.alerts.observe_wire],
             row_observers=[self.alerts.observe_rows],
             counter_state_path=data_dir / "counters.sqlite",
             live_indicators=plant.processor.share_group is None,

@@ -92,8 +92,12 @@ class Processor:
         ref: reference data (coefficients, benchmark levels); defaults to the shipped tables.
         metrics: self-metrics (stage ``processor``).
         observers: called with the points (as decoded wire dicts) of each batch after its rows were written
-            (e.g. the alert engine's ``observe_wire``).
+            (e.g. the scheduled recompute's ``note_points``).
         row_observers: called with every written row set (the alert engine reads ``indicator`` rows).
+        intake_observers: called with the points of each accepted batch as soon as it is taken in, before its
+            rows are written (the alert engine's ``observe_wire``: an alert does not wait for the store, and a
+            store outage does not hold alerts back; a batch the broker delivers again is observed again, which
+            the engine's event-time state absorbs).
         max_pending_rows: flush when this many rows are pending.
         dead_letter_path: JSON-lines file receiving rejected messages.
         counter_state_path: SQLite file keeping the counters' baselines across restarts
@@ -112,6 +116,7 @@ class Processor:
         metrics: PipelineMetrics | None = None,
         observers: Sequence[Observer] = (),
         row_observers: Sequence[RowObserver] = (),
+        intake_observers: Sequence[Observer] = (),
         max_pending_rows: int = 5000,
         dead_letter_path: Path | None = None,
         counter_state_path: Path | None = None,
@@ -130,6 +135,7 @@ class Processor:
         self.stage = self.metrics.stage("processor")
         self.observers = list(observers)
         self.row_observers = list(row_observers)
+        self.intake_observers = list(intake_observers)
         self.max_pending_rows = max_pending_rows
         self.dead_letter_path = dead_letter_path
         self.rejected: deque[Rejected] = deque(maxlen=100)
@@ -171,6 +177,12 @@ class Processor:
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
             pending = len(self._rows)
+        for observer in self.intake_observers:
+            try:
+                observer(batch["points"])
+            except Exception as exc:
+                self.stage.error(exc)
+                log.exception("intake observer failed")
         if pending >= self.max_pending_rows:
             self.flush()
 
