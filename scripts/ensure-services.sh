@@ -7,7 +7,7 @@
 # machine /usr/sbin/policy-rc.d also stops apt from auto-starting them); tests start their own instances.
 set -euo pipefail
 
-# binary:package pairs
+# binary:package pairs (an absolute path instead of a binary: a file the package installs, e.g. a font)
 REQUIRED=(
     "mosquitto:mosquitto"
     "mosquitto_pub:mosquitto-clients"
@@ -17,6 +17,7 @@ REQUIRED=(
     "prometheus:prometheus"
     "promtool:prometheus"
     "chromium:chromium"
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc:fonts-wqy-microhei"
 )
 
 export PATH="${PATH}:/usr/sbin:/sbin:/usr/local/sbin"
@@ -25,13 +26,15 @@ missing_pkgs=()
 for pair in "${REQUIRED[@]}"; do
     binary="${pair%%:*}"
     package="${pair#*:}"
-    if ! command -v "${binary}" >/dev/null 2>&1; then
+    if [[ "${binary}" == /* ]]; then
+        [ -e "${binary}" ] || missing_pkgs+=("${package}")
+    elif ! command -v "${binary}" >/dev/null 2>&1; then
         missing_pkgs+=("${package}")
     fi
 done
 
 if [ "${#missing_pkgs[@]}" -eq 0 ]; then
-    echo "ensure-services: all present (mosquitto, mosquitto-clients, victoria-metrics, socat, prometheus-alertmanager, prometheus, chromium)"
+    echo "ensure-services: all present (mosquitto, mosquitto-clients, victoria-metrics, socat, prometheus-alertmanager, prometheus, chromium, CJK font)"
     exit 0
 fi
 
