@@ -99,13 +99,18 @@ def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
     return int(datetime(year, month, day, hour, minute, tzinfo=SH).timestamp() * 1000)
 
 
-def make_plant(tmp: Path, url: str, *, timeout: float = 5.0, backfill: int = 12, elec_max: float = 2000,
-               gate_mode: str = "block") -> PlantConfig:
+def plant_text(tmp: Path, url: str, *, timeout: float = 5.0, backfill: int = 12, elec_max: float = 2000,
+               gate_mode: str = "block") -> str:
+    """The example plant file with its store in ``tmp`` and a provincial section pointing at ``url``."""
     base = example_plant_path().read_text(encoding="utf-8")
     base = base.replace("path: energymon-demo.sqlite", f'path: "{tmp / "store.sqlite"}"')
     extra = PROVINCIAL.format(url=url, ledger=tmp / "ledger.sqlite", timeout=timeout, backfill=backfill,
                               elec_max=elec_max, gate_mode=gate_mode)
-    return parse_plant(base + textwrap.dedent(extra), "plant.yaml")
+    return base + textwrap.dedent(extra)
+
+
+def make_plant(tmp: Path, url: str, **kw: Any) -> PlantConfig:
+    return parse_plant(plant_text(tmp, url, **kw), "plant.yaml")
 
 
 def write_readings(plant: PlantConfig, start: int, end: int, *, skip: dict[str, tuple[int, int]] | None = None) -> None:
