@@ -87,3 +87,22 @@ def test_config_rejects_what_the_platform_cannot_take() -> None:
     with pytest.raises(ValueError, match=r"password\n  Extra inputs are not permitted"):
         ProvincialConfig.model_validate({"profile": "yunnan", "device_id": "d", "password": "secret",
                                          "registration": {}, "items": []})
+
+
+def test_sample_configuration_in_the_docs_validates_and_resolves() -> None:
+    """The sample in docs/provincial.md is a valid section whose dataCodes resolve against the simulator's
+    dictionaries."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from energymon.gateway.provincial.items import resolve_items
+    from energymon.simulators.provincial_platform import DEFAULT_DICTIONARIES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "provincial.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(provincial:.*?)```", text, re.S)
+    assert block is not None
+    cfg = ProvincialConfig.model_validate(yaml.safe_load(block.group(1))["provincial"])
+    items = resolve_items(cfg, load_profile(cfg.profile), DEFAULT_DICTIONARIES)
+    assert items[0].data_code == "00-00-0000023400-80"
