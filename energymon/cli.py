@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_alerts_parser(sub)
     report_cli.add_arguments(sub.add_parser("report", help=report_cli.HELP))
+    from energymon.gateway.provincial import cli as uplink_cli
+    from energymon.simulators import provincial_platform
+
+    uplink_cli.add_parser(sub)
+    provincial_platform.add_parser(sub)
     return parser
 
 
@@ -239,6 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from energymon.alerts.cli import alerts_main
 
             return alerts_main(args)
+        if args.command == "uplink":
+            from energymon.gateway.provincial import cli as uplink_cli
+
+            return uplink_cli.main(args)
+        if args.command == "simulate-platform":
+            from energymon.simulators import provincial_platform
+
+            return provincial_platform.main(args)
         return asyncio.run(_serve(args))
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)
