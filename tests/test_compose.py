@@ -685,3 +685,30 @@ def test_processors_of_one_share_group_have_distinct_client_ids() -> None:
         with mock.patch("socket.gethostname", return_value=SERVICES[name]["hostname"]):
             groups.setdefault((plant.enterprise.uscc, processor_client_id(plant)), []).append(name)
     assert all(len(names) == 1 for names in groups.values()), groups
+
+
+def test_prometheus_in_the_stack_scrapes_the_services_on_their_metrics_ports() -> None:
+    """The compose Prometheus config is valid, and every target is a service whose command serves that port."""
+    config_path = DEPLOY / "compose" / "prometheus.yml"
+    assert ("./compose/prometheus.yml", "/etc/prometheus/prometheus.yml") in [
+        (src, dst.removesuffix(":ro")) for src, dst in _bind_mounts("prometheus")
+    ]
+    done = subprocess.run(["promtool", "check", "config", "--syntax-only", str(config_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    services = COMPOSE["services"]
+    targets: list[tuple[str, int]] = []
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            targets += [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in static["targets"]]
+        for sd in job.get("dns_sd_configs", []):
+            targets += [(name, int(sd["port"])) for name in sd["names"]]
+    assert targets
+    for host, port in targets:
+        assert host in services, f"{host} is not a compose service"
+        if host.startswith("energymon-"):
+            argv = _command(host)
+            assert argv[argv.index("--metrics-port") + 1] == str(port), host
+    am = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert all(t.split(":")[0] in services for t in am)
