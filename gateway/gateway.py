@@ -379,6 +379,7 @@ class Gateway:
         self._uplink_started = True
         online = False
         backoff = 0.5
+        failures = 0
         while True:
             try:
                 if not online:
@@ -386,9 +387,17 @@ class Gateway:
                     online = True
                 await self.drain()
                 backoff = 0.5
+                if failures:
+                    log.info("uplink: publishing again after %d failed attempt(s)", failures)
+                    failures = 0
             except TransportError as exc:
                 self.stage.error(exc)
-                log.debug("uplink publish failed (%s); retrying in %.1f s", exc, backoff)
+                failures += 1
+                if failures == 1:  # once per episode: an outage or a refusal (ACL) is not logged per retry
+                    log.warning("uplink: publishing fails (%s); the outbox keeps every batch, retrying with backoff",
+                                exc)
+                else:
+                    log.debug("uplink publish failed (%s); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, 30.0)
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,3 +168,37 @@ def test_a_broker_that_refuses_the_connection_stops_the_gateway_with_the_error(t
 
     with pytest.raises(TransportError, match="not authorised"):
         asyncio.run(main())
+
+
+def test_a_publishing_failure_is_logged_once_and_the_recovery_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that refuses every publish (an ACL) for many retries: one warning, then one line when it works."""
+    plant = load_plant(example_plant_path())
+    clock = ScaledClock(datetime.now(UTC), 50.0)
+    transport = SwitchableTransport()
+    transport.down = False
+    gw = Gateway(plant, transport, [FakeCollector()], queue_path=tmp_path / "q.sqlite", clock=clock)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        while not transport.published:  # online status first
+            await asyncio.sleep(0.01)
+        transport.down = True
+        while gw.polls < 12:
+            await asyncio.sleep(0.02)
+        transport.down = False
+        while gw.queue.depth()[0]:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    with caplog.at_level(logging.DEBUG, logger="energymon.gateway.gateway"):
+        asyncio.run(main())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "publishing fails" in r.getMessage()]
+    debug_retries = [r for r in caplog.records if r.levelno == logging.DEBUG and "retrying in" in r.getMessage()]
+    again = [r for r in caplog.records if "publishing again" in r.getMessage()]
+    assert len(warnings) == 1 and "broker down" in warnings[0].getMessage()
+    assert debug_retries, "later failures of the same episode are only debug lines"
+    assert len(again) == 1
