@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import CollectorRegistry
 from services import free_port
 
 from energymon.clock import ManualClock
@@ -24,6 +25,7 @@ from energymon.gateway.provincial.profile import load_profile
 from energymon.gateway.provincial.protocol import STAT_DAY, STAT_MONTH, STAT_REALTIME
 from energymon.gateway.provincial.service import UplinkService
 from energymon.interfaces import Row, series_key
+from energymon.metrics import PipelineMetrics
 from energymon.processors.store import SqliteStore
 from energymon.simulators.provincial_platform import ProvincialPlatform
 
@@ -144,9 +146,14 @@ class Env:
                                            token_ttl_s=2 * 3600).start()
         self.plant = make_plant(tmp, self.platform.url, **plant_kw)
         self.sleeps: list[float] = []
+        self.metrics = PipelineMetrics(CollectorRegistry())
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, {"stage": "uplink", **labels}) or 0.0
 
     def service(self) -> UplinkService:
-        return UplinkService(self.plant, clock=self.clock, password=PASSWORD, sleep=self.sleeps.append, seed=3)
+        return UplinkService(self.plant, clock=self.clock, password=PASSWORD, sleep=self.sleeps.append, seed=3,
+                             metrics=self.metrics)
 
     def close(self) -> None:
         self.platform.stop()
@@ -285,6 +292,10 @@ def test_partial_acceptance_is_recorded_per_value_and_resent(env: Env) -> None:
         for key in rejected:
             assert [a[6] for a in attempts if (a[1], a[2], a[3]) == key] == ["rejected", "acknowledged"]
     assert all(n == 1 for n in env.platform.accepted_times.values())
+    # the same self-metrics as every stage: values taken in, acknowledged, set aside by reason
+    assert env.sample("energymon_received_total") == first.due + second.due
+    assert env.sample("energymon_sent_total") == first.acknowledged + second.acknowledged
+    assert env.sample("energymon_dropped_total", reason="rejected_by_platform") == first.rejected
 
 
 def test_dictionary_version_change_triggers_download_and_new_datacodes(env: Env) -> None:

@@ -73,6 +73,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("--problems", action="store_true", help="also list the quality gate's findings")
     q = sub.add_parser("run", help="run the scheduler until interrupted")
     common(q)
+    q.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus self-metrics on this port")
+    q.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     return p
 
 
@@ -102,7 +104,16 @@ def main(args: argparse.Namespace, out: Any = None) -> int:
             clock: Any = _FixedClock(int(moment.timestamp() * 1000))
         else:
             clock = WallClock()
-        with UplinkService(plant, clock=clock) as service:
+        metrics = None
+        if getattr(args, "metrics_port", None) is not None:
+            from prometheus_client import REGISTRY, disable_created_metrics, start_http_server
+
+            from energymon.metrics import PipelineMetrics
+
+            disable_created_metrics()  # type: ignore[no-untyped-call]
+            metrics = PipelineMetrics(REGISTRY)
+            start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
+        with UplinkService(plant, clock=clock, metrics=metrics) as service:
             return _run(args, service, tz, stream)
     except EnergymonError as exc:
         print(f"energymon uplink: {exc}", file=sys.stderr)

@@ -52,6 +52,7 @@ from energymon.gateway.provincial.protocol import (
 )
 from energymon.gateway.provincial.values import MonthValues, compute_month
 from energymon.interfaces import Clock
+from energymon.metrics import PipelineMetrics, private_metrics
 from energymon.periods import next_period_start, period_start
 from energymon.processors.recompute import MeterReadings
 from energymon.processors.rules import PlantRules
@@ -108,12 +109,16 @@ class UplinkService:
         profile: the province profile; default: ``provincial.profile``.
         sleep: waits between retries.
         ref: reference data (default: the shipped tables).
+        metrics: self-metrics, stage ``uplink``: received = values due, sent = values acknowledged, dropped by
+            reason (``rejected_by_platform``, ``quality_gate``, ``no_value_yet``, ``upload_failed``: all kept
+            in the ledger and sent again), errors per failed exchange.
     """
 
     def __init__(
         self, plant: PlantConfig, *, clock: Clock, readings: ReadingsLoader | None = None,
         password: str | None = None, ledger: Ledger | None = None, profile: ProvinceProfile | None = None,
         sleep: Callable[[float], None] = time.sleep, ref: Any = None, seed: int | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         if plant.provincial is None:
             raise ConfigError("plant", [ConfigIssue("provincial", "the plant file has no provincial section")])
@@ -148,6 +153,7 @@ class UplinkService:
         self._readings = readings or self._store_readings
         self._items: list[ResolvedItem] | None = None
         self._lock = threading.Lock()
+        self.stage = (metrics or private_metrics()).stage("uplink")
 
     def close(self) -> None:
         """Close the client, the ledger and the store."""
@@ -284,6 +290,17 @@ class UplinkService:
         report = SendReport(due=len(keys))
         if not keys:
             return report
+        self.stage.received(len(keys))
+        try:
+            return self._send(keys, report)
+        finally:
+            self.stage.sent(report.acknowledged)
+            for reason, n in (("rejected_by_platform", report.rejected), ("quality_gate", report.blocked),
+                              ("no_value_yet", report.no_value), ("upload_failed", report.failed)):
+                if n:
+                    self.stage.dropped(reason, n)
+
+    def _send(self, keys: list[tuple[str, int, int]], report: SendReport) -> SendReport:
         now = self.clock.now_ms()
         items = self.items()
         by_id = {ri.id: ri for ri in items}
@@ -340,11 +357,13 @@ class UplinkService:
             try:
                 receipt = self.client.upload([u for _, u in chunk], self.cfg.device_id)
             except PlatformUnavailableError as exc:
+                self.stage.error(exc)
                 self.ledger.record_outcomes(now, [(s, "failed", str(exc)) for s, _ in values[i:]])
                 report.failed += len(values) - i
                 report.errors.append(str(exc))
                 return False
             except (PlatformRefusedError, EnergymonError) as exc:
+                self.stage.error(exc)
                 self.ledger.record_outcomes(now, [(s, "failed", str(exc)) for s, _ in chunk])
                 report.failed += len(chunk)
                 report.errors.append(str(exc))
