@@ -52,6 +52,7 @@ __all__ = [
     "FLAG_NAMES",
     "MeterReadings",
     "Recomputation",
+    "meter_slots",
     "readings_from_frame",
     "recompute",
 ]
@@ -348,6 +349,27 @@ def _grade_columns(rules: PlantRules, pid: str, indicator: str, values: F64, end
     out["quota_grade"] = quota
     out["rule"] = rules_by_day[inverse]
     return out
+
+
+def meter_slots(rc: Recomputation, readings: Mapping[str, MeterReadings], meter_id: str) -> np.ndarray:
+    """A meter's consumption per 15-minute slot of ``rc``'s grid, booked exactly as :func:`recompute` books it
+    (counter cleaning, gap policy, spreading in proportion to time); used by the provincial uplink's statType 0.
+    """
+    from energymon.processors.accounting import counter_max_for
+
+    rules = rc.rules
+    r = readings.get(meter_id)
+    if r is None or r.ts.size < 2:
+        return np.zeros(rc.grid.n)
+    meter = rules.meters[meter_id].meter
+    cmax = rules.plant.quantities(meter)[meter.counter][2] if meter.counter else None
+    if cmax is None:
+        cmax = counter_max_for(rules.plant, meter)
+    s, e, a, _codes, _rejected = _intervals(rules, meter_id, r, cmax)
+    gap_at_end = rules.acc.gap_policy.mode == "flag"
+    curve = _curve(s, e, a, rules.acc.gap_secs(meter_id) * 1000, gap_at_end, rc.grid.edges)
+    return np.asarray(np.diff(curve), dtype=np.float64)
+
 
 
 # --------------------------------------------------------------------------- per meter

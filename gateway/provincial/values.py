@@ -21,7 +21,7 @@ import pandas as pd
 from energymon.gateway.provincial.items import ResolvedItem, item_meters
 from energymon.gateway.provincial.protocol import STAT_DAY, STAT_MONTH, STAT_REALTIME
 from energymon.periods import next_period_start, period_start
-from energymon.processors.recompute import MeterReadings, Recomputation, recompute
+from energymon.processors.recompute import MeterReadings, Recomputation, meter_slots, recompute
 from energymon.processors.rules import PlantRules
 from energymon.provincial_config import (
     CarrierItemSource,
@@ -49,25 +49,6 @@ class MonthValues:
     #: (meter, month start ms) → (consistent, diff %) of Σ day values vs the counter's span over the month
     month_consistency: dict[tuple[str, int], tuple[bool, float]] = field(default_factory=dict)
     recomputation: Recomputation | None = None
-
-
-def meter_slots(rc: Recomputation, readings: Mapping[str, MeterReadings], meter_id: str) -> np.ndarray:
-    """A meter's consumption per 15-minute slot of the recompute's grid, by the recompute's own interval booking."""
-    from energymon.processors.processor import counter_max_for
-    from energymon.processors.recompute import _curve, _intervals
-
-    rules = rc.rules
-    r = readings.get(meter_id)
-    if r is None or r.ts.size < 2:
-        return np.zeros(rc.grid.n)
-    meter = rules.meters[meter_id].meter
-    cmax = rules.plant.quantities(meter)[meter.counter][2] if meter.counter else None
-    if cmax is None:
-        cmax = counter_max_for(rules.plant, meter)
-    s, e, a, _codes, _rejected = _intervals(rules, meter_id, r, cmax)
-    gap_at_end = rules.acc.gap_policy.mode == "flag"
-    curve = _curve(s, e, a, rules.acc.gap_secs(meter_id) * 1000, gap_at_end, rc.grid.edges)
-    return np.asarray(np.diff(curve), dtype=np.float64)
 
 
 def _covered(readings: Mapping[str, MeterReadings], meters: list[str], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
