@@ -400,3 +400,36 @@ def test_week_long_outage_is_filled_by_resend_with_nothing_missing_or_doubled(tm
         assert len(outage) == 7 * 96 and all(v == pytest.approx(750.0) for v in outage)
     finally:
         e.close()
+
+
+def test_a_profile_that_encrypts_uploads_sends_sm4_ciphertext_the_platform_decrypts(tmp_path: Path) -> None:
+    """``crypto.payload_encryption: sm4_cbc``: the value list travels as SM4-CBC ciphertext under the working key."""
+    from energymon.gateway.provincial.protocol import UploadValue, decode_upload_body, encode_upload_body
+
+    base = load_profile("yunnan")
+    profile = base.model_copy(update={"crypto": base.crypto.model_copy(update={"payload_encryption": "sm4_cbc"})})
+    clock = ManualClock(datetime(2026, 3, 16, 1, 30, tzinfo=SH))
+    platform = ProvincialPlatform(profile, port=free_port(), now_ms=clock.now_ms, token_ttl_s=2 * 3600).start()
+    try:
+        plant = make_plant(tmp_path, platform.url)
+        write_readings(plant, ms(2026, 3, 1) - 86_400_000, ms(2026, 3, 20))
+        with UplinkService(plant, clock=clock, password=PASSWORD, profile=profile, sleep=lambda s: None,
+                           seed=3) as svc:
+            svc.sync()
+            report = svc.send_due(start_ms=ms(2026, 3, 15), end_ms=ms(2026, 3, 16))
+            assert report.acknowledged == report.due > 0 and report.failed == 0
+            key = svc.client.state.get_state("secret_key")
+        stored = platform.stored(USCC)
+        assert stored[(ELEC_CODE, STAT_DAY, ms(2026, 3, 15))] == pytest.approx(72000.0)
+        # on the wire: a string, not the value list; only the working key opens it
+        value = UploadValue(ELEC_CODE, STAT_DAY, ms(2026, 3, 15), 72000.0)
+        body = encode_upload_body([value], uscc=USCC, device_id="dev", tz=SH, profile=profile,
+                                  upload_ms=clock.now_ms(), secret_key=key)
+        assert isinstance(body["data"], str) and "72000" not in body["data"]
+        _, records = decode_upload_body(body, tz=SH, profile=profile, secret_key=key)
+        assert float(records[0][profile.data_fields.value]) == 72000.0
+        wrong = "0" * len(key) if key != "0" * len(key) else "1" * len(key)
+        with pytest.raises(Exception):  # noqa: B017 - any failure to open it will do: padding or JSON
+            decode_upload_body(body, tz=SH, profile=profile, secret_key=wrong)
+    finally:
+        platform.stop()
