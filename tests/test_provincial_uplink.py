@@ -23,7 +23,7 @@ from energymon.config import PlantConfig, parse_plant
 from energymon.demo import example_plant_path
 from energymon.gateway.provincial.profile import load_profile
 from energymon.gateway.provincial.protocol import STAT_DAY, STAT_MONTH, STAT_REALTIME
-from energymon.gateway.provincial.service import UplinkService
+from energymon.gateway.provincial.service import SendReport, UplinkService
 from energymon.interfaces import Row, series_key
 from energymon.metrics import PipelineMetrics
 from energymon.processors.store import SqliteStore
@@ -433,3 +433,40 @@ def test_a_profile_that_encrypts_uploads_sends_sm4_ciphertext_the_platform_decry
             decode_upload_body(body, tz=SH, profile=profile, secret_key=wrong)
     finally:
         platform.stop()
+
+
+def test_the_scheduler_runs_the_daily_upload_at_the_assigned_slot(tmp_path: Path) -> None:
+    """``run`` on a fast clock: real-time pushes before the slot, the daily run once the slot (01:30) passes."""
+    import threading
+
+    from energymon.clock import ScaledClock
+
+    clock = ScaledClock(datetime(2026, 3, 16, 1, 20, tzinfo=SH), 600.0)  # 1 s = 10 simulated minutes
+    env = Env(tmp_path, clock)  # type: ignore[arg-type]
+    try:
+        write_readings(env.plant, ms(2026, 3, 1) - 86_400_000, ms(2026, 3, 20))
+        reports: list[tuple[int, SendReport]] = []
+        done = threading.Event()
+        stop = threading.Event()
+
+        def on_report(report: SendReport) -> None:
+            reports.append((clock.now_ms(), report))
+            if any(r.acknowledged and t >= ms(2026, 3, 16, 1, 30) for t, r in reports[1:]):
+                done.set()
+
+        with env.service() as svc:
+            svc.sync()  # the platform assigns the 01:30 slot
+            assert svc.upload_time().isoformat() == "01:30:00"
+            worker = threading.Thread(target=svc.run, args=(stop, on_report), daemon=True)
+            worker.start()
+            assert done.wait(60), reports
+            stop.set()
+            worker.join(10)
+            assert not worker.is_alive()
+            assert svc.ledger.get_state("last_daily") == "2026-03-16"
+        first_t, first = reports[0]
+        assert first_t < ms(2026, 3, 16, 1, 30) and first.acknowledged > 0  # a real-time push before the slot
+        stored = env.platform.stored(USCC)
+        assert stored[(ELEC_CODE, STAT_DAY, ms(2026, 3, 15))] == pytest.approx(72000.0)  # yesterday, by the daily run
+    finally:
+        env.close()
