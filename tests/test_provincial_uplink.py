@@ -419,7 +419,8 @@ def test_a_profile_that_encrypts_uploads_sends_sm4_ciphertext_the_platform_decry
             report = svc.send_due(start_ms=ms(2026, 3, 15), end_ms=ms(2026, 3, 16))
             assert report.acknowledged == report.due > 0 and report.failed == 0
             key = svc.client.state.get_state("secret_key")
-        assert key is not None        stored = platform.stored(USCC)
+        assert key is not None
+        stored = platform.stored(USCC)
         assert stored[(ELEC_CODE, STAT_DAY, ms(2026, 3, 15))] == pytest.approx(72000.0)
         # on the wire: a string, not the value list; only the working key opens it
         value = UploadValue(ELEC_CODE, STAT_DAY, ms(2026, 3, 15), 72000.0)
