@@ -234,9 +234,16 @@ def test_fifty_kill_9_in_a_row_lose_nothing_and_count_nothing_twice(
     pid = 0
     try:
         assert stdout.readline().strip() == "ready"
-        for _ in range(KILLS):
+        for k in range(KILLS):
+            before, _ = read_outbox(outbox)
             pid = spawn()
-            time.sleep(rnd.uniform(0.2, 1.2))
+            if k % 5 == 4:  # now and then a kill during start-up, before anything is polled
+                time.sleep(rnd.uniform(0.0, 0.3))
+            else:  # otherwise once this run has committed a batch, at a random point of the flow after it
+                deadline = time.monotonic() + 15
+                while read_outbox(outbox)[0] <= before and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                time.sleep(rnd.uniform(0.0, 0.8))
             os.kill(pid, signal.SIGKILL)
             status = reap(pid)
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, log.read_text()[-3000:]
@@ -318,6 +325,6 @@ def test_fifty_kill_9_in_a_row_lose_nothing_and_count_nothing_twice(
     print(f"\n{KILLS} kills: {last} batches, {polls} polls, {duplicates} re-sent, "
           f"{len(in_outbox_at_kill)} batches in the outbox at kills ({killed_with_backlog} kills left some), "
           f"{time.monotonic() - began:.1f} s")
-    assert polls > KILLS  # a steady flow, not 50 empty starts
+    assert polls >= KILLS - KILLS // 5  # a steady flow: every run but the start-up kills committed batches
     assert killed_with_backlog > 0  # kills did land while batches were waiting
     assert time.monotonic() - began < 90
