@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS")
 
     p = sub.add_parser(
-        "history", help="print the gateway's edge history of one item: 15-minute, hourly, daily or monthly values"
+        "history",
+        help="print the gateway's edge history of one item: 15-minute, hourly, daily or monthly values "
+        "(also `energymon gateway history`)",
     )
     p.add_argument("--config", type=Path, required=True, help="plant file")
     p.add_argument("--data-dir", type=Path, default=Path("energymon-data"), help="the gateway's data directory")
@@ -202,6 +204,9 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``energymon`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["gateway", "history"]:  # `energymon gateway history ...` is `energymon history ...`
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pymodbus logs every timeout; energymon logs a device once when it drops and once when it recovers

@@ -227,6 +227,11 @@ def test_history_command_prints_a_table(recorded: tuple[Path, Path], capsys: pyt
     assert out[1].split() == ["2025-05-06T00:00:00+08:00", "1000", "24000", "kWh", "96"]
     assert out[2].split() == ["2025-05-07T00:00:00+08:00", "25000", "24000", "kWh", "96"]
     assert len(out) == 3
+    # the same command as a gateway subcommand
+    assert main(["gateway", "history", "--config", str(plant_file), "--data-dir", str(data_dir), "--meter", "incoming",
+                 "--quantity", "energy_active_import", "--period", "day", "--from", "2025-05-06",
+                 "--to", "2025-05-08"]) == 0
+    assert capsys.readouterr().out.splitlines() == out
 
 
 def test_history_command_prints_csv_and_json(recorded: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
