@@ -69,17 +69,24 @@ def plant_yaml(meters: int, mqtt_url: str, vm_url: str) -> str:
         "products: [{id: clinker, output: {meter: out, quantity: mass_total}, indicator: cement_clinker,",
         "            boundary: {processes: [kiln]}}]",
         f"uplink: {{url: '{mqtt_url}'}}",
-        f"processor: {{store: {{type: influxdb, url: '{vm_url}', org: bench, bucket: bench, batch_max_points: 5000}}}}",
+        # the scheduled recompute (every 5 minutes in production) is left out: this measures the stream
+        f"processor: {{recompute_interval_s: 0, store: {{type: influxdb, url: '{vm_url}', org: bench, bucket: bench,"
+        " batch_max_points: 5000}}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def publisher(host: str, port: int, points: int, batch: int, meters: int, start_ms: int, conn: Any) -> None:
-    """Child process: encode all batches first, then publish them at QoS 1 and wait for every PUBACK."""
+def publisher(host: str, port: int, points: int, batch: int, meters: int, start_ms: int, conn: Any,
+              edge_intervals: bool = True) -> None:
+    """Child process: encode all batches first, then publish them at QoS 1 and wait for every PUBACK.
+
+    With ``edge_intervals`` each counter reading after the first carries the interval it closes, as a gateway
+    sends it; without, the processor books the counters with its own trackers (older gateways).
+    """
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from energymon.schema import Batch, Point, encode_batch
+    from energymon.schema import Batch, Interval, Point, encode_batch
     from energymon.topics import readings_topic
 
     payloads: list[bytes] = []
@@ -92,7 +99,10 @@ def publisher(host: str, port: int, points: int, batch: int, meters: int, start_
         ts = start_ms + rnd * 1000
         name, unit = QUANTITIES[q]
         value = 1000.0 + rnd * 2.5 if q == 0 else 100.0 + (n % 17)
-        pts.append(Point(meter=f"m{meter}", quantity=name, value=value, unit=unit, ts_ms=ts))
+        interval = None
+        if q == 0 and edge_intervals and rnd > 0:
+            interval = Interval(start_ms=ts - 1000, amount=2.5, flag="ok")
+        pts.append(Point(meter=f"m{meter}", quantity=name, value=value, unit=unit, ts_ms=ts, interval=interval))
         if len(pts) == batch:
             payloads.append(encode_batch(Batch(enterprise=USCC, gateway="bench", seq=seq, sent_ms=ts, points=pts)))
             pts, seq = [], seq + 1
@@ -129,7 +139,7 @@ def scrape(port: int, name: str, stage: str) -> float:
     return 0.0
 
 
-def run(points: int, batch: int, meters: int) -> dict[str, Any]:
+def run(points: int, batch: int, meters: int, *, edge_intervals: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="energymon-bench-") as tmp:
         mq, vm = Mosquitto(), VictoriaMetrics()
         mq.start()
@@ -153,7 +163,7 @@ def run(points: int, batch: int, meters: int) -> dict[str, Any]:
             start_ms = int(time.time() * 1000) - points // (meters * len(QUANTITIES)) * 1000 - 60_000
             parent, child = mp.Pipe()
             pub = mp.get_context("spawn").Process(
-                target=publisher, args=(mq.host, mq.port, points, batch, meters, start_ms, child)
+                target=publisher, args=(mq.host, mq.port, points, batch, meters, start_ms, child, edge_intervals)
             )
             pub.start()
             assert parent.recv()[0] == "ready"
@@ -184,6 +194,7 @@ def run(points: int, batch: int, meters: int) -> dict[str, Any]:
                 "points": points,
                 "batch_points": batch,
                 "meters": meters,
+                "edge_intervals": edge_intervals,
                 "wall_s": round(t1 - t0, 3),
                 "publish_s": round(t_pub - t0, 3),
                 "points_per_s_wall": round(points / (t1 - t0)),
@@ -206,8 +217,10 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=500_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--meters", type=int, default=100)
+    ap.add_argument("--no-edge-intervals", action="store_true",
+                    help="counter readings without the gateway's intervals (the processor tracks the counters)")
     args = ap.parse_args()
-    print(json.dumps(run(args.points, args.batch, args.meters)))
+    print(json.dumps(run(args.points, args.batch, args.meters, edge_intervals=not args.no_edge_intervals)))
 
 
 if __name__ == "__main__":

@@ -324,12 +324,14 @@ class ProcessorService:
         subscription, a stopped instance's share waits in its persistent session until it returns).
         """
         self._stop.set()
+        if self.schedule is not None:
+            self.schedule.stop()
         if self._flusher is not None:
             await asyncio.to_thread(self._flusher.join, 5)
         if self._ticker is not None:
             await asyncio.to_thread(self._ticker.join, 5)
         if self._recomputer is not None:
-            await asyncio.to_thread(self._recomputer.join, 60)
+            await asyncio.to_thread(self._recomputer.join, 30)
         try:
             await asyncio.to_thread(self.processor.flush)
         except StoreError as exc:

@@ -50,6 +50,14 @@ log = logging.getLogger(__name__)
 #: The thinning slot: 15 minutes, the finest period the accounting reports.
 SLOT_MS = 900_000
 
+#: Readings per chunk read from the store above which the next chunk is shorter.
+_CHUNK_POINTS = 2_000_000
+
+
+class _Stopped(Exception):
+    """The run was asked to stop."""
+
+
 #: Results that count readings (completeness, rejected-reading flags): thinned readings cannot give them, so the
 #: schedule leaves them to ``energymon report``, which reads the raw readings.
 _READING_COUNTS = frozenset({"acct_meter", "acct_quality_day", "acct_quality_month"})
@@ -127,11 +135,12 @@ class ThinnedReadings:
                 (read_to_ms,),
             )
 
-    def load(self, start_ms: int) -> dict[str, MeterReadings]:
-        """Every meter's thinned readings from ``start_ms`` on."""
+    def load(self, start_ms: int, end_ms: int | None = None) -> dict[str, MeterReadings]:
+        """Every meter's thinned readings in ``[start_ms, end_ms)`` (to the end when ``end_ms`` is None)."""
         out: dict[str, tuple[list[int], list[float]]] = {}
         for meter, ts, value in self._conn.execute(
-            "SELECT meter, ts_ms, value FROM thinned WHERE ts_ms >= ? ORDER BY meter, ts_ms", (start_ms,)
+            "SELECT meter, ts_ms, value FROM thinned WHERE ts_ms >= ? AND ts_ms < ? ORDER BY meter, ts_ms",
+            (start_ms, 2**62 if end_ms is None else end_ms),
         ):
             pair = out.setdefault(meter, ([], []))
             pair[0].append(ts)
@@ -201,6 +210,7 @@ class CurrentPeriods:
         self._late_lock = threading.Lock()
         self._late_from: int | None = None
         self._run_lock = threading.Lock()
+        self._stopping = threading.Event()
         self._pending_quality_mark = 0
         self.runs = 0
 
@@ -234,10 +244,12 @@ class CurrentPeriods:
                 rows += self._closed_days(now)
                 if rows:
                     self.store.write(rows)
-            except StoreError as exc:
+            except (StoreError, _Stopped) as exc:
                 if late is not None:  # keep the late mark for the next run
                     with self._late_lock:
                         self._late_from = late if self._late_from is None else min(late, self._late_from)
+                if isinstance(exc, _Stopped):
+                    return []
                 self.stage.error(exc)
                 raise
             self.cache.set_meta("quality_done_to_ms", self._pending_quality_mark)
@@ -252,25 +264,45 @@ class CurrentPeriods:
             return rows
 
     def _refresh(self, lo: int, now: int, late: int | None) -> None:
-        """Read the store from the re-read mark to now, a local day at a time, into the cache."""
+        """Read the store from the re-read mark to now into the cache, in chunks of local days.
+
+        A chunk is one day to start with; after a chunk without any reading the next one is twice as long (up to
+        32 days), so an empty past (the first run of a new plant) costs a few reads, and after a chunk of more
+        than :data:`_CHUNK_POINTS` readings it is halved again, so memory stays bounded on dense data.
+
+        Raises:
+            _Stopped: ``stop()`` was called; nothing of this run is kept.
+        """
         read_to = self.cache.read_to_ms
         start = lo if read_to is None else max(lo, read_to - self.reread_ms)
         if late is not None:
             start = max(lo, min(start, late))
         start = period_start(start, "day", self.tz) if read_to is None else start
         chunks: dict[str, list[MeterReadings]] = {}
-        t = start
+        t, days = start, 1
         while t <= now:
-            end = min(next_period_start(period_start(t, "day", self.tz), "day", self.tz), now + 1)
+            if self._stopping.is_set():
+                raise _Stopped
+            end = period_start(t, "day", self.tz)
+            for _ in range(days):
+                end = next_period_start(end, "day", self.tz)
+            end = min(end, now + 1)
             dense = load_readings_store(self.store, self.plant, t, end)
+            n = 0
             for meter, r in dense.items():
-                self.stage.received(int(r.ts.size))
+                n += int(r.ts.size)
                 chunks.setdefault(meter, []).append(thin(r))
+            self.stage.received(n)
+            days = min(days * 2, 32) if n == 0 else (max(days // 2, 1) if n > _CHUNK_POINTS else days)
             t = end
         merged = {m: MeterReadings(np.concatenate([c.ts for c in parts]), np.concatenate([c.value for c in parts]))
                   for m, parts in chunks.items()}
         self.cache.replace(start, merged, now + 1)
         self.cache.forget_before(lo)
+
+    def stop(self) -> None:
+        """Make a run in progress give up at its next read (it keeps nothing of the run; the next run redoes it)."""
+        self._stopping.set()
 
     def _recompute(self, now: int) -> list[Row]:
         readings = self.cache.load(period_start(now, "year", self.tz) - self.lookback_ms)
@@ -302,8 +334,20 @@ class CurrentPeriods:
         rows: list[Row] = []
         pad = self.lookback_ms
         while day < today:
+            if self._stopping.is_set():
+                raise _Stopped
             end = next_period_start(day, "day", self.tz)
-            dense = load_readings_store(self.store, self.plant, day - pad, end + pad)
+            # the day's raw readings, and around it the cached thinned ones (the readings next to the day's ends
+            # are in the cache: a slot's last and first), so the intervals across midnight split as before
+            dense = dict(load_readings_store(self.store, self.plant, day, end))
+            for meter, r in self.cache.load(day - pad, end + pad).items():
+                outside = (r.ts < day) | (r.ts >= end)
+                if not outside.any():
+                    continue
+                own = dense.get(meter)
+                stamps = r.ts[outside] if own is None else np.concatenate([own.ts, r.ts[outside]])
+                values = r.value[outside] if own is None else np.concatenate([own.value, r.value[outside]])
+                dense[meter] = MeterReadings.of(stamps, values)
             rc = recompute(self.rules, dense, day, end, with_ytd=False, detail_periods=("day",))
             for key, fields, ts in report_rows(rc, indicator_periods=()):
                 if key.measurement == "acct_quality_day" or (

@@ -259,3 +259,48 @@ def test_a_closed_day_gets_its_reading_counts_from_the_raw_readings(plant: Plant
     assert set(later) == {ms(3, 3)}
     store.close()
     sched.close()
+
+
+class CountingStore:
+    """An SQLite store that counts the reads (``query`` calls) made of it."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.inner = store
+        self.queries = 0
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        self.queries += 1
+        return self.inner.query(*args, **kwargs)
+
+    def write(self, rows: Any) -> None:
+        self.inner.write(rows)
+
+
+def test_the_first_run_skips_an_empty_past_in_growing_chunks(plant: PlantConfig, tmp_path: Path) -> None:
+    """A plant started in November: the first run reads January to November in a few long chunks, not per day."""
+    inner = SqliteStore(SqliteStoreConfig(type="sqlite", path=tmp_path / "store.sqlite"))
+    start = int(datetime(2026, 11, 17, tzinfo=SH).timestamp() * 1000)
+    readings = minute_readings(start, start + 3 * 86_400_000)
+    inner.write(rows_of(plant, readings))
+    store = CountingStore(inner)
+    clock = ManualClock(datetime(2026, 11, 20, 0, 0, tzinfo=SH))
+    sched = CurrentPeriods(plant, store, clock=clock, metrics=PipelineMetrics(CollectorRegistry()),
+                           cache_path=tmp_path / "recompute.sqlite")
+    rows = sched.run_once()
+    per_meter_reads = store.queries / len(RATES) / 2  # a value and an `uncertain` query per meter and chunk
+    assert per_meter_reads < 25, per_meter_reads  # 327 days one by one would be 327
+    assert [f for k, f, _ in rows if k.measurement == "indicator" and dict(k.tags)["period"] == "month"]
+    sched.close()
+    inner.close()
+
+
+def test_a_stopped_schedule_keeps_nothing_of_the_run(plant: PlantConfig, tmp_path: Path) -> None:
+    store = SqliteStore(SqliteStoreConfig(type="sqlite", path=tmp_path / "store.sqlite"))
+    store.write(rows_of(plant, minute_readings(ms(3, 1), ms(3, 2))))
+    sched = CurrentPeriods(plant, store, clock=ManualClock(datetime(2026, 3, 2, tzinfo=SH)),
+                           metrics=PipelineMetrics(CollectorRegistry()), cache_path=tmp_path / "recompute.sqlite")
+    sched.stop()
+    assert sched.run_once() == []
+    assert sched.cache.read_to_ms is None and store.query("indicator", "value") == []
+    sched.close()
+    store.close()
