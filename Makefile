@@ -28,7 +28,7 @@ test: dev services
 
 lint: dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m mypy energymon collectors gateway processors alerts simulators
+	$(BIN)/python -m mypy energymon  # the stage folders are inside it, as energymon.collectors etc.
 	$(BIN)/python deploy/grafana/dashboards.py --check
 
 docs: dev
