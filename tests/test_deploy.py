@@ -18,6 +18,8 @@ def test_systemd_exec_start_is_a_valid_command(unit: Path) -> None:
     argv = shlex.split(line.removeprefix("ExecStart="))
     assert argv[0].endswith("/energymon")
     args = build_parser().parse_args(argv[1:])
-    assert args.command in {"gateway", "processor", "run"}
+    assert args.command in {"gateway", "processor", "run", "uplink"}
+    if args.command == "uplink":
+        assert args.uplink_command == "run"
     assert str(args.config) == "/etc/energymon/plant.yaml"
     assert args.metrics_port is not None
