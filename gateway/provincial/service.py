@@ -110,8 +110,8 @@ class UplinkService:
         sleep: waits between retries.
         ref: reference data (default: the shipped tables).
         metrics: self-metrics, stage ``uplink``: received = values due, sent = values acknowledged, dropped by
-            reason (``rejected_by_platform``, ``quality_gate``, ``no_value_yet``, ``upload_failed``: all kept
-            in the ledger and sent again), errors per failed exchange.
+            reason (``rejected_by_platform``, ``quality_gate``, ``upload_failed``: all kept in the ledger and
+            sent again), errors per failed exchange; a period without a value yet only stays due.
     """
 
     def __init__(
@@ -295,8 +295,9 @@ class UplinkService:
             return self._send(keys, report)
         finally:
             self.stage.sent(report.acknowledged)
+            # a due period without a value yet is neither sent nor set aside: it stays due
             for reason, n in (("rejected_by_platform", report.rejected), ("quality_gate", report.blocked),
-                              ("no_value_yet", report.no_value), ("upload_failed", report.failed)):
+                              ("upload_failed", report.failed)):
                 if n:
                     self.stage.dropped(reason, n)
 
