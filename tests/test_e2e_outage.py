@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from plants import modbus_plant
 from prometheus_client import CollectorRegistry
 from services import Mosquitto, Service, VictoriaMetrics
 
@@ -54,28 +55,6 @@ BROKER_OUTAGE_S = 120.0
 POLLS_WHILE_AWAY = 120
 #: polls made while the store is down under a running processor
 POLLS_WHILE_STORE_DOWN = 60
-
-PLANT = """\
-version: 1
-enterprise: {{uscc: {uscc}, name: 断网计数测试厂, industry_code: C3011}}
-processes: [{{id: kiln}}, {{id: raw_meal}}]
-register_maps:
-  power:
-    registers:
-      - {{quantity: energy_active_import, address: 0, type: uint32, scale: 0.1, unit: kWh, kind: counter}}
-      - {{quantity: power_active, address: 2, type: float32, unit: kW}}
-buses:
-  - {{type: modbus_tcp, id: plant_tcp, host: 127.0.0.1, port: {modbus_port}, timeout_ms: 200, retries: 0}}
-meters:
-  - {{id: kiln_drive, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 3, model: power, poll_group: fast}}}}
-  - {{id: raw_mill, carrier: electricity, level: 2, process: raw_meal, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 2, model: power, poll_group: fast}}}}
-gateway: {{id: {gateway}, poll_groups: [{{id: fast, interval_secs: 0.25}}]}}
-uplink: {{url: "{mqtt_url}", keepalive_secs: 5}}
-processor:
-  store: {{type: influxdb, url: "{vm_url}", org: test, bucket: test}}
-"""
 
 Key = tuple[str, str, int]  # (meter, quantity, ts_ms)
 
@@ -224,8 +203,11 @@ class Rig:
         self.service: ProcessorService | None = None
 
     def _plant(self, modbus_port: int) -> PlantConfig:
-        return parse_plant(PLANT.format(uscc=USCC, gateway=GATEWAY, modbus_port=modbus_port,
-                                        mqtt_url=self.broker.url, vm_url=self.store.url))
+        return parse_plant(modbus_plant(
+            name="断网计数测试厂", gateway=GATEWAY, modbus_port=modbus_port, mqtt_url=self.broker.url, uscc=USCC,
+            meters=[("kiln_drive", 3, "kiln"), ("raw_mill", 2, "raw_meal")], poll_s=0.25, timeout_ms=200,
+            keepalive_secs=5,
+            tail=f'processor:\n  store: {{type: influxdb, url: "{self.store.url}", org: test, bucket: test}}\n'))
 
     async def start(self) -> None:
         self.sim = await run_simulator(self._plant(1), self.clock, port_overrides={"plant_tcp": 0})

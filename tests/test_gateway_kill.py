@@ -33,13 +33,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from capture import ReadingsCapture
+from plants import modbus_plant
 from services import Mosquitto, free_port
 
 from energymon.schema import decode_batch
-from energymon.topics import readings_filter
 
 pytestmark = pytest.mark.integration
 
@@ -47,25 +46,7 @@ KILLS = 50
 SEED = 20250306
 USCC = "91530102MA6K7LQ8RH"
 
-PLANT = """\
-version: 1
-enterprise: {{uscc: {uscc}, name: 断电测试厂, industry_code: C3011}}
-processes: [{{id: kiln}}]
-register_maps:
-  power:
-    registers:
-      - {{quantity: energy_active_import, address: 0, type: uint32, scale: 0.1, unit: kWh, kind: counter}}
-      - {{quantity: power_active, address: 2, type: float32, unit: kW}}
-buses:
-  - {{type: modbus_tcp, id: plant_tcp, host: 127.0.0.1, port: {modbus_port}, timeout_ms: 100, retries: 0}}
-meters:
-  - {{id: kiln_drive, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 3, model: power, poll_group: fast}}}}
-  - {{id: raw_mill, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 2, model: power, poll_group: fast}}}}
-gateway: {{id: gw-kill, poll_groups: [{{id: fast, interval_secs: 0.25}}]}}
-uplink: {{url: "{mqtt_url}", keepalive_secs: 5}}
-"""
+METERS = [("kiln_drive", 3, "kiln"), ("raw_mill", 2, "kiln")]
 
 # Imports energymon once, then forks one gateway per "spawn" line; "wait PID" reaps it and prints its status.
 FORK_SERVER = r"""
@@ -94,34 +75,6 @@ for line in sys.stdin:
     else:
         break
 """
-
-
-class Subscriber:
-    """An independent MQTT client recording every batch on the readings topics."""
-
-    def __init__(self, port: int) -> None:
-        self.payloads: list[bytes] = []
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="kill-test-capture")
-        ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(readings_filter(), qos=1)
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert ready.wait(10)
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.payloads.append(bytes(msg.payload))
-
-    def snapshot(self) -> list[bytes]:
-        with self._lock:
-            return list(self.payloads)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 class SlowLink:
@@ -188,7 +141,9 @@ def simulator(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Path]:
     `energymon simulate` in a child process."""
     link = SlowLink(mosquitto.port)
     plant = tmp_path / "plant.yaml"
-    plant.write_text(PLANT.format(uscc=USCC, modbus_port=free_port(), mqtt_url=f"mqtt://127.0.0.1:{link.port}"),
+    plant.write_text(modbus_plant(name="断电测试厂", gateway="gw-kill", modbus_port=free_port(),
+                                  mqtt_url=f"mqtt://127.0.0.1:{link.port}", meters=METERS, poll_s=0.25, uscc=USCC,
+                                  timeout_ms=100, keepalive_secs=5),
                      encoding="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "energymon.cli", "simulate", "--config", str(plant)],
                             stdout=subprocess.PIPE, text=True)
@@ -209,7 +164,7 @@ def test_fifty_kill_9_in_a_row_lose_nothing_and_count_nothing_twice(
     data_dir = tmp_path / "gw"
     outbox = data_dir / "outbox-gw-kill.sqlite"
     log = tmp_path / "gateway.log"
-    subscriber = Subscriber(mosquitto.port)
+    subscriber = ReadingsCapture("127.0.0.1", mosquitto.port, "kill-test-capture")
     server = subprocess.Popen(
         [sys.executable, "-c", FORK_SERVER, "--log-level", "INFO", "gateway", "--config", str(simulator),
          "--data-dir", str(data_dir), str(log)],

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from plants import modbus_plant
 from prometheus_client import CollectorRegistry
 
 from energymon.clock import ScaledClock
@@ -33,33 +34,16 @@ pytestmark = pytest.mark.integration
 
 USCC = "91530102MA6K7LQ8RH"
 
-PLANT = """\
-version: 1
-enterprise: {{uscc: {uscc}, name: 测试水泥厂, industry_code: C3011}}
-processes: [{{id: kiln}}, {{id: raw_meal}}]
-register_maps:
-  power:
-    registers:
-      - {{quantity: energy_active_import, address: 0, type: uint32, scale: 0.1, unit: kWh, kind: counter}}
-      - {{quantity: power_active, address: 2, type: float32, unit: kW}}
-  scale:
-    registers:
-      - {{quantity: mass_total, address: 0, type: uint32, scale: 0.001, unit: t, kind: counter}}
-      - {{quantity: feed_rate, address: 2, type: float32, unit: t/h}}
-buses:
-  - {{type: modbus_tcp, id: plant_tcp, host: 127.0.0.1, port: {modbus_port}, timeout_ms: 300, retries: 0}}
-meters:
-  - {{id: kiln_drive, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 3, model: power, poll_group: fast}}}}
-  - {{id: raw_mill, carrier: electricity, level: 2, process: raw_meal, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 2, model: power, poll_group: fast}}}}
-  - {{id: clinker_scale, level: 2, process: kiln, counter: mass_total, max_rate_per_hour: 400,
-     source: {{type: modbus, bus: plant_tcp, unit_id: 11, model: scale, poll_group: fast}}}}
+def plant_text(modbus_port: int, mqtt_url: str, vm_url: str, hook_url: str) -> str:
+    """Two power meters and the clinker scale, the clinker product, a VictoriaMetrics store and a webhook alert."""
+    return modbus_plant(
+        name="测试水泥厂", gateway="gw-test", modbus_port=modbus_port, mqtt_url=mqtt_url, uscc=USCC,
+        meters=[("kiln_drive", 3, "kiln"), ("raw_mill", 2, "raw_meal")], clinker_scale=("clinker_scale", 11, "kiln"),
+        poll_s=5,
+        tail=f"""\
 products:
   - {{id: clinker, unit: t, output: {{meter: clinker_scale, quantity: mass_total}}, indicator: cement_clinker,
      boundary: {{processes: [kiln, raw_meal]}}}}
-gateway: {{id: gw-test, poll_groups: [{{id: fast, interval_secs: 5}}]}}
-uplink: {{url: "{mqtt_url}"}}
 processor:
   store: {{type: influxdb, url: "{vm_url}", org: test, bucket: test}}
 alerts:
@@ -68,7 +52,9 @@ alerts:
        severity: critical, notifiers: [hook], summary: kiln drive power above 1 kW}}
   notifiers:
     - {{type: webhook, id: hook, url: "{hook_url}", max_retries: 3}}
-"""
+""",
+    )
+
 
 
 class Hook(BaseHTTPRequestHandler):
@@ -149,20 +135,12 @@ def test_end_to_end_on_real_services(mosquitto: Any, victoria_metrics: Any, webh
     async def main() -> None:
         clock = ScaledClock(datetime.now(UTC), 20.0)
         draft = parse_plant(
-            PLANT.format(
-                uscc=USCC, modbus_port=1, mqtt_url=mosquitto.url, vm_url=victoria_metrics.url, hook_url=webhook
-            )
+            plant_text(1, mosquitto.url, victoria_metrics.url, webhook)
         )
         sim = await run_simulator(draft, clock, port_overrides={"plant_tcp": 0})
         try:
             plant = parse_plant(
-                PLANT.format(
-                    uscc=USCC,
-                    modbus_port=sim.ports["plant_tcp"],
-                    mqtt_url=mosquitto.url,
-                    vm_url=victoria_metrics.url,
-                    hook_url=webhook,
-                )
+                plant_text(sim.ports["plant_tcp"], mosquitto.url, victoria_metrics.url, webhook)
             )
             capture = Capture(mosquitto.host, mosquitto.port)
             # a malformed payload in the middle of the flow is set aside; everything else still arrives
@@ -236,19 +214,11 @@ def test_unreachable_meter_is_unavailable_not_zero(
     async def main() -> None:
         clock = ScaledClock(datetime.now(UTC), 20.0)
         draft = parse_plant(
-            PLANT.format(
-                uscc=USCC, modbus_port=1, mqtt_url=mosquitto.url, vm_url=victoria_metrics.url, hook_url=webhook
-            )
+            plant_text(1, mosquitto.url, victoria_metrics.url, webhook)
         )
         sim = await run_simulator(draft, clock, port_overrides={"plant_tcp": 0})
         try:
-            text = PLANT.format(
-                uscc=USCC,
-                modbus_port=sim.ports["plant_tcp"],
-                mqtt_url=mosquitto.url,
-                vm_url=victoria_metrics.url,
-                hook_url=webhook,
-            )
+            text = plant_text(sim.ports["plant_tcp"], mosquitto.url, victoria_metrics.url, webhook)
             # raw_mill now points at a unit id nobody answers for
             plant = parse_plant(text.replace("unit_id: 2,", "unit_id: 99,"))
             await run_pipeline(plant, tmp_path, polls=4, clock=clock)

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from plants import modbus_plant
 from services import Alertmanager, Mosquitto, Prometheus, free_port, require_binary
 
 from energymon.clock import WallClock
@@ -185,26 +186,6 @@ class SimulatorThread:
         self.loop.close()
 
 
-PLANT = """\
-version: 1
-enterprise: {{uscc: 91530102MA6K7LQ8RH, name: 测试水泥厂, industry_code: C3011}}
-processes: [{{id: kiln}}]
-register_maps:
-  power:
-    registers:
-      - {{quantity: energy_active_import, address: 0, type: uint32, scale: 0.1, unit: kWh, kind: counter}}
-      - {{quantity: power_active, address: 2, type: float32, unit: kW}}
-buses:
-  - {{type: modbus_tcp, id: plant_tcp, host: 127.0.0.1, port: {port}, timeout_ms: 300, retries: 0}}
-meters:
-  - {{id: kiln_drive, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     source: {{type: modbus, bus: plant_tcp, unit_id: 3, model: power, poll_group: fast}}}}
-  - {{id: raw_mill, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     source: {{type: modbus, bus: plant_tcp, unit_id: 2, model: power, poll_group: fast}}}}
-gateway: {{id: gw-test, poll_groups: [{{id: fast, interval_secs: 1}}]}}
-uplink: {{url: "{mqtt_url}"}}
-"""
-
 #: The shipped ``for:`` of the rules run by the chain test is minutes; the copy it loads waits this long instead.
 TEST_FOR = "2s"
 
@@ -244,13 +225,18 @@ def webhook() -> Iterator[Webhook]:
 def test_meter_down_reaches_the_webhook_through_prometheus_and_alertmanager(
     tmp_path: Path, mosquitto: Mosquitto, webhook: Webhook, alertmanager_factory: Callable[[str], Alertmanager]
 ) -> None:
-    sim = SimulatorThread(PLANT.format(port=1, mqtt_url=mosquitto.url))
+    def plant_text(port: int) -> str:
+        return modbus_plant(name="测试水泥厂", gateway="gw-test", modbus_port=port, mqtt_url=mosquitto.url,
+                            meters=[("kiln_drive", 3, "kiln"), ("raw_mill", 2, "kiln")], poll_s=1,
+                            max_rate_per_hour=None)
+
+    sim = SimulatorThread(plant_text(1))
     gateway: subprocess.Popen[bytes] | None = None
     prometheus: Prometheus | None = None
     log_path = tmp_path / "gateway.log"
     try:
         plant_file = tmp_path / "plant.yaml"
-        plant_file.write_text(PLANT.format(port=sim.port, mqtt_url=mosquitto.url), encoding="utf-8")
+        plant_file.write_text(plant_text(sim.port), encoding="utf-8")
         metrics_port = free_port()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         with log_path.open("wb") as log:

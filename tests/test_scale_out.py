@@ -17,15 +17,14 @@ the gateway published:
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from capture import ReadingsCapture
+from plants import modbus_plant
 from prometheus_client import CollectorRegistry
 
 from energymon.clock import ScaledClock
@@ -34,65 +33,11 @@ from energymon.metrics import PipelineMetrics
 from energymon.runtime import ProcessorService, build_gateway, uplink_transport
 from energymon.schema import decode_batch
 from energymon.simulators.plant import run_simulator
-from energymon.topics import readings_filter
 
 pytestmark = pytest.mark.integration
 
 USCC = "91530102MA6K7LQ8RH"
 COUNTER_METERS = ("kiln_drive", "raw_mill", "coal_mill")
-
-PLANT = """\
-version: 1
-enterprise: {{uscc: {uscc}, name: 扩展测试水泥厂, industry_code: C3011}}
-processes: [{{id: kiln}}, {{id: raw_meal}}]
-register_maps:
-  power:
-    registers:
-      - {{quantity: energy_active_import, address: 0, type: uint32, scale: 0.1, unit: kWh, kind: counter}}
-      - {{quantity: power_active, address: 2, type: float32, unit: kW}}
-buses:
-  - {{type: modbus_tcp, id: plant_tcp, host: 127.0.0.1, port: {modbus_port}, timeout_ms: 300, retries: 0}}
-meters:
-  - {{id: kiln_drive, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 3, model: power, poll_group: fast}}}}
-  - {{id: raw_mill, carrier: electricity, level: 2, process: raw_meal, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 2, model: power, poll_group: fast}}}}
-  - {{id: coal_mill, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     max_rate_per_hour: 10000, source: {{type: modbus, bus: plant_tcp, unit_id: 4, model: power, poll_group: fast}}}}
-gateway: {{id: gw-scale, poll_groups: [{{id: fast, interval_secs: 5}}]}}
-uplink: {{url: "{mqtt_url}"}}
-processor:
-  share_group: energy
-  store: {{type: influxdb, url: "{vm_url}", org: test, bucket: test}}
-"""
-
-
-class Capture:
-    """An independent (not shared) subscriber recording every batch on the readings topic."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.payloads: list[bytes] = []
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scale-out-capture")
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(readings_filter(), qos=1)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.loop_start()
-        assert subscribed.wait(10)
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.payloads.append(bytes(msg.payload))
-
-    def snapshot(self) -> list[bytes]:
-        with self._lock:
-            return list(self.payloads)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 class Instance:
@@ -132,13 +77,18 @@ def test_three_processors_share_the_readings_nothing_lost_nothing_doubled(
 ) -> None:
     async def main() -> tuple[list[bytes], list[Instance]]:
         clock = ScaledClock(datetime.now(UTC), 20.0)
-        fmt = {"uscc": USCC, "mqtt_url": mosquitto.url, "vm_url": victoria_metrics.url}
-        sim = await run_simulator(parse_plant(PLANT.format(modbus_port=1, **fmt)), clock,
-                                  port_overrides={"plant_tcp": 0})
-        capture = Capture(mosquitto.host, mosquitto.port)
+        def plant_text(modbus_port: int) -> str:
+            return modbus_plant(
+                name="扩展测试水泥厂", gateway="gw-scale", modbus_port=modbus_port, mqtt_url=mosquitto.url, uscc=USCC,
+                meters=[("kiln_drive", 3, "kiln"), ("raw_mill", 2, "raw_meal"), ("coal_mill", 4, "kiln")], poll_s=5,
+                tail="processor:\n  share_group: energy\n"
+                     f'  store: {{type: influxdb, url: "{victoria_metrics.url}", org: test, bucket: test}}\n')
+
+        sim = await run_simulator(parse_plant(plant_text(1)), clock, port_overrides={"plant_tcp": 0})
+        capture = ReadingsCapture(mosquitto.host, mosquitto.port, "scale-out-capture")
         instances: list[Instance] = []
         try:
-            plant = parse_plant(PLANT.format(modbus_port=sim.ports["plant_tcp"], **fmt))
+            plant = parse_plant(plant_text(sim.ports["plant_tcp"]))
             assert plant.processor.share_group == "energy"
             instances = [Instance(plant, tmp_path, i, clock) for i in range(3)]
             for inst in instances:

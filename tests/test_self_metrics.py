@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from plants import modbus_plant
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_webhook import HookServer, Reply, alert
@@ -194,25 +195,10 @@ def test_notifier_queue_gauges_follow_a_real_receiver(tmp_path: Path) -> None:
     assert "energymon_queue_depth{" not in generate_latest(registry).decode()
 
 
-PLANT = """\
-version: 1
-enterprise: {{uscc: 91530102MA6K7LQ8RH, name: 测试水泥厂, industry_code: C3011}}
-processes: [{{id: kiln}}]
-register_maps:
-  power:
-    registers:
-      - {{quantity: energy_active_import, address: 0, type: uint32, scale: 0.1, unit: kWh, kind: counter}}
-      - {{quantity: power_active, address: 2, type: float32, unit: kW}}
-buses:
-  - {{type: modbus_tcp, id: plant_tcp, host: 127.0.0.1, port: {port}, timeout_ms: 300, retries: 0}}
-meters:
-  - {{id: kiln_drive, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     source: {{type: modbus, bus: plant_tcp, unit_id: 3, model: power, poll_group: fast}}}}
-  - {{id: ghost, carrier: electricity, level: 2, process: kiln, counter: energy_active_import,
-     source: {{type: modbus, bus: plant_tcp, unit_id: 9, model: power, poll_group: fast}}}}
-gateway: {{id: gw-test, poll_groups: [{{id: fast, interval_secs: 1}}]}}
-uplink: {{url: "mqtt://127.0.0.1:1"}}
-"""
+def plant_text(port: int) -> str:
+    """Meter ``ghost`` is on a unit id no simulated device answers."""
+    return modbus_plant(name="测试水泥厂", gateway="gw-test", modbus_port=port, mqtt_url="mqtt://127.0.0.1:1",
+                        meters=[("kiln_drive", 3, "kiln"), ("ghost", 9, "kiln")], poll_s=1, max_rate_per_hour=None)
 
 
 def test_polled_collector_counts_values_read_and_points_handed_on() -> None:
@@ -222,12 +208,12 @@ def test_polled_collector_counts_values_read_and_points_handed_on() -> None:
         from energymon.clock import WallClock
 
         clock = WallClock()
-        served = parse_plant(PLANT.format(port=1), "plant.yaml")
+        served = parse_plant(plant_text(1), "plant.yaml")
         # only kiln_drive is simulated: the simulator serves the meters of a plant without ghost
         sim_plant = served.model_copy(update={"meters": [served.meter("kiln_drive")]})
         sim = await run_simulator(sim_plant, clock, port_overrides={"plant_tcp": 0})
         try:
-            plant = parse_plant(PLANT.format(port=sim.ports["plant_tcp"]), "plant.yaml")
+            plant = parse_plant(plant_text(sim.ports["plant_tcp"]), "plant.yaml")
             metrics = PipelineMetrics(CollectorRegistry())
             (collector,), _ = build_collectors(plant, clock=clock, metrics=metrics)
             await collector.start()
