@@ -721,8 +721,9 @@ RATE = "[$__rate_interval]"
 def pipeline_health() -> dash.Dashboard:
     """运行状态: the self-metrics every stage exports (energymon/metrics.py)."""
     b = board("energymon-pipeline", "运行状态 Pipeline health",
-              "Throughput, drops, errors, meters up, poll and store-write latency and the gateways' outboxes, "
-              "from the self-metrics of every stage (Prometheus).", time_from="now-6h", refresh="30s")
+              "Throughput, drops, errors, meters up, poll and store-write latency, the gateways' outboxes and the "
+              "provincial uplink, from the self-metrics of every stage (Prometheus).", time_from="now-6h",
+              refresh="30s")
     b.with_variable(
         dash.QueryVariable("stage").label("环节 Stage").datasource(PROMETHEUS)
         .query({"query": "label_values(energymon_received_total, stage)", "refId": "stage"})
@@ -832,6 +833,28 @@ def pipeline_health() -> dash.Dashboard:
     lay.add(timeseries.Panel().title("缓存大小 Outbox size (bytes)")
             .with_target(prom_query("max by (gateway) (energymon_outbox_bytes)", "{{gateway}}"))
             .unit("bytes").decimals(1), 12, 7)
+
+    lay.row("省级平台上传 Provincial uplink")
+    lay.add(stat_panel("24 小时已确认 Values acknowledged, 24 h")
+            .description("Values the provincial platform acknowledged in the last 24 hours (energymon uplink).")
+            .with_target(prom_query('sum(increase(energymon_sent_total{stage="uplink"}[24h])) or vector(0)',
+                                    "acknowledged").instant())
+            .decimals(0).reduce_options(last_value()).color_mode(common.BigValueColorMode.NONE), 6, 7)
+    lay.add(stat_panel("24 小时未上传 Values not taken, 24 h")
+            .description("Values rejected by the platform, blocked by the quality gate or whose upload failed in "
+                         "the last 24 hours; each stays due and is sent again (补传). `energymon uplink status` "
+                         "lists them.")
+            .with_target(prom_query('sum(increase(energymon_dropped_total{stage="uplink"}[24h])) or vector(0)',
+                                    "not taken").instant())
+            .decimals(0).reduce_options(last_value()).color_mode(common.BigValueColorMode.BACKGROUND)
+            .thresholds(thresholds((None, "green"), (1, "yellow"))), 6, 7)
+    lay.add(timeseries.Panel().title("上传结果 Uplink outcomes per hour")
+            .with_target(prom_query('sum(increase(energymon_sent_total{stage="uplink"}[1h]))', "acknowledged"))
+            .with_target(prom_query('sum by (reason) (increase(energymon_dropped_total{stage="uplink"}[1h]))',
+                                    "{{reason}}", "B"))
+            .with_target(prom_query('sum by (error_type) (increase(energymon_errors_total{stage="uplink"}[1h]))',
+                                    "error {{error_type}}", "C"))
+            .unit("short").decimals(0), 12, 7)
     return b
 
 
