@@ -69,7 +69,8 @@ class Provenance(_Strict):
     source: str
     """document, code or page the value was taken from"""
     confidence: Literal["V", "V-code", "M", "unverified"]
-    """`V` confirmed in the source; `V-code` from public code; `M` not checked against a source; `unverified` an assumption"""
+    """`V` confirmed in the source; `V-code` from public code; `M` not checked against a source; `unverified` an
+    assumption"""
 
 
 class Endpoints(_Strict):
