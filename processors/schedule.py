@@ -211,8 +211,6 @@ class CurrentPeriods:
         self._late_from: int | None = None
         self._run_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._pending_quality_mark = 0
-        self.runs = 0
 
     def note_points(self, points: Iterable[Mapping[str, Any]]) -> None:
         """Processor observer: remember the oldest counter reading stored since the last run (late data)."""
@@ -244,15 +242,14 @@ class CurrentPeriods:
                 rows += self._closed_days(now)
                 if rows:
                     self.store.write(rows)
-            except (StoreError, _Stopped) as exc:
-                if late is not None:  # keep the late mark for the next run
-                    with self._late_lock:
-                        self._late_from = late if self._late_from is None else min(late, self._late_from)
-                if isinstance(exc, _Stopped):
-                    return []
+            except _Stopped:
+                self._keep_late(late)
+                return []
+            except StoreError as exc:
+                self._keep_late(late)
                 self.stage.error(exc)
                 raise
-            self.cache.set_meta("quality_done_to_ms", self._pending_quality_mark)
+            self.cache.set_meta("quality_done_to_ms", period_start(now, "day", self.tz))
             self.stage.sent(len(rows))
             for observer in self.on_rows:
                 try:
@@ -260,8 +257,13 @@ class CurrentPeriods:
                 except Exception as exc:
                     self.stage.error(exc)
                     log.exception("recompute row observer failed")
-            self.runs += 1
             return rows
+
+    def _keep_late(self, late: int | None) -> None:
+        """Give back the late mark a failed run took, for the next run."""
+        if late is not None:
+            with self._late_lock:
+                self._late_from = late if self._late_from is None else min(late, self._late_from)
 
     def _refresh(self, lo: int, now: int, late: int | None) -> None:
         """Read the store from the re-read mark to now into the cache, in chunks of local days.
@@ -321,7 +323,8 @@ class CurrentPeriods:
         return rows
 
     def _closed_days(self, now: int) -> list[Row]:
-        """Reading counts of the days closed since the last run, from the raw readings (once per day).
+        """Reading counts of the days closed since the last run, from the raw readings (once per day; the run
+        records ``quality_done_to_ms`` once the rows are stored).
 
         ``acct_meter`` day rows (with the per-day counts of flagged intervals) and ``acct_quality_day``
         (completeness, the day's first reading) need every reading, so each local day is recomputed once from
@@ -355,7 +358,6 @@ class CurrentPeriods:
                 ):
                     rows.append((key, fields, ts))
             day = end
-        self._pending_quality_mark = today
         return rows
 
     def close(self) -> None:
