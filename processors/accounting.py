@@ -131,6 +131,11 @@ class Accounting:
         self._periods = {p: PeriodCache(p, self.tz) for p in PERIODS} if indicators else {}
         self._day_of = PeriodCache("day", self.tz)
         self._dates: dict[int, date] = {}
+        # each carrier's consumed quantity is needed only by indicators with GB 30251 factors (炼油, 乙烯)
+        self._track_consumed = any(
+            self.ref.oil_equivalent_set(indicator) is not None
+            for pid in self.rules.products for indicator, _ in self.rules.indicators(pid)
+        )
         by_meter: dict[str, list[tuple[str, Contribution]]] = {}
         for pid, contributions in self.rules.product_meters.items():
             for meter_id, c in contributions.items():
@@ -265,9 +270,10 @@ class Accounting:
         equal_per: float | None, carrier: str, kwh_per: float | None, unit: str,
     ) -> None:
         b = self._bucket(pid, period, pstart)
-        ref_unit = b.carrier_unit.setdefault(carrier, unit)
-        consumed = c.total * amount * (1.0 if unit == ref_unit else units.convert(1.0, unit, ref_unit))
-        b.carrier_consumed[carrier] = b.carrier_consumed.get(carrier, 0.0) + consumed
+        if self._track_consumed:
+            ref_unit = b.carrier_unit.setdefault(carrier, unit)
+            consumed = c.total * amount * (1.0 if unit == ref_unit else units.convert(1.0, unit, ref_unit))
+            b.carrier_consumed[carrier] = b.carrier_consumed.get(carrier, 0.0) + consumed
         kgce = amount * kgce_per
         b.kgce += c.total * kgce
         if equal_per is None:
