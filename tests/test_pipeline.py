@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 import pytest
+from capture import ReadingsCapture
 from paho.mqtt.enums import CallbackAPIVersion
 from plants import modbus_plant
 from prometheus_client import CollectorRegistry
@@ -28,7 +29,7 @@ from energymon.metrics import PipelineMetrics
 from energymon.runtime import ProcessorService, build_gateway
 from energymon.schema import decode_batch
 from energymon.simulators.plant import run_simulator
-from energymon.topics import readings_filter, readings_topic
+from energymon.topics import readings_topic
 
 pytestmark = pytest.mark.integration
 
@@ -81,25 +82,6 @@ def webhook() -> Iterator[str]:
     server.server_close()
 
 
-class Capture:
-    """An independent subscriber recording every batch on the readings topic."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.payloads: list[bytes] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="capture")
-        self.subscribed = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(readings_filter(), qos=1)
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = lambda c, u, m: self.payloads.append(m.payload)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        assert self.subscribed.wait(10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 async def run_pipeline(
     plant: PlantConfig, tmp: Path, polls: int, clock: ScaledClock, during: Callable[[], None] | None = None
 ) -> tuple[ProcessorService, Any]:
@@ -142,7 +124,7 @@ def test_end_to_end_on_real_services(mosquitto: Any, victoria_metrics: Any, webh
             plant = parse_plant(
                 plant_text(sim.ports["plant_tcp"], mosquitto.url, victoria_metrics.url, webhook)
             )
-            capture = Capture(mosquitto.host, mosquitto.port)
+            capture = ReadingsCapture(mosquitto.host, mosquitto.port, "capture")
             # a malformed payload in the middle of the flow is set aside; everything else still arrives
             bad = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bad-publisher")
             bad.connect(mosquitto.host, mosquitto.port)
@@ -161,7 +143,7 @@ def test_end_to_end_on_real_services(mosquitto: Any, victoria_metrics: Any, webh
         finally:
             await sim.stop()
 
-        batches = [decode_batch(p) for p in capture.payloads if p.startswith(b'{"v":1,"enterprise"')]
+        batches = [decode_batch(p) for p in capture.snapshot() if p.startswith(b'{"v":1,"enterprise"')]
         published = {(p.meter, p.quantity, p.ts_ms): p.value for b in batches for p in b.points}
         assert len(published) >= 6 * 6 - 6  # 3 meters × 2 quantities × ≥5 polls
 
