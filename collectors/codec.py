@@ -26,6 +26,7 @@ import struct
 from collections.abc import Sequence
 
 from energymon.config import DataType, Register, RegisterFunction, WordOrder
+from energymon.counters import natural_counter_max
 from energymon.errors import DecodeError
 
 __all__ = ["decode", "default_counter_max", "encode"]
@@ -126,10 +127,9 @@ def encode(register: Register, value: float) -> list[int]:
 
 
 def default_counter_max(register: Register) -> float | None:
-    """The value at which an unsigned integer counter rolls over: ``2**bits * scale``.
+    """The value at which an unsigned integer counter rolls over: ``2**bits * scale``
+    (:func:`energymon.counters.natural_counter_max`, where the counter rules live).
 
     Returns None for floats, signed integers and bits, which have no natural rollover point.
     """
-    if register.type not in _UNSIGNED:
-        return None
-    return float(2 ** (16 * register.type.registers)) * register.scale
+    return natural_counter_max(register)

@@ -20,10 +20,11 @@ quarantine, bounds, overflow policy) and, when good, into the :class:`~energymon
 (15-minute, hourly, daily and monthly values kept for six months beside the outbox).
 
 **Counter intervals at the edge.** The gateway is the single, ordered writer of its meters' readings, so it
-cleans each accounted counter (the meter's ``counter``) with the processor's own
-:class:`~energymon.processors.counters.CounterTracker`, as the accounting builds it (rollover, plausibility bound,
-recorded replacements, rejected drops and spikes, a persistent new level, gaps), and attaches to every good
-counter reading the interval it closes (:class:`~energymon.schema.Interval`; an empty one when it closes none).
+cleans each accounted counter (the meter's ``counter``) with :class:`~energymon.counters.CounterTracker`, by the
+counter rules every stage uses (rollover, plausibility bound, recorded replacements, rejected drops and spikes, a
+persistent new level, gaps; see docs/accounting.md), and attaches to every good counter reading the interval it
+closes (:class:`~energymon.schema.Interval`; an empty one when it closes none, or while a rise waits for the
+next reading to confirm it). The processor re-checks every interval with the same rules before booking it.
 The trackers' baselines are saved in the outbox file in the same transaction as the batch carrying their
 intervals and restored at start, so a crash neither loses nor repeats an interval, and a batch that is refused
 or fails to be written returns the trackers to where they were. Processors then book each interval as it comes,
@@ -43,14 +44,13 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from energymon.clock import WallClock
 from energymon.config import PlantConfig
+from energymon.counters import CounterTracker, TrackerState, plant_counter_rules
 from energymon.errors import TransportError
 from energymon.interfaces import Clock, Collector, PushCollector, Transport
 from energymon.metrics import PipelineMetrics, private_metrics
-from energymon.processors.counters import CounterTracker, TrackerState
 from energymon.schema import Interval, Point, Quality
 from energymon.topics import readings_topic, status_topic
 
@@ -77,7 +77,6 @@ class Gateway:
         publish_window: batches in flight at once, and the size of one backlog slice.
         history_file: the edge history file (default ``history-{gateway}.sqlite`` beside the outbox; ``:memory:``
             when the outbox is); none when ``gateway.history_retention_days`` is 0.
-        ref: reference data for the counters' cleaning rules (defaults to the shipped tables).
 
     Raises:
         OutboxCorruptError: the outbox or history file is corrupt and ``gateway.outbox_on_corrupt`` is ``stop``.
@@ -95,7 +94,6 @@ class Gateway:
         metrics: PipelineMetrics | None = None,
         publish_window: int = 20,
         history_file: Path | str | None = None,
-        ref: Any = None,
     ) -> None:
         self.plant = plant
         self.enterprise = plant.enterprise.uscc
@@ -121,7 +119,7 @@ class Gateway:
                 self.queue.close()
                 raise
         try:
-            self._trackers = _counter_trackers(plant, ref)
+            self._trackers = _counter_trackers(plant)
             saved = self.queue.counter_baselines()
         except BaseException:
             self.queue.close()
@@ -413,14 +411,6 @@ class Gateway:
         await self.transport.publish(status_topic(self.enterprise, self.gateway_id), state, qos=1, retain=True)
 
 
-def _counter_trackers(plant: PlantConfig, ref: Any) -> dict[str, tuple[str, CounterTracker]]:
-    """Per accounted meter, its counter quantity and tracker, built as the processor builds them."""
-    if not any(m.counter is not None for m in plant.meters):
-        return {}
-    from energymon.processors.accounting import Accounting
-
-    if ref is None:
-        from energymon.refdata import load_reference_data
-
-        ref = load_reference_data()
-    return Accounting(plant, ref, indicators=False).counter_trackers()
+def _counter_trackers(plant: PlantConfig) -> dict[str, tuple[str, CounterTracker]]:
+    """Per accounted meter, its counter quantity and tracker, by the counter rules every stage uses."""
+    return {m: (q, rules.tracker()) for m, (q, rules) in plant_counter_rules(plant).items()}

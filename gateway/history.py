@@ -8,9 +8,10 @@ does that in an SQLite file beside the outbox, ``history-{gateway}.sqlite``, fed
 * for a **counter** (``kind: counter``): the counter's reading at the period start (the first good reading in
   the period; with a poll interval that divides 15 minutes that is the reading at the start itself), the
   consumption in the period and the number of readings. Consumption comes from
-  :class:`~energymon.processors.counters.CounterTracker`, the processor's own delta logic (rollover at
-  ``counter_max``, plausibility bound, glitches rejected, persistent resets re-based, flagged ``rollover`` /
-  ``rebased``); an interval that spans several periods is spread over them in proportion to time. The tracker's
+  :class:`~energymon.counters.CounterTracker` with the counter rules every stage uses (rollover,
+  plausibility bound, recorded replacements, glitches rejected, persistent resets re-based, flagged
+  ``rollover`` / ``rebased`` / ``replaced``; docs/accounting.md); an interval that spans several periods is
+  spread over them in proportion to time. The tracker's
   last accepted reading is stored too, so a restart does not lose the consumption across it;
 * for a **gauge**: minimum, average, maximum and number of readings.
 
@@ -38,10 +39,10 @@ from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
-from energymon.config import ModbusSource, PlantConfig
+from energymon.config import PlantConfig
+from energymon.counters import CounterRules, CounterTracker, counter_rules
 from energymon.periods import next_period_start, period_start
 from energymon.periods import split_by_period as _split
-from energymon.processors.counters import CounterTracker
 from energymon.schema import Point, Quality
 
 from .queue import OnCorrupt, open_checked
@@ -160,18 +161,16 @@ class EdgeHistory:
                                                   synchronous="NORMAL")
         for stmt in _SCHEMA:
             self._db.execute(stmt)
-        # (meter, quantity) -> (kind, unit, counter_max, max_rate_per_hour)
-        self._spec: dict[tuple[str, str], tuple[str, str, float | None, float | None]] = {}
+        # (meter, quantity) -> (kind, unit, counter rules of a counter)
+        self._spec: dict[tuple[str, str], tuple[str, str, CounterRules | None]] = {}
         for meter in plant.meters:
             try:
                 quantities = plant.quantities(meter)
             except (KeyError, ValueError):
                 continue
-            for q, (unit, kind, cmax) in quantities.items():
-                if kind == "counter" and cmax is None:
-                    cmax = _default_counter_max(plant, meter.source, q)
-                rate = meter.max_rate_per_hour if q == meter.counter else None
-                self._spec[(meter.id, q)] = (kind, unit, cmax, rate)
+            for q, (unit, kind, _cmax) in quantities.items():
+                rules = counter_rules(plant, meter, q) if kind == "counter" else None
+                self._spec[(meter.id, q)] = (kind, unit, rules)
         self._items: dict[tuple[str, str], tuple[int, str]] = {}
         self._load_items()
         self._trackers: dict[int, CounterTracker] = {}
@@ -190,7 +189,7 @@ class EdgeHistory:
         found = self._items.get(key)
         if found is not None:
             return found
-        kind, unit, _, _ = self._spec.get(key, ("gauge", p.unit, None, None))
+        kind, unit, _ = self._spec.get(key, ("gauge", p.unit, None))
         cur = self._db.execute(
             "INSERT INTO item (meter, quantity, kind, unit) VALUES (?, ?, ?, ?)", (p.meter, p.quantity, kind, unit)
         )
@@ -200,11 +199,11 @@ class EdgeHistory:
     def _tracker(self, item: int, key: tuple[str, str]) -> CounterTracker:
         tracker = self._trackers.get(item)
         if tracker is None:
-            _, _, cmax, rate = self._spec.get(key, ("counter", "", None, None))
-            tracker = self._trackers[item] = CounterTracker(max_rate_per_hour=rate, counter_max=cmax)
+            rules = self._spec.get(key, ("counter", "", None))[2] or CounterRules()
+            tracker = self._trackers[item] = rules.tracker()
             state = self._state.get(item)
             if state is not None:  # resume after a restart: the interval across it is booked, not lost
-                tracker.last_value, tracker.last_ms = state
+                tracker.restore(*state)
         return tracker
 
     def _period_starts(self, ts_ms: int) -> tuple[int, ...]:
@@ -335,17 +334,6 @@ class EdgeHistory:
             self.flush()
         finally:
             self._db.close()
-
-
-def _default_counter_max(plant: PlantConfig, source: object, quantity: str) -> float | None:
-    if not isinstance(source, ModbusSource):
-        return None
-    from energymon.collectors.codec import default_counter_max
-
-    for reg in plant.register_map(source).registers:
-        if reg.quantity == quantity:
-            return default_counter_max(reg)
-    return None
 
 
 def _query(

@@ -25,10 +25,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from energymon import units
-from energymon.config import Meter, ModbusSource, PlantConfig
+from energymon.config import PlantConfig
+from energymon.counters import CounterTracker
 from energymon.interfaces import Row, SeriesKey, series_key
 from energymon.periods import ALL_PERIODS, next_period_start, period_start, period_starts, split_by_period
-from energymon.processors.counters import CounterTracker
 from energymon.processors.grading import Grade, Levels, grade_value
 from energymon.processors.rules import Contribution, Factors, PlantRules, indicator_value
 
@@ -37,7 +37,6 @@ __all__ = [
     "PERIODS",
     "Accounting",
     "PeriodCache",
-    "counter_max_for",
     "next_period_start",
     "period_start",
     "period_starts",
@@ -167,22 +166,10 @@ class Accounting:
                         period=period,
                     )
 
-    def tracker(self, meter_id: str, counter_max: float | None) -> CounterTracker:
-        """The counter tracker of a meter (plausibility bound, rollover point, recorded replacements)."""
-        return self.rules.tracker(meter_id, counter_max)
-
     def counter_trackers(self) -> dict[str, tuple[str, CounterTracker]]:
-        """Per accounted meter, its counter quantity and a fresh tracker (unsigned Modbus registers without a
-        ``counter_max`` roll over at their type's range)."""
-        trackers: dict[str, tuple[str, CounterTracker]] = {}
-        for meter in self.plant.meters:
-            if meter.counter is None:
-                continue
-            _unit, _, cmax = self.plant.quantities(meter)[meter.counter]
-            if cmax is None:
-                cmax = counter_max_for(self.plant, meter)
-            trackers[meter.id] = (meter.counter, self.tracker(meter.id, cmax))
-        return trackers
+        """Per accounted meter, its counter quantity and a fresh tracker (:meth:`PlantRules.counter_rules`)."""
+        return {meter.id: (meter.counter, self.rules.tracker(meter.id))
+                for meter in self.plant.meters if meter.counter is not None}
 
     def enterprise_meters(self) -> dict[str, list[str]]:
         """Per carrier, the meters that measure the enterprise's intake: those at the top metering level
@@ -379,15 +366,3 @@ class Accounting:
         )
         grade = grade_value(value, levels) if levels is not None and value is not None else None
         return start, b.kgce, b.output, grade
-
-
-def counter_max_for(plant: PlantConfig, meter: Meter) -> float | None:
-    """Rollover point of a Modbus counter register that does not state one (unsigned integer types)."""
-    if not isinstance(meter.source, ModbusSource):
-        return None
-    from energymon.collectors.codec import default_counter_max
-
-    for reg in plant.register_map(meter.source).registers:
-        if reg.quantity == meter.counter:
-            return default_counter_max(reg)
-    return None

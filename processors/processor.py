@@ -8,7 +8,13 @@ batch from being counted twice.
 
 Counter readings that carry an edge-computed ``interval`` (wire v1, see :mod:`energymon.schema`) are booked as
 they stand, without state, so several processors can share one gateway's batches through a shared subscription;
-only readings without one go through the processor's own :class:`~energymon.processors.counters.CounterTracker`.
+only readings without one go through the processor's own :class:`~energymon.counters.CounterTracker`. An edge
+interval is re-checked first with the same counter rules and rate bound (:func:`energymon.counters.check_interval`:
+a non-negative amount within ``max_rate_per_hour`` over the interval, a rollover only where a wrap can be, and
+agreement with the readings where this processor saw the one the interval starts at); one that fails is set
+aside with its reason (:attr:`Processor.set_aside_intervals`, metric ``pipeline_dropped_total{reason=
+"implausible_interval"}``), never booked. A counter the rules find reset or swapped without a record (an interval
+flagged ``rebased``) is logged as a warning and counted in :attr:`Processor.counter_resets`.
 
 Store rows (measurement → fields; see docs/ARCHITECTURE.md for tags):
 
@@ -34,20 +40,31 @@ from pathlib import Path
 from typing import Any, cast
 
 from energymon.config import PlantConfig
+from energymon.counters import CounterRules, CounterTracker, DeltaFlag, check_interval
 from energymon.errors import SchemaError, StoreError
 from energymon.interfaces import Message, Row, SeriesKey, Store, series_key
 from energymon.metrics import PipelineMetrics, private_metrics
-from energymon.processors.accounting import Accounting, counter_max_for
-from energymon.processors.counters import CounterTracker
+from energymon.processors.accounting import Accounting
 from energymon.processors.state import CounterStateFile
 from energymon.schema import Batch, WireBatch, WirePoint, decode_wire
 
-__all__ = ["Processor", "Rejected", "counter_max_for"]
+__all__ = ["Processor", "Rejected", "SetAsideInterval"]
 
 log = logging.getLogger(__name__)
 
 Observer = Callable[[Sequence[WirePoint]], None]
 RowObserver = Callable[[Sequence[Row]], None]
+
+
+class SetAsideInterval:
+    """An edge interval the centre did not book, with the reason."""
+
+    __slots__ = ("amount", "flag", "gateway", "meter", "reason", "start_ms", "ts_ms")
+
+    def __init__(self, gateway: str, meter: str, start_ms: int, ts_ms: int, amount: float, flag: str,
+                 reason: str) -> None:
+        self.gateway, self.meter, self.start_ms, self.ts_ms = gateway, meter, start_ms, ts_ms
+        self.amount, self.flag, self.reason = amount, flag, reason
 
 
 class Rejected:
@@ -150,8 +167,17 @@ class Processor:
         self._bad_keys: dict[tuple[str, str, str], SeriesKey] = {}
         # the accounting builds the trackers: plausibility bound, rollover point, recorded replacements
         self._counters: dict[str, tuple[str, CounterTracker]] = self.accounting.counter_trackers()
+        self._counter_rules: dict[str, CounterRules] = {
+            m: self.accounting.rules.counter_rules(m) for m in self._counters
+        }
         self.duplicates = 0
         self.edge_intervals = 0
+        #: edge intervals not booked (the last 100), and how many in all
+        self.set_aside_intervals: deque[SetAsideInterval] = deque(maxlen=100)
+        self.intervals_set_aside = 0
+        self._set_aside_logged: set[str] = set()
+        #: intervals flagged ``rebased``: counters reset or swapped without a recorded replacement
+        self.counter_resets = 0
         self._dirty_counters: set[str] = set()
         self._state: CounterStateFile | None = None
         if counter_state_path is not None:
@@ -271,8 +297,17 @@ class Processor:
                         # same rows at the same time); an empty interval books nothing
                         start = iv["start_ms"]
                         if start < ts_ms:
+                            amount, flag = iv["amount"], iv.get("flag", "ok")
+                            last = None if tracker.last_value is None else (tracker.last_value, tracker.last_ms)
+                            reason = check_interval(self._counter_rules[meter], start, ts_ms, amount, flag,
+                                                    value=value, last=last)
+                            if reason is not None:
+                                self._set_aside(gw, meter, start, ts_ms, amount, flag, reason)
+                                continue
                             self.edge_intervals += 1
-                            rows.extend(acc.book(meter, start, ts_ms, iv["amount"], iv.get("flag", "ok")))
+                            rows.extend(acc.book(meter, start, ts_ms, amount, flag))
+                            if flag == DeltaFlag.REBASED.value:
+                                self._reset(meter, start, gw)
                             if ts_ms > tracker.last_ms:  # a reading without interval continues from here
                                 tracker.restore(value, ts_ms)
                                 self._dirty_counters.add(meter)
@@ -281,10 +316,28 @@ class Processor:
                         delta = tracker.update(value, ts_ms)
                         if delta is not None:
                             rows.extend(acc.book(meter, delta.start_ms, delta.end_ms, delta.amount, delta.flag.value))
+                            if delta.flag is DeltaFlag.REBASED:
+                                self._reset(meter, delta.start_ms, gw)
             else:
                 rows.append((key, {"value": value, "uncertain": 1.0}, ts_ms))
         if self.observers:
             self._points.extend(batch["points"])
+
+    def _set_aside(self, gw: str, meter: str, start: int, ts_ms: int, amount: float, flag: str, reason: str) -> None:
+        self.intervals_set_aside += 1
+        self.set_aside_intervals.append(SetAsideInterval(gw, meter, start, ts_ms, amount, flag, reason))
+        self.stage.dropped("implausible_interval")
+        if meter not in self._set_aside_logged:  # once per meter, then at debug level
+            self._set_aside_logged.add(meter)
+            log.warning("meter %s (gateway %s): edge interval %d-%d not booked: %s", meter, gw, start, ts_ms, reason)
+        else:
+            log.debug("meter %s: edge interval %d-%d not booked: %s", meter, start, ts_ms, reason)
+
+    def _reset(self, meter: str, at_ms: int, gw: str) -> None:
+        self.counter_resets += 1
+        log.warning("meter %s (gateway %s): the counter was reset or swapped at %d without a recorded replacement; "
+                    "nothing is booked across it (record it in accounting.replacements if the meter was changed)",
+                    meter, gw, at_ms)
 
     # ------------------------------------------------------------------ output
 

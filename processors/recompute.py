@@ -43,8 +43,8 @@ import pandas as pd
 
 from energymon import units
 from energymon.accounting_config import MeterRole
+from energymon.counters import LEARNED_BOUND_FACTOR, DeltaFlag
 from energymon.processors.accounting import next_period_start, period_start, period_starts
-from energymon.processors.counters import DeltaFlag
 from energymon.processors.grading import LEVEL_NAMES
 from energymon.processors.rules import KGOE_PER_KGCE, KWH_PER_KGCE, Contribution, PlantRules
 
@@ -355,17 +355,12 @@ def meter_slots(rc: Recomputation, readings: Mapping[str, MeterReadings], meter_
     """A meter's consumption per 15-minute slot of ``rc``'s grid, booked exactly as :func:`recompute` books it
     (counter cleaning, gap policy, spreading in proportion to time); used by the provincial uplink's statType 0.
     """
-    from energymon.processors.accounting import counter_max_for
-
     rules = rc.rules
     r = readings.get(meter_id)
     if r is None or r.ts.size < 2:
         return np.zeros(rc.grid.n)
-    meter = rules.meters[meter_id].meter
-    cmax = rules.plant.quantities(meter)[meter.counter][2] if meter.counter else None
-    if cmax is None:
-        cmax = counter_max_for(rules.plant, meter)
-    s, e, a, _codes, _rejected = _intervals(rules, meter_id, r, cmax)
+    booked = _intervals(rules, meter_id, r)
+    s, e, a = booked.starts, booked.ends, booked.amounts
     gap_at_end = rules.acc.gap_policy.mode == "flag"
     curve = _curve(s, e, a, rules.acc.gap_secs(meter_id) * 1000, gap_at_end, rc.grid.edges)
     return np.asarray(np.diff(curve), dtype=np.float64)
@@ -375,24 +370,32 @@ def meter_slots(rc: Recomputation, readings: Mapping[str, MeterReadings], meter_
 # --------------------------------------------------------------------------- per meter
 
 
-def _intervals(
-    rules: PlantRules, meter_id: str, r: MeterReadings, counter_max: float | None
-) -> tuple[I64, I64, F64, npt.NDArray[np.int8], int]:
-    """(start, end, amount, flag code) of the booked intervals, and the number of rejected readings."""
+@dataclass(slots=True)
+class _Booked:
+    """What the counter rules made of one meter's readings."""
+
+    starts: I64
+    ends: I64
+    amounts: F64
+    codes: npt.NDArray[np.int8]
+    rejected: int  # readings set aside as glitches
+    accepted_ts: I64  # the readings that count (completeness): all but the rejected ones
+
+
+def _intervals(rules: PlantRules, meter_id: str, r: MeterReadings) -> _Booked:
+    """The booked intervals of a meter's readings, by :class:`~energymon.counters.CounterTracker`'s rules."""
     ts, v = r.ts, r.value
     n = ts.size
     if n < 2:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0), np.zeros(0, dtype=np.int8), 0
-    tracker = rules.tracker(meter_id, counter_max)
-    d = np.diff(v)
-    ok = d >= 0
-    rate = tracker.max_rate_per_ms
-    if rate is not None:
-        ok &= d <= rate * np.maximum(np.diff(ts), 1) + 1e-9
-    pending = [rep for rep in rules.replacements(meter_id) if int(ts[0]) < rep.at_ms <= int(ts[-1])]
-    if bool(ok.all()) and not pending:  # the tracker would accept every interval as it is
-        return ts[:-1], ts[1:], d, np.zeros(n - 1, dtype=np.int8), 0
+        return _Booked(empty, empty, np.zeros(0), np.zeros(0, dtype=np.int8), 0, ts)
+    counter = rules.counter_rules(meter_id)
+    pending = [rep for rep in counter.replacements if int(ts[0]) < rep.at_ms <= int(ts[-1])]
+    fast = None if pending else _monotone(ts, v, counter.max_rate_per_ms)
+    if fast is not None:  # the tracker would book exactly these intervals
+        s, e, a = fast
+        return _Booked(s, e, a, np.zeros(a.size, dtype=np.int8), 0, ts)
+    tracker = counter.tracker(track_rejected=True)
     starts: list[int] = []
     ends: list[int] = []
     amounts: list[float] = []
@@ -405,29 +408,58 @@ def _intervals(
             ends.append(delta.end_ms)
             amounts.append(delta.amount)
             codes.append(_FLAG_CODE[delta.flag])
-    return (
+    rejected_ts = np.asarray(tracker.rejected_ms or [], dtype=np.int64)
+    accepted = ts[~np.isin(ts, rejected_ts)] if rejected_ts.size else ts
+    return _Booked(
         np.asarray(starts, dtype=np.int64),
         np.asarray(ends, dtype=np.int64),
         np.asarray(amounts, dtype=np.float64),
         np.asarray(codes, dtype=np.int8),
         tracker.rejected,
+        accepted,
     )
 
 
-def _adjusted(rules: PlantRules, meter_id: str, r: MeterReadings, counter_max: float | None,
-              rate: float | None) -> F64:
-    """The counter as one continuous series: rollovers and recorded replacements added back."""
+def _monotone(ts: I64, v: F64, rate: float | None) -> tuple[I64, I64, F64] | None:
+    """The intervals of a counter that only grows plausibly, computed vectorised, exactly as the tracker books
+    them; None when some reading needs the tracker (a fall, a rise beyond the bound)."""
+    d = np.diff(v)
+    dt = np.maximum(np.diff(ts), 1)
+    if not bool((d >= 0).all()):
+        return None
+    if rate is not None:
+        if bool((d <= rate * dt + 1e-9).all()):
+            return ts[:-1], ts[1:], d
+        return None
+    # learned bound: the first rise is held and booked with the next reading as one interval
+    rises = np.flatnonzero(d > 0)
+    if rises.size == 0:
+        return ts[:-1], ts[1:], d
+    j = int(rises[0])
+    if j + 1 >= d.size:  # the first rise is the last reading: still held
+        return ts[:j], ts[1 : j + 1], d[:j]
+    starts = np.concatenate((ts[:j], ts[j : j + 1], ts[j + 2 : -1]))
+    ends = np.concatenate((ts[1 : j + 1], ts[j + 2 : j + 3], ts[j + 3 :]))
+    amounts = np.concatenate((d[:j], v[j + 2 : j + 3] - v[j : j + 1], d[j + 2 :]))
+    booked = amounts[j:]
+    elapsed = ends[j:] - starts[j:]
+    peak = np.maximum.accumulate(booked / elapsed)[:-1]  # the highest rate booked before each later interval
+    if bool((booked[1:] <= LEARNED_BOUND_FACTOR * peak * elapsed[1:] + 1e-9).all()):
+        return starts, ends, amounts
+    return None
+
+
+def _adjusted(rules: PlantRules, meter_id: str, r: MeterReadings, booked: _Booked) -> F64:
+    """The counter as one continuous series: the rollovers the rules booked and recorded replacements added back."""
     v = r.value
     if v.size < 2:
         return v.copy()
     offset = np.zeros(v.size)
-    if counter_max is not None:
-        d = np.diff(v)
-        wrapped = counter_max - v[:-1] + v[1:]
-        wrap = (d < 0) & (v[:-1] > 0.5 * counter_max) & (wrapped >= 0)
-        if rate is not None:
-            wrap &= wrapped <= rate * np.maximum(np.diff(r.ts), 1) + 1e-9
-        offset[1:] += np.cumsum(np.where(wrap, counter_max, 0.0))
+    cmax = rules.counter_rules(meter_id).counter_max
+    if cmax is not None:
+        wraps = booked.ends[booked.codes == _FLAG_CODE[DeltaFlag.ROLLOVER]]
+        for end in wraps.tolist():
+            offset[r.ts >= end] += cmax
     for rep in rules.replacements(meter_id):
         offset[r.ts >= rep.at_ms] += rep.old_final - rep.new_start
     return v + offset
@@ -516,19 +548,15 @@ def recompute(
     month_marks = np.asarray([x for span in month_spans for x in span], dtype=np.float64)
     day_starts = np.asarray(grid.starts["day"], dtype=np.int64)
     window_days = (day_starts >= start_ms) & (day_starts < end_ms)
-    from energymon.processors.processor import counter_max_for
-
     for meter_id, info in rules.meters.items():
         r = readings.get(meter_id)
         if r is None or r.ts.size == 0:
             missing.append(f"meter {meter_id}: no readings")
             r = MeterReadings(np.zeros(0, dtype=np.int64), np.zeros(0))
         meter = info.meter
-        cmax = rules.plant.quantities(meter)[meter.counter][2] if meter.counter else None
-        if cmax is None:
-            cmax = counter_max_for(rules.plant, meter)
         gap_ms = rules.acc.gap_secs(meter_id) * 1000
-        s, e, a, codes, rejected = _intervals(rules, meter_id, r, cmax)
+        booked = _intervals(rules, meter_id, r)
+        s, e, a, codes, rejected = booked.starts, booked.ends, booked.amounts, booked.codes, booked.rejected
         slots = np.diff(_curve(s, e, a, gap_ms, gap_at_end, grid.edges))
         meter_day_consumed[meter_id] = grid.sums(slots, "day")
         flags_day = _flag_counts(grid, s, e, codes, gap_ms, gap_at_end)
@@ -559,16 +587,15 @@ def recompute(
                     rejected, window_days)
 
         # data quality
-        _quality_days(qday_cols, rules, meter_id, grid, r)
+        _quality_days(qday_cols, rules, meter_id, grid, booked.accepted_ts)
         if month_spans:
-            rate = rules.tracker(meter_id, cmax).max_rate_per_ms
-            adjusted = _adjusted(rules, meter_id, r, cmax, rate)
+            adjusted = _adjusted(rules, meter_id, r, booked)
             if r.ts.size >= 2:
                 span = np.interp(month_marks, r.ts.astype(np.float64), adjusted)
-                booked = _curve(s, e, a, gap_ms, gap_at_end, month_marks)
+                booked_curve = _curve(s, e, a, gap_ms, gap_at_end, month_marks)
             else:
-                span = booked = np.zeros(month_marks.size)
-            _quality_months(qmonth_cols, rules, meter_id, month_spans, r, span, booked)
+                span = booked_curve = np.zeros(month_marks.size)
+            _quality_months(qmonth_cols, rules, meter_id, month_spans, r, span, booked_curve)
 
     for meter_id, parts in by_output:  # each product's share of the local day's output; equal without output
         pids = rules.output_allocated(meter_id)
@@ -853,15 +880,15 @@ def _values(unit: str, kgce: F64, kwh: F64, output: F64, kgce_other: F64, energy
 # --------------------------------------------------------------------------- checks
 
 
-def _quality_days(cols: _Cols, rules: PlantRules, meter_id: str, grid: Grid, r: MeterReadings) -> None:
-    """Completeness of the expected readings per local day, and the reading nearest 00:00."""
+def _quality_days(cols: _Cols, rules: PlantRules, meter_id: str, grid: Grid, ts: I64) -> None:
+    """Completeness of the expected readings per local day (``ts``: the accepted readings; a reading the counter
+    rules set aside is a missing one), and the reading nearest 00:00."""
     dq = rules.acc.data_quality
     interval_ms = max(int(rules.acc.interval_secs(meter_id) * 1000), 1)
     day_starts = np.asarray(grid.starts["day"], dtype=np.int64)
     n_days = day_starts.size
     if n_days == 0:
         return
-    ts = r.ts
     inside = ts[(ts >= grid.start_ms) & (ts < grid.end_ms)]
     day = np.searchsorted(day_starts, inside, side="right") - 1
     slot = (inside - day_starts[day]) // interval_ms

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 from energymon import units
 from energymon.accounting_config import AccountingConfig, MeterRole
 from energymon.config import Meter, MeteringLevel, PlantConfig, Product
-from energymon.processors.counters import CounterTracker, Replacement
+from energymon.counters import CounterRules, CounterTracker, Replacement, counter_rules
 from energymon.processors.grading import Levels, levels_for
 from energymon.refdata import KGCE_KJ, ReferenceData, ReferenceDataError, coefficient_from_lhv
 
@@ -165,29 +165,25 @@ class PlantRules:
         }
         self.enterprise_meters: dict[str, Contribution] = self._enterprise_contributions()
         self._levels: dict[tuple[str, str, date], Levels | None] = {}
+        self._counter_rules: dict[str, CounterRules] = {}
         self._shared_factors: dict[tuple[str | None, str, date], Factors] = {}
 
     # ------------------------------------------------------------------ meters and trackers
 
+    def counter_rules(self, meter_id: str) -> CounterRules:
+        """The counter rules of a meter (:mod:`energymon.counters`): bound, rollover point, replacements."""
+        rules = self._counter_rules.get(meter_id)
+        if rules is None:
+            rules = self._counter_rules[meter_id] = counter_rules(self.plant, self.meters[meter_id].meter)
+        return rules
+
     def replacements(self, meter_id: str) -> list[Replacement]:
         """Recorded replacements of a meter, in time order."""
-        return sorted(
-            (
-                Replacement(int(r.at.timestamp() * 1000), r.old_final_value, r.new_start_value)
-                for r in self.acc.replacements
-                if r.meter == meter_id
-            ),
-            key=lambda r: r.at_ms,
-        )
+        return list(self.counter_rules(meter_id).replacements)
 
-    def tracker(self, meter_id: str, counter_max: float | None) -> CounterTracker:
-        """A counter tracker for a meter, with its plausibility bound, rollover point and replacements."""
-        meter = self.meters[meter_id].meter
-        return CounterTracker(
-            max_rate_per_hour=meter.max_rate_per_hour,
-            counter_max=counter_max,
-            replacements=self.replacements(meter_id),
-        )
+    def tracker(self, meter_id: str, *, track_rejected: bool = False) -> CounterTracker:
+        """A fresh counter tracker for a meter, following :meth:`counter_rules`."""
+        return self.counter_rules(meter_id).tracker(track_rejected=track_rejected)
 
     # ------------------------------------------------------------------ boundaries
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from energymon.processors.counters import CounterTracker
+from energymon.counters import CounterTracker
 
 __all__ = ["CounterStateFile"]
 

@@ -3,7 +3,7 @@ replacements are bridged without a spike or a loss."""
 
 from __future__ import annotations
 
-from energymon.processors.counters import CounterTracker, DeltaFlag, Replacement
+from energymon.counters import CounterTracker, DeltaFlag, Replacement
 
 MIN = 60_000
 

@@ -32,9 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from energymon.clock import ManualClock
 from energymon.config import PlantConfig, SqliteStoreConfig, load_plant, uscc_is_valid
+from energymon.counters import counter_max_of
 from energymon.demo import example_plant_path
 from energymon.metrics import PipelineMetrics
-from energymon.processors.processor import Processor, counter_max_for
+from energymon.processors.processor import Processor
 from energymon.processors.report import add_arguments, main_report
 from energymon.processors.store import SqliteStore
 from energymon.schema import Batch
@@ -179,7 +180,7 @@ def run_pipeline(tmp: Path) -> Path:
         for plant, config, gateway in ((plant_a, example_plant_path(), "gw-line1"), (plant_b, config_b, "gw-b")):
             clock = ManualClock(START)
             t0 = clock.now_ms()
-            wrap = counter_max_for(plant, plant.meter("cement_mill"))
+            wrap = counter_max_of(plant, plant.meter("cement_mill"))
             assert wrap is not None
             # the cement mill's register wraps about 90 minutes in (9 MW mill)
             overrides = {"cement_mill": MeterOverride(counter_start=wrap - 9000.0 * 1.5)}
