@@ -13,6 +13,8 @@ offline             ticks, points, gw status    meter or gateway        no good 
 completeness        points, ticks               ``meter.quantity``      a local day's good points < min_pct %
 range               points                      ``meter.quantity``      value outside the registered min / max
 counter_backwards   points, ticks               meter                   counter decreased, no replacement recorded
+counter_reset       points, ticks               meter                   counter reset or swapped, stayed at the new
+                                                                        level (counter rules), no replacement
 budget              ``budget`` rows             scope                   year-to-date share ≥ 80 / 90 / 100 %
 calibration_due     ticks                       meter                   calibration date within N days (or past)
 ==================  ==========================  ======================  ==========================================
@@ -40,6 +42,7 @@ from energymon.alerts_config import (
     CalibrationDueRule,
     CompletenessRule,
     CounterBackwardsRule,
+    CounterResetRule,
     Escalation,
     IndicatorRule,
     OfflineRule,
@@ -48,6 +51,7 @@ from energymon.alerts_config import (
     ThresholdRule,
 )
 from energymon.config import Meter, PlantConfig
+from energymon.counters import CounterTracker, DeltaFlag, counter_rules, wrap_position
 from energymon.interfaces import SeriesKey
 from energymon.schema import Point, Quality, datetime_to_ms
 
@@ -56,6 +60,7 @@ __all__ = [
     "CalibrationDueCondition",
     "CompletenessCondition",
     "CounterBackwardsCondition",
+    "CounterResetCondition",
     "IndicatorCondition",
     "OfflineCondition",
     "RangeCondition",
@@ -509,8 +514,9 @@ class RangeCondition(_Configured):
 class CounterBackwardsCondition(_Configured):
     """:class:`~energymon.alerts_config.CounterBackwardsRule`: a counter that decreased, with no replacement.
 
-    A decrease larger than ``tolerance`` breaches unless it is a rollover (more than half of ``counter_max``)
-    or a replacement was recorded within ``replacement_window_secs`` of the interval. The alert clears when the
+    A decrease larger than ``tolerance`` breaches unless it is where a wrap can be (the old value near the top of
+    ``counter_max``, the new one near the bottom: :func:`energymon.counters.wrap_position`) or a replacement was
+    recorded within ``replacement_window_secs`` of the interval. The alert clears when the
     counter is back at the value before the drop, or (on tick) when a replacement covering the drop turns up;
     either way the counter's new value is the baseline afterwards.
     """
@@ -561,7 +567,7 @@ class CounterBackwardsCondition(_Configured):
         if decrease <= self.cfg.tolerance:
             return None
         counter_max = self._keys[key]
-        if counter_max is not None and decrease > counter_max / 2:
+        if counter_max is not None and wrap_position(prev[1], v, counter_max):
             return None  # rolled over
         if self._explained(mid, prev[0], ts):
             return None
@@ -588,6 +594,104 @@ class CounterBackwardsCondition(_Configured):
         """Take back a snapshot."""
         self._last = {str(m): (int(v[0]), float(v[1])) for m, v in (state.get("last") or {}).items()}
         self._drops = {str(m): (int(v[0]), float(v[1]), int(v[2])) for m, v in (state.get("drops") or {}).items()}
+
+
+# --------------------------------------------------------------------------- counter reset
+
+
+class CounterResetCondition(_Configured):
+    """:class:`~energymon.alerts_config.CounterResetRule`: the counter rules took a new level as an unrecorded
+    reset or swap (an interval flagged ``rebased``), and no replacement explains it.
+
+    The verdict is the gateway's where the point carries an edge interval (the interval the accounting books),
+    else this rule's own :class:`~energymon.counters.CounterTracker`, built by the same counter rules. The
+    alert resolves when a replacement covering the jump is recorded (on tick), or on the first point
+    ``resolve_after_secs`` of event time after the jump.
+    """
+
+    def __init__(self, cfg: CounterResetRule, plant: PlantConfig, replaced: Replacements) -> None:
+        super().__init__(cfg, "计数器复位或更换未登记，跨越处未计能耗 (counter reset or swapped without a "
+                              "recorded replacement; nothing booked across it)")
+        self.cfg = cfg
+        self._replaced = replaced
+        self._window_ms = round(cfg.replacement_window_secs * 1000)
+        self._resolve_ms = round(cfg.resolve_after_secs * 1000)
+        self._trackers: dict[tuple[str, str], CounterTracker] = {}
+        for meter in plant.meters:
+            if meter.counter is None or (cfg.meters and meter.id not in cfg.meters):
+                continue
+            self._trackers[(meter.id, meter.counter)] = counter_rules(plant, meter).tracker()
+        self._open: dict[str, tuple[int, int]] = {}  # meter → (last good reading before the jump, jump time)
+        self._tz = plant.enterprise.tz
+
+    def watches(self) -> Collection[tuple[str, str]]:
+        """Each watched meter's counter quantity."""
+        return tuple(self._trackers)
+
+    def _explained(self, meter: str, from_ms: int, to_ms: int) -> bool:
+        return self._replaced(meter, from_ms - self._window_ms, to_ms + self._window_ms)
+
+    def evaluate(self, point: Point) -> Observation | None:
+        """Feed the counter rules; breach on a reset they find."""
+        tracker = self._trackers.get((point.meter, point.quantity))
+        if tracker is None or point.value is None or point.quality is not Quality.GOOD:
+            return None
+        mid, v, ts = point.meter, point.value, point.ts_ms
+        before = tracker.last_ms
+        iv = point.interval
+        if iv is not None:
+            if iv.start_ms >= ts:
+                return None  # checked at the edge, closes nothing
+            reset = iv.flag == DeltaFlag.REBASED.value
+            jump_ms = iv.start_ms
+            if ts > tracker.last_ms:
+                tracker.restore(v, ts)
+        else:
+            delta = tracker.update(v, ts)
+            if delta is None:
+                return None
+            reset = delta.flag is DeltaFlag.REBASED
+            jump_ms = delta.start_ms
+        opened = self._open.get(mid)
+        if reset and not self._explained(mid, min(before, jump_ms), jump_ms):
+            self._open[mid] = (before, jump_ms)
+            text = (f"{mid} 的计数器 {point.quantity} 于 {_local(jump_ms, self._tz)} 复位或更换，"
+                    "未登记更换记录，跨越处未计能耗；"
+                    f"请在 accounting.replacements 中登记并重算报表 (counter {point.quantity} of {mid} was reset "
+                    "or swapped without a recorded replacement; nothing is booked across the jump)")
+            return Observation(mid, ts, Condition.BREACH, v, None, summary=self._text(text))
+        if opened is not None and ts - opened[1] >= self._resolve_ms:
+            del self._open[mid]
+            return Observation(mid, ts, Condition.CLEAR, v, None)
+        return None
+
+    def tick(self, now_ms: int) -> Sequence[Observation]:
+        """A replacement recorded after the fact explains an open reset: resolve it."""
+        out: list[Observation] = []
+        for mid, (before_ms, jump_ms) in list(self._open.items()):
+            if self._explained(mid, min(before_ms, jump_ms), jump_ms):
+                del self._open[mid]
+                out.append(Observation(mid, jump_ms, Condition.CLEAR, None, None))
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each counter's baseline and the open resets."""
+        return {"last": {f"{m}|{q}": [t.last_value, t.last_ms] for (m, q), t in self._trackers.items()
+                         if t.last_value is not None},
+                "open": {m: list(v) for m, v in self._open.items()}}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back a snapshot."""
+        for key, (value, ts) in (state.get("last") or {}).items():
+            meter, _, quantity = str(key).partition("|")
+            tracker = self._trackers.get((meter, quantity))
+            if tracker is not None and value is not None:
+                tracker.restore(float(value), int(ts))
+        self._open = {str(m): (int(v[0]), int(v[1])) for m, v in (state.get("open") or {}).items()}
+
+
+def _local(ts_ms: int, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz).strftime("%Y-%m-%d %H:%M")
 
 
 # --------------------------------------------------------------------------- calibration
@@ -683,6 +787,8 @@ def build_rules(
             out.append(RangeCondition(cfg))
         elif isinstance(cfg, CounterBackwardsRule):
             out.append(CounterBackwardsCondition(cfg, plant, replaced))
+        elif isinstance(cfg, CounterResetRule):
+            out.append(CounterResetCondition(cfg, plant, replaced))
         elif isinstance(cfg, BudgetRule):
             out.append(BudgetCondition(cfg))
         elif isinstance(cfg, CalibrationDueRule):

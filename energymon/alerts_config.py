@@ -31,6 +31,7 @@ __all__ = [
     "CalibrationDueRule",
     "CompletenessRule",
     "CounterBackwardsRule",
+    "CounterResetRule",
     "EmailNotifier",
     "Escalation",
     "IndicatorRule",
@@ -250,6 +251,26 @@ class CounterBackwardsRule(RuleBase):
     """a replacement recorded this close to the drop explains it"""
 
 
+class CounterResetRule(RuleBase):
+    """Alert when a meter's counter was reset or swapped without a recorded replacement.
+
+    The counter rules (docs/accounting.md) take a counter that falls (or jumps beyond its bound) and stays at the
+    new level for three readings as an unrecorded reset or meter swap: the new level becomes the baseline and
+    nothing is booked across the jump, so what was used between the last good reading and the jump is missing
+    from the figures until the energy manager records the change in ``accounting.replacements`` and reports are
+    recomputed. One alert per meter; it resolves when a replacement covering the jump is recorded, or
+    ``resolve_after_secs`` of event time after the jump.
+    """
+
+    kind: Literal["counter_reset"]
+    meters: list[Id] = Field(default_factory=list)
+    """meters (empty = every meter with a `counter`)"""
+    replacement_window_secs: float = Field(default=3600, ge=0)
+    """a replacement recorded this close to the jump explains it"""
+    resolve_after_secs: float = Field(default=86400, gt=0)
+    """event time after the jump at which the alert resolves by itself"""
+
+
 class BudgetLevel(Strict):
     """One level of the budget alert: year-to-date use at or above ``at_pct`` of the pro-rated budget."""
 
@@ -306,7 +327,7 @@ class CalibrationDueRule(RuleBase):
 
 Rule = Annotated[
     ThresholdRule | IndicatorRule | OfflineRule | CompletenessRule | RangeRule | CounterBackwardsRule
-    | BudgetRule | CalibrationDueRule,
+    | CounterResetRule | BudgetRule | CalibrationDueRule,
     Field(discriminator="kind"),
 ]
 
@@ -427,6 +448,7 @@ REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("alerts.rules[] kind: range", RangeRule),
     ("alerts.rules[].items[]", RangeItem),
     ("alerts.rules[] kind: counter_backwards", CounterBackwardsRule),
+    ("alerts.rules[] kind: counter_reset", CounterResetRule),
     ("alerts.rules[] kind: budget", BudgetRule),
     ("alerts.rules[].levels[]", BudgetLevel),
     ("alerts.rules[] kind: calibration_due", CalibrationDueRule),
@@ -480,12 +502,12 @@ def check_alerts(plant: PlantConfig) -> Iterator[tuple[str, str]]:
                     yield f"{base}.ids[{j}]", f"unknown meter {sid!r}"
                 elif rule.target == "gateway" and sid != plant.gateway.id:
                     yield f"{base}.ids[{j}]", f"unknown gateway {sid!r} (this plant's gateway is {plant.gateway.id!r})"
-        elif isinstance(rule, CompletenessRule | CounterBackwardsRule | CalibrationDueRule):
+        elif isinstance(rule, CompletenessRule | CounterBackwardsRule | CounterResetRule | CalibrationDueRule):
             for j, mid in enumerate(rule.meters):
                 meter = meters.get(mid)
                 if meter is None:
                     yield f"{base}.meters[{j}]", f"unknown meter {mid!r}"
-                elif isinstance(rule, CounterBackwardsRule) and meter.counter is None:
+                elif isinstance(rule, CounterBackwardsRule | CounterResetRule) and meter.counter is None:
                     yield f"{base}.meters[{j}]", f"meter {mid!r} has no counter"
                 elif isinstance(rule, CalibrationDueRule) and meter.calibration_due is None:
                     yield f"{base}.meters[{j}]", f"meter {mid!r} has no calibration_due"

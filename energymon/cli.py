@@ -112,12 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(path: Path) -> int:
     from energymon.config import load_plant
+    from energymon.validators import plant_warnings
 
     plant = load_plant(path)
     print(
         f"{path}: OK — {plant.enterprise.name}: {len(plant.meters)} meters on {len(plant.buses)} buses, "
         f"{len(plant.products)} products, {len(plant.alerts.rules)} alert rules"
     )
+    for key, message in plant_warnings(plant):
+        print(f"{path}: warning: {key}: {message}")
     return 0
 
 

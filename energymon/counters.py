@@ -17,11 +17,12 @@ reading sequence gives the same intervals everywhere.
 
 * the first reading sets the baseline and yields nothing; a reading not newer than ``t0`` yields nothing;
 * a rise within the bound is consumption (flag ``ok``);
-* **confirmation**: while the bound is unknown, a rise is *held* and booked only when the next reading
-  continues from it (is at least ``v``): then ``last → next`` is booked as one interval. If the next reading
-  is lower than ``v``, ``v`` was a glitch (counted in ``rejected``) and the next reading is judged against
-  ``last``. Latency: after a start, the first rise of each counter is booked one reading later, in one
-  interval across two polls; nothing else waits;
+* **confirmation**: while the bound is unknown, a rise is *held* and booked only when a later reading
+  continues from it (is at least ``v``): then ``last → that reading`` is booked as one interval. A reading
+  between ``last`` and ``v`` shows ``v`` was a glitch (counted in ``rejected``) and is itself judged against
+  ``last``; a reading below ``last`` is a glitch of its own (or the start of a reset) and the rise waits on.
+  Latency: after a start, the first rise of each counter is booked one reading later, in one interval across
+  two polls; nothing else waits;
 * a **wrap** (flag ``rollover``, consumption ``counter_max − last + v``) needs all three of: ``last`` near the
   top of the range (``last ≥ counter_max × (1 − WRAP_MARGIN)``), ``v`` near the bottom
   (``v ≤ counter_max × WRAP_MARGIN``), ``WRAP_MARGIN`` = 10 %; and that consumption within the bound. A wrap is
@@ -323,10 +324,13 @@ class CounterTracker:
             self._held = None  # an old-meter reading awaiting confirmation: the replacement bridge supersedes it
             return self._replace(last, value, ts_ms)
         if held is not None:
-            self._held = None
             if value >= held[0]:  # the counter continues from the held rise: book both polls as one interval
+                self._held = None
                 return self._accept(value, ts_ms, value - last, DeltaFlag.OK)
-            self._rejected_at(held[1])  # the held reading was a glitch; judge this one against the baseline
+            if value < last:  # below the baseline too: this reading is the glitch (or a reset), the rise waits on
+                return self._reject(value, ts_ms)
+            self._held = None
+            self._rejected_at(held[1])  # between the two: the held reading was a glitch; judge this one
         return self._judge(last, value, ts_ms)
 
     def _judge(self, last: float, value: float, ts_ms: int) -> Delta | None:
@@ -411,6 +415,7 @@ class CounterTracker:
             if self.rejected_ms is not None:  # the level's readings are real readings after all
                 del self.rejected_ms[len(self.rejected_ms) - self._candidate_n:]
             self._candidate, self._candidate_n = None, 0
+            self._held = None  # an unconfirmed rise of the old level: what it counted is unknown, as the jump
             self.last_value, self.last_ms = value, ts_ms
             self.resets += 1
             # What was used between the last good reading and the jump is unknown and not booked;

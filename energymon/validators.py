@@ -32,7 +32,7 @@ from energymon.config import (
 )
 from energymon.topics import RESERVED_GATEWAY_IDS
 
-__all__ = ["check_plant"]
+__all__ = ["check_plant", "plant_warnings"]
 
 Issue = tuple[str, str]
 
@@ -64,6 +64,31 @@ def check_plant(plant: PlantConfig) -> list[Issue]:
     issues += _check_rules(plant)
     issues += check_accounting(plant)
     return issues
+
+
+def plant_warnings(plant: PlantConfig) -> list[Issue]:
+    """Things a valid plant file should still change, in file order (``energymon validate`` prints them).
+
+    * an accounted counter with a rollover point (``counter_max``, or an unsigned Modbus register type) and no
+      ``max_rate_per_hour``: its wraps, spikes and jumps are judged by a bound learned from the counter itself,
+      which cannot refuse a jump up that persists (docs/accounting.md, counter rules).
+    """
+    from energymon.counters import counter_max_of
+
+    out: list[Issue] = []
+    for i, meter in enumerate(plant.meters):
+        if meter.counter is None or meter.max_rate_per_hour is not None:
+            continue
+        try:
+            cmax = counter_max_of(plant, meter)
+        except (KeyError, ImportError, ValueError):
+            continue
+        if cmax is not None:
+            out.append((f"meters[{i}].max_rate_per_hour",
+                        f"meter {meter.id!r}: counter {meter.counter!r} rolls over at {cmax:g} and has no "
+                        "max_rate_per_hour; set the largest plausible increase per hour so a bad reading near "
+                        "the rollover point or a lasting jump is never booked as consumption"))
+    return out
 
 
 def _check_processes(plant: PlantConfig) -> Iterator[Issue]:
