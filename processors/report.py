@@ -427,7 +427,7 @@ def _quality_block(rc: Recomputation) -> dict[str, Any]:
                   "daily_vs_monthly_max_pct": dq.daily_vs_monthly_max_pct,
                   "day_start_tolerance_secs": dq.day_start_tolerance_secs,
                   "month_start_tolerance_secs": dq.month_start_tolerance_secs},
-        "completeness": {}, "consistency": {}, "timestamps": {},
+        "completeness": {}, "consistency": {}, "timestamps": {}, "counter_resets": {},
     }
     if not qd.empty:
         window = qd[(qd["start"] >= rc.start_ms) & (qd["start"] < rc.end_ms)]
@@ -454,9 +454,22 @@ def _quality_block(rc: Recomputation) -> dict[str, Any]:
                 "diff_pct": _round(rec["diff_pct"], "pct"), "consistent": bool(rec["consistent"]),
                 "start_offset_s": _round(rec["start_offset_s"], "offset_s"), "start_ok": bool(rec["start_ok"]),
             }
+    # 计数器复位/更换未登记: the counter rules took a new level as an unrecorded reset or swap; nothing was booked
+    # across the jump, so the energy manager should record the change (accounting.replacements) and recompute
+    days = _rows(rc.meters, period="day")
+    if not days.empty and "n_rebased" in days.columns:
+        days = days[(days["start"] >= rc.start_ms) & (days["start"] < rc.end_ms) & (days["n_rebased"] > 0)]
+        for meter, g in days.groupby("meter", sort=False):
+            out["counter_resets"][str(meter)] = {
+                "resets": int(g["n_rebased"].sum()),
+                "days": [_day(int(s), tz) for s in g["start"]],
+                "note": "计数器复位或更换未登记，跨越处未计能耗；请在 accounting.replacements 中登记后重算 "
+                        "(counter reset or swapped without a recorded replacement; nothing booked across it)",
+            }
     comp = out["completeness"]
     cons = out["consistency"]
     out["summary"] = {
+        "counter_resets": sum(v["resets"] for v in out["counter_resets"].values()),
         "items": len(comp),
         "items_complete": sum(1 for v in comp.values() if v["incomplete_days"] == 0),
         "incomplete_item_days": sum(v["incomplete_days"] for v in comp.values()),
@@ -732,6 +745,12 @@ def render_html(report: Mapping[str, Any]) -> str:
                  for m, months in dq["consistency"].items() for k, v in months.items()]
     parts.append(_table(["meter", "month", "Σ daily", "counter span", "diff %", "consistent"], cons_rows,
                         ["" if r[5] == "" else "red" for r in cons_rows]))
+    resets = dq.get("counter_resets") or {}
+    if resets:
+        parts.append("<h3>计数器复位或更换未登记 (counter resets without a replacement record)</h3>")
+        parts.append(_table(["meter", "resets", "days", "note"],
+                            [[m, r["resets"], ", ".join(r["days"]), r["note"]] for m, r in resets.items()],
+                            ["red" for _ in resets]))
     parts.append("<h2>Meters</h2>")
     parts.append(_table(["meter", "carrier", "role", "consumed", "unit", "kgce", "flags", "rejected"],
                         [[m, v["carrier"], v["role"], v["consumed"], v["unit"], v.get("kgce"),
