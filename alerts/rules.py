@@ -621,7 +621,8 @@ class CounterResetCondition(_Configured):
             if meter.counter is None or (cfg.meters and meter.id not in cfg.meters):
                 continue
             self._trackers[(meter.id, meter.counter)] = counter_rules(plant, meter).tracker()
-        self._open: dict[str, tuple[int, int]] = {}  # meter → (last good reading before the jump, jump time)
+        # meter → (last good reading before the jump, jump time, time of the latest point)
+        self._open: dict[str, tuple[int, int, int]] = {}
         self._tz = plant.enterprise.tz
 
     def watches(self) -> Collection[tuple[str, str]]:
@@ -654,24 +655,26 @@ class CounterResetCondition(_Configured):
             jump_ms = delta.start_ms
         opened = self._open.get(mid)
         if reset and not self._explained(mid, min(before, jump_ms), jump_ms):
-            self._open[mid] = (before, jump_ms)
+            self._open[mid] = (before, jump_ms, ts)
             text = (f"{mid} 的计数器 {point.quantity} 于 {_local(jump_ms, self._tz)} 复位或更换，"
                     "未登记更换记录，跨越处未计能耗；"
                     f"请在 accounting.replacements 中登记并重算报表 (counter {point.quantity} of {mid} was reset "
                     "or swapped without a recorded replacement; nothing is booked across the jump)")
             return Observation(mid, ts, Condition.BREACH, v, None, summary=self._text(text))
-        if opened is not None and ts - opened[1] >= self._resolve_ms:
-            del self._open[mid]
-            return Observation(mid, ts, Condition.CLEAR, v, None)
+        if opened is not None:
+            if ts - opened[1] >= self._resolve_ms:
+                del self._open[mid]
+                return Observation(mid, ts, Condition.CLEAR, v, None)
+            self._open[mid] = (opened[0], opened[1], max(opened[2], ts))
         return None
 
     def tick(self, now_ms: int) -> Sequence[Observation]:
         """A replacement recorded after the fact explains an open reset: resolve it."""
         out: list[Observation] = []
-        for mid, (before_ms, jump_ms) in list(self._open.items()):
+        for mid, (before_ms, jump_ms, last_ms) in list(self._open.items()):
             if self._explained(mid, min(before_ms, jump_ms), jump_ms):
                 del self._open[mid]
-                out.append(Observation(mid, jump_ms, Condition.CLEAR, None, None))
+                out.append(Observation(mid, last_ms, Condition.CLEAR, None, None))
         return out
 
     def snapshot(self) -> dict[str, Any]:
@@ -687,7 +690,7 @@ class CounterResetCondition(_Configured):
             tracker = self._trackers.get((meter, quantity))
             if tracker is not None and value is not None:
                 tracker.restore(float(value), int(ts))
-        self._open = {str(m): (int(v[0]), int(v[1])) for m, v in (state.get("open") or {}).items()}
+        self._open = {str(m): (int(v[0]), int(v[1]), int(v[-1])) for m, v in (state.get("open") or {}).items()}
 
 
 def _local(ts_ms: int, tz: ZoneInfo) -> str:

@@ -85,7 +85,7 @@ def plant_warnings(plant: PlantConfig) -> list[Issue]:
             continue
         if cmax is not None:
             out.append((f"meters[{i}].max_rate_per_hour",
-                        f"meter {meter.id!r}: counter {meter.counter!r} rolls over at {cmax:g} and has no "
+                        f"meter {meter.id!r}: counter {meter.counter!r} rolls over at {cmax:.12g} and has no "
                         "max_rate_per_hour; set the largest plausible increase per hour so a bad reading near "
                         "the rollover point or a lasting jump is never booked as consumption"))
     return out

@@ -410,6 +410,43 @@ def test_replacements_as_a_callable() -> None:
     assert rec.alerts == [] and calls == [("kiln_drive", T0, T0 + 60 * S)]
 
 
+# --------------------------------------------------------------------------- counter reset
+
+
+def test_counter_reset_fires_when_a_counter_stays_down_and_not_for_a_glitch() -> None:
+    engine, rec = engine_for(plant({"kind": "counter_reset", "id": "counter_reset", "resolve_after_secs": 600}))
+    # kiln_drive has no max_rate_per_hour: its bound is learned from its own readings
+    engine.observe([counter(1000.0 + 10 * k, 15 * k) for k in range(5)])  # 1000 … 1040
+    engine.observe([counter(0.0, 75), counter(1060.0, 90)])  # a single 0.0: a glitch, no reset
+    assert rec.alerts == []
+    engine.observe([counter(2.0, 105), counter(12.0, 120), counter(22.0, 135)])  # down, and it stays down
+    assert rec.events() == [("counter_reset:kiln_drive", "firing")]
+    assert rec.alerts[0].summary.startswith("kiln_drive 的计数器 energy_active_import 于 2025-03-03 08:01 复位")
+    engine.observe([counter(32.0, 150)])
+    assert len(rec.alerts) == 1
+    engine.observe([counter(100.0, 105 + 600)])  # resolve_after_secs after the jump
+    assert rec.events()[-1] == ("counter_reset:kiln_drive", "resolved")
+
+
+def test_counter_reset_takes_the_edge_verdict_and_a_recorded_replacement_resolves_it() -> None:
+    from energymon.schema import Interval
+
+    log = ReplacementLog()
+    engine, rec = engine_for(plant({"kind": "counter_reset", "id": "counter_reset"}), replacements=log)
+    edge = point("kiln_drive", "energy_active_import", 30.0, T0 + 60 * S).model_copy(
+        update={"interval": Interval(start_ms=T0 + 30 * S, amount=20.0, flag="rebased")})
+    engine.observe([edge])
+    assert rec.events() == [("counter_reset:kiln_drive", "firing")]
+    log.add("kiln_drive", T0 + 25 * S)  # the energy manager records the swap afterwards
+    engine.tick(T0 + 120 * S)
+    assert rec.events()[-1] == ("counter_reset:kiln_drive", "resolved")
+
+
+def test_counter_reset_needs_a_meter_with_a_counter() -> None:
+    with pytest.raises(ConfigError, match="unknown meter"):
+        plant({"kind": "counter_reset", "id": "cr", "meters": ["nope"]})
+
+
 # --------------------------------------------------------------------------- calibration
 
 

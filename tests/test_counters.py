@@ -3,6 +3,8 @@ replacements are bridged without a spike or a loss."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from energymon.counters import CounterTracker, DeltaFlag, Replacement
@@ -371,3 +373,18 @@ def test_the_recompute_fast_path_books_exactly_what_the_tracker_books(seed: int)
             assert list(zip(*(a.tolist() for a in fast), strict=True)) == expected
         elif t.rejected == 0 and t.resets == 0:
             pytest.fail("the fast path refused a series the tracker accepted whole")
+
+
+def test_validate_warns_about_a_rollover_counter_without_a_bound(tmp_path: Any, capsys: Any) -> None:
+    from energymon.cli import main
+    from energymon.validators import plant_warnings
+
+    assert plant_warnings(parse_plant(PLANT.replace("RATE", "max_rate_per_hour: 1000,"))) == []
+    unbounded = PLANT.replace("RATE", "")
+    (key, message), = plant_warnings(parse_plant(unbounded))
+    assert key == "meters[0].max_rate_per_hour" and "'fan'" in message and "42949672.96" in message
+    path = tmp_path / "plant.yaml"
+    path.write_text(unbounded, encoding="utf-8")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ": OK" in out and "warning: meters[0].max_rate_per_hour" in out
