@@ -164,3 +164,43 @@ def test_any_split_of_the_batches_over_processors_books_the_same_energy(tmp_path
     assert shared.indicators() == []  # a share of the readings: no partial indicator rows
     one.store.close()
     shared.store.close()
+
+
+def _edge(meter: str, value: float, ts_ms: int, start_ms: int, amount: float, flag: str = "ok") -> Point:
+    return Point(meter=meter, quantity="energy_active_import", value=value, unit="kWh", ts_ms=ts_ms,
+                 interval=Interval(start_ms=start_ms, amount=amount, flag=flag))  # type: ignore[arg-type]
+
+
+def test_the_centre_re_checks_edge_intervals_and_sets_implausible_ones_aside(tmp_path: Path) -> None:
+    from energymon.schema import Batch
+
+    config = plant()  # incoming: max_rate_per_hour 40,000 kWh
+    capture = _Capture(tmp_path, "checked")
+    registry = CollectorRegistry()
+    proc = Processor(config, capture.store, metrics=PipelineMetrics(registry))
+    hour = 3_600_000
+    batches = [
+        # five batches that claim 5,000,000 kWh an hour each on a 40,000 kWh/h meter: 614,500 tce in all
+        [_edge("incoming", 20_000.0 + k, T0 + (k + 1) * hour, T0 + k * hour, 5_000_000.0)] for k in range(5)
+    ]
+    batches.append([_edge("incoming", 50_000.0, T0 + 6 * hour, T0 + 5 * hour, 39_000.0, "replaced")])  # within
+    batches.append([_edge("incoming", 50_010.0, T0 + 6 * hour + STEP, T0 + 6 * hour, 99.0)])  # disagrees: 10
+    batches.append([_edge("incoming", 50_020.0, T0 + 6 * hour + 2 * STEP, T0 + 6 * hour + STEP, 10.0)])
+    batches.append([_edge("incoming", 50_030.0, T0 + 7 * hour, T0 + 6 * hour + 2 * STEP, 10.0, "rollover")])
+    for seq, points in enumerate(batches):
+        proc.handle_batch(Batch(enterprise=config.enterprise.uscc, gateway=config.gateway.id, seq=seq,
+                                sent_ms=T0, points=points))
+    booked = capture.energy("incoming")
+    assert sorted(booked.values()) == [10.0, 39_000.0]
+    assert proc.intervals_set_aside == 7
+    reasons = [s.reason for s in proc.set_aside_intervals]
+    assert all("max_rate_per_hour 40000" in r for r in reasons[:5])
+    assert "disagrees with the readings" in reasons[5]
+    assert "disagrees with the readings" in reasons[6]  # no wrap between 50,020 and 50,030
+    dropped = registry.get_sample_value("energymon_dropped_total",
+                                        {"stage": "processor", "reason": "implausible_interval"})
+    assert dropped == 7
+    # the readings themselves are kept: a report recomputes the period from them
+    assert len(capture.store.query("reading", "value", tags={"meter": "incoming",
+                                                              "quantity": "energy_active_import"})) == 9
+    capture.store.close()
