@@ -260,3 +260,50 @@ def test_history_command_errors_name_what_is_wrong(
     assert "no edge history at" in capsys.readouterr().err
     assert main([*base, "--data-dir", str(data_dir), "--meter", "incoming", "--from", "yesterday"]) == 2
     assert "ISO 8601" in capsys.readouterr().err
+
+
+def test_history_gateway_and_recompute_book_the_same_with_a_replacement_glitch_and_reset(tmp_path: Path) -> None:
+    """One set of counter rules: the edge history, the gateway's edge intervals and the recompute agree, a recorded
+    replacement included (the history used to leave replacements out)."""
+    import numpy as np
+
+    from energymon.config import parse_plant
+    from energymon.processors.recompute import MeterReadings, recompute
+    from energymon.processors.rules import PlantRules
+    from energymon.refdata import load_reference_data
+    from energymon.schema import decode_batch
+
+    data = yaml.safe_load(example_plant_path().read_text(encoding="utf-8"))
+    at = datetime(2025, 3, 3, 10, 30, tzinfo=SHANGHAI)  # the meter is changed at 10:30
+    data.setdefault("accounting", {})["replacements"] = [
+        {"meter": "incoming", "at": at.isoformat(), "old_final_value": 1_014_750.0, "new_start_value": 100.0}]
+    plant = parse_plant(yaml.safe_dump(data, allow_unicode=True), "test-plant.yaml")
+    start = local_ms(2025, 3, 3, 8)
+    series: list[tuple[int, float]] = []
+    for k in range(60):  # every 5 minutes from 08:00 to 12:55, 500 kWh each
+        old, new = 1_000_000.0 + 500 * k, 600.0 + 500 * (k - 30)
+        series.append((start + k * 5 * MIN, old if k < 30 else new))
+    series[5] = (series[5][0], 0.0)  # a zero glitch
+    base = series[49][1]  # at 12:10 the new meter is cleared and counts on from 3 kWh: an unrecorded reset
+    series[50:] = [(ts, v - base - 500 + 3) for ts, v in series[50:]]
+
+    clock = ManualClock(datetime.fromtimestamp(start / 1000, UTC))
+    gw = Gateway(plant, RecordingTransport(), [], queue_path=tmp_path / "outbox.sqlite", clock=clock)
+    for ts, v in series:
+        gw.enqueue([energy("incoming", ts, v)])
+        clock.advance(300)
+    edge = sum(p.interval.amount for _, _, payload in gw.queue.peek(10**9) for p in decode_batch(payload).points
+               if p.interval is not None)
+    assert gw.history is not None
+    hist = sum(v.consumption or 0 for v in gw.history.query("incoming", "energy_active_import", "day", 0, 2**62))
+    rules = PlantRules(plant, load_reference_data())
+    readings = MeterReadings.of(np.array([t for t, _ in series]), np.array([v for _, v in series]))
+    rc = recompute(rules, {"incoming": readings}, local_ms(2025, 3, 3), local_ms(2025, 3, 4), with_ytd=False)
+    row = rc.meters[(rc.meters["meter"] == "incoming") & (rc.meters["period"] == "day")].iloc[0]
+    # 08:00-10:25: 14,500 (the glitch not booked); across the change (1,014,750 - 1,014,500) + (600 - 100) = 750;
+    # 10:30-12:05: 9,500; nothing across the reset; the 4,500 counted from 3 kWh since
+    assert edge == pytest.approx(29_250) and hist == pytest.approx(29_250)
+    assert float(row["consumed"]) == pytest.approx(29_250)
+    assert int(row["n_replaced"]) == 1 and int(row["n_rebased"]) == 1
+    gw.history.close()
+    gw.queue.close()
