@@ -63,7 +63,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
-#: Why an edge interval is what it is (the values of :class:`energymon.processors.counters.DeltaFlag`).
+#: Why an edge interval is what it is (the values of :class:`energymon.counters.DeltaFlag`).
 IntervalFlag = Literal["ok", "rollover", "rebased", "replaced"]
 INTERVAL_FLAGS: tuple[str, ...] = ("ok", "rollover", "rebased", "replaced")
 

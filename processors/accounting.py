@@ -1,6 +1,6 @@
 """Energy accounting on the live path: interval consumption → standard coal → per-product indicators by period.
 
-For each energy meter the processor books interval consumption (:mod:`energymon.processors.counters`) and
+For each energy meter the processor books interval consumption (:mod:`energymon.counters`) and
 converts it with the factors in force on the local day of the interval's end (:class:`~.rules.PlantRules`):
 kgce 当量值, kgce 等价值 (electricity at the year's supply coal rate) and kg CO2. Consumption that spans a period
 boundary is spread over the periods in proportion to time; an interval longer than the gap policy's
