@@ -221,6 +221,10 @@ class StageMetrics:
         """Count points set aside."""
         self._m.dropped.labels(self.name, reason).inc(n)
 
+    def dead_letter(self, reason: str) -> None:
+        """Count a record written to the stage's dead-letter file."""
+        self._m.dead_letters.labels(self.name, reason).inc()
+
     def error(self, exc: BaseException | str) -> None:
         """Count an error by its class name."""
         kind = exc if isinstance(exc, str) else type(exc).__name__

@@ -435,7 +435,7 @@ class Processor:
                 log.error("could not write the dead-letter file %s (%s): %s not acknowledged, the broker "
                           "delivers it again", self.dead_letter_path, exc, detail)
                 return False
-            self.metrics.dead_letters.labels(self.stage.name, reason).inc()
+            self.stage.dead_letter(reason)
         self.stage.dropped(reason, n_points)
         quiet = self._log_gate.check(reason, ident)
         if quiet is not None:
@@ -458,7 +458,7 @@ class Processor:
                 log.error("could not write the dead-letter file %s (%s): the message on %s is not acknowledged, "
                           "the broker delivers it again", self.dead_letter_path, exc, msg.topic)
                 return
-            self.metrics.dead_letters.labels(self.stage.name, reason).inc()
+            self.stage.dead_letter(reason)
         self.stage.dropped(reason)
         quiet = self._log_gate.check(reason, ident)
         if quiet is not None:
