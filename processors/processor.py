@@ -117,7 +117,7 @@ class _OncePerPeriod:
 
     def check(self, reason: str, ident: str) -> int | None:
         """None to stay quiet; else the number of occurrences not logged since the last line."""
-        key = (reason, ident)
+        key = (reason, ident[:200])
         if key not in self._last and len(self._last) >= self.max_keys:
             key = (reason, "(other ids)")
         now = time.monotonic()
@@ -281,11 +281,12 @@ class Processor:
         enterprise, gateway = parsed
         if enterprise != self.enterprise:
             self._reject(msg, "unknown_enterprise", enterprise,
-                         f"enterprise {enterprise!r}, this processor serves {self.enterprise!r}")
+                         f"enterprise {enterprise[:100]!r}, this processor serves {self.enterprise!r}")
             return
         if gateway not in self.gateways:
             known = ", ".join(sorted(self.gateways))
-            self._reject(msg, "unknown_gateway", gateway, f"gateway {gateway!r} is not in the plant file ({known})")
+            self._reject(msg, "unknown_gateway", gateway,
+                         f"gateway {gateway[:100]!r} is not in the plant file ({known})")
             return
         try:
             batch = decode_wire(msg.payload, max_bytes=self.limits.max_payload_bytes,
