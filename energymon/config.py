@@ -55,6 +55,7 @@ __all__ = [
     "PollGroup",
     "Process",
     "ProcessorConfig",
+    "ProcessorLimits",
     "Product",
     "Register",
     "RegisterFunction",
@@ -679,6 +680,9 @@ class InfluxStoreConfig(Strict):
     """longest time rows wait before a write"""
     timeout_ms: int = Field(default=10000, ge=100, le=120000)
     """HTTP timeout"""
+    retention_days: float | None = Field(default=None, gt=0)
+    """how long the store keeps samples, when it cannot be read from the store (VictoriaMetrics' retention is
+    read from its `/metrics`, InfluxDB 2's from the bucket); points older are set aside, not written"""
 
 
 class SqliteStoreConfig(Strict):
@@ -690,6 +694,29 @@ class SqliteStoreConfig(Strict):
 
 
 Store = Annotated[InfluxStoreConfig | SqliteStoreConfig, Field(discriminator="type")]
+
+
+class ProcessorLimits(Strict):
+    """Bounds on what the processor takes in from the broker (docs/ARCHITECTURE.md, "Trust boundary").
+
+    The defaults fit batches of up to 20,000 points (about 2.3 MB of JSON at 116 bytes a point, 6 MB with the
+    longest ids) and the broker limit shipped in deploy/mosquitto and deploy/emqx (8 MiB).
+    """
+
+    max_payload_bytes: int = Field(default=8_388_608, ge=1024, le=268_435_456)
+    """largest batch taken in, as received and after decompression (decompression stops at this size); keep it
+    at or above the broker's message size limit (8 MiB in the shipped broker configs)"""
+    max_batch_points: int = Field(default=20_000, ge=1, le=1_000_000)
+    """most points in one batch; a larger batch is set aside whole (at least `gateway.batch_max_points`)"""
+    future_tolerance_secs: float = Field(default=3600, gt=0, le=172_800)
+    """points stamped further ahead of the processor's clock are set aside (reason `future_timestamp`); at most
+    2 days, the limit beyond which VictoriaMetrics drops samples without an error"""
+    dead_letter_max_bytes: int = Field(default=67_108_864, ge=65_536)
+    """the dead-letter file (`rejected-messages.jsonl`) is rotated when it would grow beyond this size"""
+    dead_letter_files: int = Field(default=5, ge=1, le=100)
+    """rotated dead-letter files kept (`.1` the newest); older ones are deleted"""
+    payload_prefix_bytes: int = Field(default=4096, ge=64, le=1_048_576)
+    """bytes of an unreadable payload kept in its dead-letter record and in memory (the rest is counted)"""
 
 
 class ProcessorConfig(Strict):
@@ -707,6 +734,8 @@ class ProcessorConfig(Strict):
     0 turns the schedule off"""
     recompute_lookback_hours: float = Field(default=48.0, gt=0, le=24 * 31)
     """readings read before each recomputed period, so the intervals that cross its start are split correctly"""
+    limits: ProcessorLimits = Field(default_factory=ProcessorLimits)
+    """bounds on batches taken in, the accepted time window and the dead-letter file"""
 
 
 # --------------------------------------------------------------------------- the plant

@@ -13,6 +13,7 @@ that will never parse)::
     │   └── DecodeError              the reply could not be decoded to a value
     ├── DataError                a payload or record is malformed; it is set aside, never retried
     │   └── SchemaError              a message does not match the wire schema
+    │       └── PayloadTooLargeError     beyond a configured size or point bound (nothing beyond it is allocated)
     ├── TransportError           the broker could not be reached or refused us (retriable)
     ├── StoreError               the time-series store refused or failed a write (retriable)
     ├── NotifyError              a notifier could not deliver an alert (retriable)
@@ -35,6 +36,7 @@ __all__ = [
     "DeviceTimeoutError",
     "EnergymonError",
     "NotifyError",
+    "PayloadTooLargeError",
     "SchemaError",
     "SourceError",
     "StoreError",
@@ -127,6 +129,10 @@ class DataError(EnergymonError):
 
 class SchemaError(DataError):
     """A message does not match the energymon wire schema."""
+
+
+class PayloadTooLargeError(SchemaError):
+    """A message is larger than the receiver takes in (as received, after decompression, or in points)."""
 
 
 class TransportError(EnergymonError):

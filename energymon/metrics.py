@@ -9,6 +9,9 @@ metric                                               type       labels          
 ``energymon_dropped_total``                          counter    stage, reason      points set aside, by reason
 ``energymon_errors_total``                           counter    stage, error_type  errors, by :mod:`energymon.errors`
                                                                                    class name
+``energymon_dead_letters_total``                     counter    stage, reason      records written to the stage's
+                                                                                   dead-letter file (a message, or the
+                                                                                   points set aside from one batch)
 ``energymon_device_up``                              gauge      meter              1 while a meter answers, 0 while it
                                                                                    does not
 ``energymon_poll_duration_seconds``                  histogram  group              time for one poll of a group
@@ -69,6 +72,12 @@ class PipelineMetrics:
         )
         self.errors = Counter(
             "energymon_errors", "Errors by stage and error class", ["stage", "error_type"], registry=registry
+        )
+        self.dead_letters = Counter(
+            "energymon_dead_letters",
+            "Records a stage wrote to its dead-letter file, by reason",
+            ["stage", "reason"],
+            registry=registry,
         )
         self.device_up = Gauge("energymon_device_up", "1 while a meter answers", ["meter"], registry=registry)
         self.poll_duration = Histogram(
@@ -211,6 +220,10 @@ class StageMetrics:
     def dropped(self, reason: str, n: int = 1) -> None:
         """Count points set aside."""
         self._m.dropped.labels(self.name, reason).inc(n)
+
+    def dead_letter(self, reason: str) -> None:
+        """Count a record written to the stage's dead-letter file."""
+        self._m.dead_letters.labels(self.name, reason).inc()
 
     def error(self, exc: BaseException | str) -> None:
         """Count an error by its class name."""

@@ -175,6 +175,13 @@ def processor_client_id(plant: PlantConfig) -> str:
     return f"{base}-{socket.gethostname()}" if cfg.share_group else base
 
 
+def _store_retention_ms(store: Store) -> int | None:
+    """The store's retention (``retention_ms()`` of the shipped stores), None when it keeps everything."""
+    read = getattr(store, "retention_ms", None)
+    value = read() if callable(read) else None
+    return value if isinstance(value, int) else None
+
+
 class ProcessorService:
     """Processor + store + alerts, fed by a subscription on the uplink broker.
 
@@ -240,6 +247,8 @@ class ProcessorService:
             counter_state_path=data_dir / "counters.sqlite",
             live_indicators=plant.processor.share_group is None,
             dead_letter_path=data_dir / "rejected-messages.jsonl",
+            clock=clock,
+            retention_ms=_store_retention_ms(self.store),
         )
         metrics.track_queue("processor", "pending_rows", depth=lambda: self.processor.pending_rows,
                             oldest_age_s=self.processor.pending_age_s)
@@ -267,8 +276,12 @@ class ProcessorService:
         self.processor.handle(msg)
 
     def _on_status(self, msg: Message) -> None:
-        """A gateway's retained status (``online`` / ``offline``, the latter also its last will)."""
+        """A gateway's retained status (``online`` / ``offline``, the latter also its last will); a gateway not
+        in the plant file is ignored (it gets no metric label and no alert state)."""
         gateway = msg.topic.split("/")[3]
+        if gateway not in self.processor.gateways:
+            msg.ack()
+            return
         self.metrics.gateway_status(gateway, msg.payload.strip() == b"online")
         self.alerts.observe_status(gateway, msg.payload.strip() == b"online", self.clock.now_ms())
         msg.ack()

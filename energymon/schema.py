@@ -5,7 +5,10 @@ at QoS 1. A batch carries a per-gateway sequence number, so a batch re-sent afte
 recognised and not counted twice, and a list of :class:`Point`.
 
 Encoding: UTF-8 JSON. A gateway on a weak link may send the same JSON deflated with zlib; receivers tell
-the two apart by the first byte (``{`` is JSON). Example::
+the two apart by the first byte (``{`` is JSON). A receiver bounds what it takes in: :func:`decode_wire` and
+:func:`decode_batch` refuse a payload larger than ``max_bytes`` as received or once inflated (inflating stops at
+the bound, so a small deflated payload cannot make it allocate more) and a batch of more than ``max_points``
+points, with :class:`~energymon.errors.PayloadTooLargeError`. Example::
 
     {"v": 1, "enterprise": "91530100MA6K7XYZ3B", "gateway": "gw-kiln", "seq": 42, "sent_ms": 1763880000123,
      "points": [{"meter": "incoming", "quantity": "energy_active_import", "value": 1234567.8, "unit": "kWh",
@@ -35,9 +38,10 @@ from typing import Annotated, Literal, NoReturn, NotRequired
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from typing_extensions import TypedDict
 
-from energymon.errors import SchemaError
+from energymon.errors import PayloadTooLargeError, SchemaError
 
 __all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
     "ID_PATTERN",
     "INTERVAL_FLAGS",
     "SCHEMA_VERSION",
@@ -52,11 +56,15 @@ __all__ = [
     "decode_batch",
     "decode_wire",
     "encode_batch",
+    "inflate",
     "ms_to_datetime",
     "wire_to_point",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
+
+#: Largest payload the decoders take in by default, as received and inflated (``processor.limits``).
+DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 
 #: Ids of enterprises, gateways, meters, processes and products: safe in MQTT topics and store tags.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -160,21 +168,59 @@ def encode_batch(batch: Batch, *, compress: bool = False) -> bytes:
     return zlib.compress(raw, 6) if compress else raw
 
 
-def decode_batch(payload: bytes) -> Batch:
-    """Parse and validate a wire payload.
+def inflate(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """The JSON of a wire payload: as it is when it starts with ``{``, else zlib-inflated, at most ``max_bytes``.
+
+    Inflating is streamed and stops one byte past the bound, so at most ``max_bytes + 1`` bytes are ever
+    allocated for the output, whatever the ratio of the deflated data (a 2 MB zip bomb would otherwise inflate
+    to gigabytes).
 
     Raises:
+        PayloadTooLargeError: the payload, as received or inflated, is larger than ``max_bytes``.
+        SchemaError: the payload is neither JSON nor a complete zlib stream.
+    """
+    if len(payload) > max_bytes:
+        raise PayloadTooLargeError(f"payload of {len(payload):,} bytes is larger than the limit of {max_bytes:,} bytes")
+    if payload[:1] == b"{":
+        return payload
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(payload, max_bytes + 1)
+    except zlib.error as exc:
+        raise SchemaError(f"payload is neither JSON nor zlib-deflated JSON ({exc})") from None
+    if len(raw) > max_bytes:
+        raise PayloadTooLargeError(
+            f"deflated payload of {len(payload):,} bytes inflates beyond the limit of {max_bytes:,} bytes "
+            "(inflating stopped there)"
+        )
+    if not inflater.eof:
+        raise SchemaError("payload is neither JSON nor zlib-deflated JSON (truncated zlib stream)")
+    if inflater.unused_data:
+        raise SchemaError(f"zlib-deflated payload has {len(inflater.unused_data):,} bytes after its end")
+    return raw
+
+
+def _check_points(n: int, max_points: int | None) -> None:
+    if max_points is not None and n > max_points:
+        raise PayloadTooLargeError(f"batch of {n:,} points is larger than the limit of {max_points:,} points")
+
+
+def decode_batch(
+    payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_points: int | None = None
+) -> Batch:
+    """Parse and validate a wire payload (at most ``max_bytes`` as received and inflated, ``max_points`` points).
+
+    Raises:
+        PayloadTooLargeError: the payload is beyond ``max_bytes`` or ``max_points``.
         SchemaError: the payload is not a valid v1 batch; the message says which field and why.
     """
-    if payload[:1] != b"{":
-        try:
-            payload = zlib.decompress(payload)
-        except zlib.error as exc:
-            raise SchemaError(f"payload is neither JSON nor zlib-deflated JSON ({exc})") from None
+    raw = inflate(payload, max_bytes)
     try:
-        return Batch.model_validate_json(payload)
+        batch = Batch.model_validate_json(raw)
     except ValidationError as exc:
         _raise_schema_error(exc)
+    _check_points(len(batch.points), max_points)
+    return batch
 
 
 class WireInterval(TypedDict):
@@ -217,22 +263,22 @@ class WireBatch(TypedDict):
 _WIRE = TypeAdapter(WireBatch)
 
 
-def decode_wire(payload: bytes) -> WireBatch:
+def decode_wire(
+    payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_points: int | None = None
+) -> WireBatch:
     """Parse and validate a wire payload into plain dicts: the same checks as :func:`decode_batch`, about twice
     as fast, because no model instance is built per point. ``quality`` is a plain string, absent when ``good``.
 
     Raises:
+        PayloadTooLargeError: the payload is beyond ``max_bytes`` (as received or inflated) or ``max_points``.
         SchemaError: the payload is not a valid v1 batch; the message says which field and why.
     """
-    if payload[:1] != b"{":
-        try:
-            payload = zlib.decompress(payload)
-        except zlib.error as exc:
-            raise SchemaError(f"payload is neither JSON nor zlib-deflated JSON ({exc})") from None
+    raw = inflate(payload, max_bytes)
     try:
-        batch = _WIRE.validate_json(payload)
+        batch = _WIRE.validate_json(raw)
     except ValidationError as exc:
         _raise_schema_error(exc)
+    _check_points(len(batch["points"]), max_points)
     for i, p in enumerate(batch["points"]):
         if (p["value"] is None) != (p.get("quality") == "bad"):
             point = Point.model_construct(value=p["value"], quality=Quality(p.get("quality", "good")))

@@ -58,6 +58,10 @@ def check_plant(plant: PlantConfig) -> list[Issue]:
     issues += _duplicates("notifier", "alerts.notifiers", (n.id for n in plant.alerts.notifiers))
     if plant.gateway.id in RESERVED_GATEWAY_IDS:
         issues.append(("gateway.id", f"{plant.gateway.id!r} is reserved in the topic scheme"))
+    limit = plant.processor.limits.max_batch_points
+    if plant.gateway.batch_max_points > limit:
+        issues.append(("gateway.batch_max_points", f"{plant.gateway.batch_max_points} is more than the processor "
+                       f"takes in one batch (processor.limits.max_batch_points: {limit})"))
     issues += _check_processes(plant)
     issues += _check_meters(plant)
     issues += _check_products(plant)

@@ -41,6 +41,9 @@ from .queue import OutboundQueue, OutboxDiskFullError, OutboxError, QuarantinedP
 
 __all__ = ["FILL_HIGH", "FILL_LOW", "Outbox", "counter_items"]
 
+#: Bound on inflating one of the outbox's own batches (100,000 points of the longest ids fit).
+_OWN_BATCH_MAX_BYTES = 64 * 1024 * 1024
+
 log = logging.getLogger(__name__)
 
 #: Fill ratio at which a warning is logged (VOLTTRON's ``backup_storage_report``).
@@ -240,7 +243,7 @@ class Outbox:
         for i, (seq, _, _, payload) in enumerate(candidates):
             if i % 2 == 0:
                 continue  # every second batch keeps its gauges
-            batch = decode_batch(payload)
+            batch = decode_batch(payload, max_bytes=_OWN_BATCH_MAX_BYTES)  # its own batch
             kept = [p for p in batch.points if (p.meter, p.quantity) in self.counters]
             if not kept:
                 updates.append((seq, None, 0, 0))

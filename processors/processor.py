@@ -30,30 +30,55 @@ Store rows (measurement → fields; see docs/ARCHITECTURE.md for tags):
 
 from __future__ import annotations
 
-import json
+import base64
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from energymon.config import PlantConfig
+from energymon.clock import WallClock
+from energymon.config import PlantConfig, ProcessorLimits
 from energymon.counters import CounterRules, CounterTracker, DeltaFlag, check_interval
-from energymon.errors import SchemaError, StoreError
-from energymon.interfaces import Message, Row, SeriesKey, Store, series_key
+from energymon.deadletter import DeadLetterFile
+from energymon.errors import PayloadTooLargeError, SchemaError, StoreError
+from energymon.interfaces import Clock, Message, Row, SeriesKey, Store, series_key
 from energymon.metrics import PipelineMetrics, private_metrics
 from energymon.processors.accounting import Accounting
 from energymon.processors.state import CounterStateFile
 from energymon.schema import Batch, WireBatch, WirePoint, decode_wire
+from energymon.topics import parse_readings_topic
 
-__all__ = ["Processor", "Rejected", "SetAsideInterval"]
+__all__ = ["SET_ASIDE_REASONS", "Processor", "Rejected", "SetAsideInterval"]
 
 log = logging.getLogger(__name__)
 
 Observer = Callable[[Sequence[WirePoint]], None]
 RowObserver = Callable[[Sequence[Row]], None]
+
+
+#: Why a message, or points of a batch, were set aside: the ``reason`` label of ``energymon_dropped_total`` and
+#: ``energymon_dead_letters_total`` (stage ``processor``), and the ``reason`` of each dead-letter record. A fixed
+#: set: ids (gateways, meters) are never labels, they are in the log line and the record.
+SET_ASIDE_REASONS: dict[str, str] = {
+    "bad_topic": "not on a readings topic energymon/v1/{enterprise}/{gateway}/readings",
+    "unknown_enterprise": "the topic's enterprise is not the one this processor serves",
+    "unknown_gateway": "the topic's gateway is not the plant's (gateway.id)",
+    "too_large": "larger than processor.limits.max_payload_bytes (as received or inflated) or max_batch_points",
+    "bad_payload": "not a valid wire v1 batch",
+    "identity_mismatch": "the batch's enterprise or gateway differs from its topic's",
+    "unknown_meter": "a point of a meter the plant file does not list",
+    "unknown_quantity": "a point of a quantity the meter's source does not read",
+    "future_timestamp": "stamped more than processor.limits.future_tolerance_secs ahead of the processor's clock",
+    "beyond_retention": "stamped before the store's retention (the store would drop it)",
+}
+
+#: How often one (reason, id) is logged at most: once when first seen, then once a period with a count.
+LOG_PERIOD_S = 3600.0
+_LOG_KEYS_MAX = 1024  # distinct (reason, id) pairs tracked; more are logged under "(other ids)"
 
 
 class SetAsideInterval:
@@ -68,19 +93,57 @@ class SetAsideInterval:
 
 
 class Rejected:
-    """A message set aside, with the reason."""
+    """A message set aside: its topic, reason code, detail and (a bounded prefix of) its payload."""
 
-    __slots__ = ("payload", "reason", "topic")
+    __slots__ = ("detail", "payload", "payload_bytes", "reason", "topic")
 
-    def __init__(self, topic: str, reason: str, payload: bytes) -> None:
-        self.topic, self.reason, self.payload = topic, reason, payload
+    def __init__(self, topic: str, reason: str, detail: str, payload: bytes, payload_bytes: int) -> None:
+        self.topic, self.reason, self.detail = topic[:1024], reason, detail
+        self.payload, self.payload_bytes = payload, payload_bytes
 
-    def to_json(self) -> str:
-        """One JSON line for the dead-letter file."""
-        return json.dumps(
-            {"topic": self.topic, "reason": self.reason, "payload": self.payload[:4096].decode("utf-8", "replace")},
-            ensure_ascii=False,
-        )
+    def record(self, at: str) -> dict[str, Any]:
+        """The dead-letter record: the payload's prefix as text when it is UTF-8, else in base64."""
+        out: dict[str, Any] = {"at": at, "reason": self.reason, "detail": self.detail, "topic": self.topic,
+                               "payload_bytes": self.payload_bytes,
+                               "payload_truncated": len(self.payload) < self.payload_bytes}
+        text = _utf8_prefix(self.payload, whole=len(self.payload) == self.payload_bytes)
+        if text is not None:
+            out["payload"] = text
+        else:
+            out["payload_base64"] = base64.b64encode(self.payload).decode("ascii")
+        return out
+
+
+def _utf8_prefix(data: bytes, *, whole: bool) -> str | None:
+    """``data`` as text if it is UTF-8 (a prefix may end inside a character: up to 3 bytes are let go)."""
+    for cut in (0,) if whole else (0, 1, 2, 3):
+        try:
+            return data[: len(data) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+class _OncePerPeriod:
+    """Rate limit for log lines: each key logs once, then at most once per ``period_s`` with a count."""
+
+    def __init__(self, period_s: float = LOG_PERIOD_S, max_keys: int = _LOG_KEYS_MAX) -> None:
+        self.period_s = period_s
+        self.max_keys = max_keys
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def check(self, reason: str, ident: str) -> int | None:
+        """None to stay quiet; else the number of occurrences not logged since the last line."""
+        key = (reason, ident[:200])
+        if key not in self._last and len(self._last) >= self.max_keys:
+            key = (reason, "(other ids)")
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.period_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        self._last[key] = (now, 0)
+        return 0 if last is None else last[1]
 
 
 class _SeqWindow:
@@ -116,12 +179,30 @@ class Processor:
             store outage does not hold alerts back; a batch the broker delivers again is observed again, which
             the engine's event-time state absorbs).
         max_pending_rows: flush when this many rows are pending.
-        dead_letter_path: JSON-lines file receiving rejected messages.
+        dead_letter_path: JSON-lines file receiving what is set aside (:mod:`energymon.deadletter`, rotated at
+            ``limits.dead_letter_max_bytes``): whole messages (payload prefix of ``limits.payload_prefix_bytes``)
+            and the points taken out of an accepted batch (whole).
         counter_state_path: SQLite file keeping the counters' baselines across restarts
             (:mod:`energymon.processors.state`).
         live_indicators: write the ``indicator`` rows of the local hour and day from the intervals this
             processor booked. Pass False when several processors share the readings (``processor.share_group``):
             each then holds only partial sums, and the indicator rows are recomputed from the store instead.
+        clock: the processor's clock, which the accepted time window is relative to (the wall clock by default;
+            the demo passes its faster one).
+        limits: bounds on what is taken in (default: the plant file's ``processor.limits``).
+        retention_ms: how far back the store keeps samples (:meth:`InfluxStore.retention_ms
+            <energymon.processors.store.InfluxStore.retention_ms>`); older points are set aside instead of being
+            written and dropped. None: the store keeps everything.
+        gateways: the gateway ids whose batches are accepted (default: the plant file's ``gateway.id``, the one
+            gateway a plant file describes).
+
+    The trust boundary (docs/ARCHITECTURE.md, "Trust boundary"): the topic, which the broker's ACL ties to the
+    publishing gateway's certificate, is the identity. A message is set aside, with one of
+    :data:`SET_ASIDE_REASONS`, counted and logged once per id per :data:`LOG_PERIOD_S`, when its topic is not
+    the plant's enterprise and gateway, it is too large or malformed, or the batch names another enterprise or
+    gateway than its topic. Points of unknown meters or quantities, or outside the accepted time window, are
+    taken out of an otherwise accepted batch and set aside. Nothing set aside reaches the store, creates a
+    metric label or touches a sequence window.
     """
 
     def __init__(
@@ -138,6 +219,10 @@ class Processor:
         dead_letter_path: Path | None = None,
         counter_state_path: Path | None = None,
         live_indicators: bool = True,
+        clock: Clock | None = None,
+        limits: ProcessorLimits | None = None,
+        retention_ms: int | None = None,
+        gateways: Iterable[str] | None = None,
     ) -> None:
         if ref is None:
             from energymon.refdata import load_reference_data
@@ -154,8 +239,23 @@ class Processor:
         self.row_observers = list(row_observers)
         self.intake_observers = list(intake_observers)
         self.max_pending_rows = max_pending_rows
+        self.clock: Clock = clock or WallClock()
+        self.limits = limits or plant.processor.limits
+        self.future_ms = round(self.limits.future_tolerance_secs * 1000)
+        self.retention_ms = retention_ms
+        self.gateways = frozenset(gateways if gateways is not None else (plant.gateway.id,))
+        self._quantities: dict[str, frozenset[str]] = {m.id: frozenset(plant.quantities(m)) for m in plant.meters}
         self.dead_letter_path = dead_letter_path
+        self.dead_letters = (
+            None
+            if dead_letter_path is None
+            else DeadLetterFile(
+                dead_letter_path, max_bytes=self.limits.dead_letter_max_bytes, files=self.limits.dead_letter_files
+            )
+        )
+        #: the last 100 messages set aside (payloads cut to ``limits.payload_prefix_bytes``)
         self.rejected: deque[Rejected] = deque(maxlen=100)
+        self._log_gate = _OncePerPeriod()
         self._lock = threading.Lock()  # guards the pending rows, acks and points
         self._flush_lock = threading.Lock()  # one store write at a time, in order
         self._rows: list[Row] = []
@@ -185,27 +285,61 @@ class Processor:
             restored = self._state.restore({m: c[1] for m, c in self._counters.items()})
             if restored:
                 log.info("restored the baselines of %d counter(s) from %s", restored, counter_state_path)
+        if retention_ms is not None:
+            replay_ms = plant.gateway.outbox_max_age_days * 86_400_000
+            if retention_ms < replay_ms:
+                log.warning(
+                    "the store keeps %.1f days of data, less than the %.1f days a gateway's outbox may replay after "
+                    "an outage (gateway.outbox_max_age_days): readings older than %.1f days are set aside to %s "
+                    "(reason beyond_retention), not stored",
+                    retention_ms / 86_400_000, plant.gateway.outbox_max_age_days, retention_ms / 86_400_000,
+                    dead_letter_path or "nowhere (no dead-letter file)",
+                )
 
     # ------------------------------------------------------------------ intake
 
     def handle(self, msg: Message) -> None:
         """Process one transport message (thread-safe)."""
+        parsed = parse_readings_topic(msg.topic)
+        if parsed is None:
+            self._reject(msg, "bad_topic", msg.topic, "not a readings topic")
+            return
+        enterprise, gateway = parsed
+        if enterprise != self.enterprise:
+            self._reject(msg, "unknown_enterprise", enterprise,
+                         f"enterprise {enterprise[:100]!r}, this processor serves {self.enterprise!r}")
+            return
+        if gateway not in self.gateways:
+            known = ", ".join(sorted(self.gateways))
+            self._reject(msg, "unknown_gateway", gateway,
+                         f"gateway {gateway[:100]!r} is not in the plant file ({known})")
+            return
         try:
-            batch = decode_wire(msg.payload)
+            batch = decode_wire(msg.payload, max_bytes=self.limits.max_payload_bytes,
+                                max_points=self.limits.max_batch_points)
+        except PayloadTooLargeError as exc:
+            self._reject(msg, "too_large", gateway, str(exc), error=exc)
+            return
         except SchemaError as exc:
-            self._reject(msg, str(exc))
+            self._reject(msg, "bad_payload", gateway, str(exc), error=exc)
+            return
+        if batch["enterprise"] != enterprise or batch["gateway"] != gateway:
+            self._reject(msg, "identity_mismatch", gateway,
+                         f"batch names enterprise {batch['enterprise']!r} and gateway {batch['gateway']!r}, "
+                         f"its topic {enterprise!r} and {gateway!r}")
             return
         with self._lock:
-            if not self._accept(batch, msg):
+            accepted = self._accept(batch, msg)
+            if accepted is None:
                 return
-            self._derive(batch)
+            self._derive(accepted)
             self._acks.append(msg.ack)
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
             pending = len(self._rows)
         for observer in self.intake_observers:
             try:
-                observer(batch["points"])
+                observer(accepted["points"])
             except Exception as exc:
                 self.stage.error(exc)
                 log.exception("intake observer failed")
@@ -223,44 +357,141 @@ class Processor:
         return None if since is None else time.monotonic() - since
 
     def handle_batch(self, batch: Batch) -> None:
-        """Process an already-decoded batch (in-process use and tests)."""
+        """Process an already-decoded batch (in-process use and tests): the same checks as :meth:`handle`
+        except the topic's, which an in-process batch does not have."""
         wire = cast(WireBatch, batch.model_dump())
         with self._lock:
-            if self._accept(wire, None):
-                self._derive(wire)
+            if wire["enterprise"] != self.enterprise or wire["gateway"] not in self.gateways:
+                reason = "unknown_enterprise" if wire["enterprise"] != self.enterprise else "unknown_gateway"
+                n = len(wire["points"])
+                self.stage.received(n)
+                self._set_aside(reason, wire["gateway"], f"in-process batch of {wire['enterprise']!r}/"
+                                f"{wire['gateway']!r}", n, {"gateway": wire["gateway"], "seq": wire["seq"],
+                                                            "points": wire["points"]})
+                return
+            accepted = self._accept(wire, None)
+            if accepted is not None:
+                self._derive(accepted)
         self.flush()
 
-    def _accept(self, batch: WireBatch, msg: Message | None) -> bool:
+    def _accept(self, batch: WireBatch, msg: Message | None) -> WireBatch | None:
+        """The batch to derive rows from (its points outside the plant or the time window taken out and set
+        aside), or None when nothing is left to derive: a re-sent batch, or one whose points were all set
+        aside (both acknowledged here)."""
         points = batch["points"]
+        gateway = batch["gateway"]
         self.stage.received(len(points))
-        if batch["enterprise"] != self.enterprise:
-            if msg is not None:
-                self._reject(
-                    msg, f"batch of enterprise {batch['enterprise']!r}, this processor serves {self.enterprise!r}"
-                )
-            return False
-        self.metrics.gateway_seen(batch["gateway"])
-        window = self._seqs.get(batch["gateway"])
+        window = self._seqs.get(gateway)
         if window is None:
-            window = self._seqs[batch["gateway"]] = _SeqWindow()
-        if not window.add(batch["seq"]):
+            window = self._seqs[gateway] = _SeqWindow()
+        if batch["seq"] in window.seen:
             self.duplicates += 1
             self.stage.dropped("duplicate_batch", len(points))
             if msg is not None:
                 msg.ack()
-            return False
+            return None
+        kept = self._screen(batch, msg.topic if msg is not None else None)
+        if kept is None:
+            return None  # the set-aside record could not be written: not acknowledged, the broker redelivers
+        window.add(batch["seq"])
+        self.metrics.gateway_seen(gateway)
+        if not kept:
+            if msg is not None:
+                msg.ack()
+            return None
+        if len(kept) == len(points):
+            return batch
+        out = dict(batch)
+        out["points"] = kept
+        return cast(WireBatch, out)
+
+    def _screen(self, batch: WireBatch, topic: str | None) -> list[WirePoint] | None:
+        """The points of known meters and quantities inside the accepted time window; the others are set aside
+        (one record per reason). None if a record could not be written."""
+        now = self.clock.now_ms()
+        latest = now + self.future_ms
+        earliest = now - self.retention_ms if self.retention_ms is not None else -1
+        known = self._quantities
+        aside: dict[str, list[WirePoint]] = {}
+        kept: list[WirePoint] = []
+        for p in batch["points"]:
+            quantities = known.get(p["meter"])
+            if quantities is None:
+                reason = "unknown_meter"
+            elif p["quantity"] not in quantities:
+                reason = "unknown_quantity"
+            elif p["ts_ms"] > latest:
+                reason = "future_timestamp"
+            elif p["ts_ms"] < earliest:
+                reason = "beyond_retention"
+            else:
+                kept.append(p)
+                continue
+            aside.setdefault(reason, []).append(p)
+        if not aside:
+            return kept
+        gateway = batch["gateway"]
+        for reason, pts in aside.items():
+            if reason in ("unknown_meter", "unknown_quantity"):
+                ids = sorted({p["meter"] if reason == "unknown_meter" else f"{p['meter']}.{p['quantity']}"
+                              for p in pts})
+                detail = f"{len(pts)} point(s) of {'meter' if reason == 'unknown_meter' else 'quantity'} " + \
+                    ", ".join(ids[:10]) + (f" (+{len(ids) - 10} more)" if len(ids) > 10 else "")
+                ident = ids[0]
+            else:
+                first, last = min(p["ts_ms"] for p in pts), max(p["ts_ms"] for p in pts)
+                bound = latest if reason == "future_timestamp" else earliest
+                detail = (f"{len(pts)} point(s) stamped {_iso(first)} .. {_iso(last)}, "
+                          f"{'after' if reason == 'future_timestamp' else 'before'} {_iso(bound)}")
+                ident = gateway
+            record = {"topic": topic, "enterprise": batch["enterprise"], "gateway": gateway, "seq": batch["seq"],
+                      "points": pts}
+            if not self._set_aside(reason, ident, f"gateway {gateway!r} seq {batch['seq']}: {detail}", len(pts),
+                                   record):
+                return None
+        return kept
+
+    def _set_aside(self, reason: str, ident: str, detail: str, n_points: int, record: dict[str, Any]) -> bool:
+        """Write a dead-letter record, count and log it; False if the record could not be written."""
+        if self.dead_letters is not None:
+            try:
+                self.dead_letters.write({"at": _iso(time.time_ns() // 1_000_000), "reason": reason,
+                                         "detail": detail, **record})
+            except OSError as exc:
+                self.stage.error(exc)
+                log.error("could not write the dead-letter file %s (%s): %s not acknowledged, the broker "
+                          "delivers it again", self.dead_letter_path, exc, detail)
+                return False
+            self.stage.dead_letter(reason)
+        self.stage.dropped(reason, n_points)
+        quiet = self._log_gate.check(reason, ident)
+        if quiet is not None:
+            more = f" (and {quiet} more since the last line)" if quiet else ""
+            log.warning("set aside (%s): %s%s", reason, detail, more)
         return True
 
-    def _reject(self, msg: Message, reason: str) -> None:
-        rejected = Rejected(msg.topic, reason, msg.payload)
+    def _reject(self, msg: Message, reason: str, ident: str, detail: str, *, error: Exception | None = None) -> None:
+        """Set a whole message aside and acknowledge it (it would never become valid)."""
+        prefix = msg.payload[: self.limits.payload_prefix_bytes]
+        rejected = Rejected(msg.topic, reason, detail, bytes(prefix), len(msg.payload))
         self.rejected.append(rejected)
-        self.stage.dropped("bad_payload")
-        self.stage.error("SchemaError")
-        log.warning("set aside a message on %s: %s", msg.topic, reason)
-        if self.dead_letter_path is not None:
-            with self.dead_letter_path.open("a", encoding="utf-8") as fh:
-                fh.write(rejected.to_json() + "\n")
-        msg.ack()  # a malformed payload never becomes valid: do not let the broker redeliver it
+        if error is not None:
+            self.stage.error(error)
+        if self.dead_letters is not None:
+            try:
+                self.dead_letters.write(rejected.record(_iso(time.time_ns() // 1_000_000)))
+            except OSError as exc:
+                self.stage.error(exc)
+                log.error("could not write the dead-letter file %s (%s): the message on %s is not acknowledged, "
+                          "the broker delivers it again", self.dead_letter_path, exc, msg.topic)
+                return
+            self.stage.dead_letter(reason)
+        self.stage.dropped(reason)
+        quiet = self._log_gate.check(reason, ident)
+        if quiet is not None:
+            more = f" (and {quiet} more since the last line)" if quiet else ""
+            log.warning("set aside a message on %s (%s): %s%s", msg.topic[:200], reason, detail, more)
+        msg.ack()
 
     # ------------------------------------------------------------------ derivation
 
@@ -365,6 +596,8 @@ class Processor:
                     CounterStateFile.snapshot((m, self._counters[m][1]) for m in dirty) if self._state else []
                 )
             if not rows:
+                for ack in acks:  # messages that produced no rows: nothing to wait for
+                    ack()
                 return 0
             try:
                 self.store.write(rows)
@@ -397,3 +630,7 @@ class Processor:
                     log.exception("row observer failed")
             return len(rows)
 
+
+def _iso(ms: int) -> str:
+    """Milliseconds since the epoch as an ISO 8601 UTC time."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")

@@ -37,10 +37,12 @@ is inclusive at both ends.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import operator
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -70,6 +72,8 @@ DUMMY_TOKEN = "energymon-no-token"
 
 #: One series from :meth:`InfluxStore.export`: labels (with ``__name__``), timestamps in ms, values.
 ExportedSeries = tuple[dict[str, str], list[int], list[float]]
+
+log = logging.getLogger(__name__)
 
 _STAGE = "store"
 _NON_FINITE = "non_finite"
@@ -305,6 +309,40 @@ class InfluxStore:
             return False
         return bool(self._client.ping())
 
+    def retention_ms(self) -> int | None:
+        """How far back the store keeps samples, in ms; None when it keeps everything or cannot tell.
+
+        ``retention_days`` of the store config when set; else VictoriaMetrics' ``-retentionPeriod`` (from the
+        ``flag{name="retentionPeriod"}`` line of its ``/metrics``, which also shows the default); else the
+        bucket's retention rule from InfluxDB 2's ``/api/v2/buckets`` (needs a token that may read buckets).
+        Never raises: a store that does not answer is reported as unknown (logged).
+        """
+        if self.config.retention_days is not None:
+            return round(self.config.retention_days * 86_400_000)
+        base = self.config.url.rstrip("/")
+        try:
+            response = self._http.get(f"{base}/metrics")
+            if response.status_code == 200:
+                found = _VM_RETENTION.search(response.text)
+                if found is not None:
+                    return _vm_duration_ms(found.group(1))
+            response = self._http.get(
+                f"{base}/api/v2/buckets",
+                params={"name": self.config.bucket, "org": self.config.org},
+                headers={"Authorization": f"Token {self._token}"},
+            )
+            if response.status_code == 200:
+                buckets = response.json().get("buckets") or []
+                if buckets:
+                    every = [int(r.get("everySeconds") or 0) for r in buckets[0].get("retentionRules") or []]
+                    return min(every) * 1000 if every and min(every) > 0 else None
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("could not read the retention of the store %s: %s", self.url, self._scrub(str(exc)))
+            return None
+        log.info("the retention of the store %s is not known (set processor.store.retention_days): points of any "
+                 "age are written", self.url)
+        return None
+
     def export(
         self, match: str, start_ms: int | None = None, end_ms: int | None = None, *, flush: bool = True
     ) -> list[ExportedSeries]:
@@ -366,6 +404,23 @@ class InfluxStore:
         else:
             detail = f"{type(exc).__name__}: {exc}"
         return self._scrub(detail)
+
+
+_VM_RETENTION = re.compile(r'^flag\{name="retentionPeriod", value="([^"]+)"', re.MULTILINE)
+_VM_UNITS_MS = {"h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000, "y": 365 * 86_400_000}
+
+
+def _vm_duration_ms(text: str) -> int | None:
+    """A VictoriaMetrics ``-retentionPeriod`` value in ms: ``30d``, ``2w``, ``1y``, ``12h``; a bare number counts
+    months of 31 days (VictoriaMetrics' own reading). None if not understood."""
+    text = text.strip()
+    unit = _VM_UNITS_MS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    return round(value * (unit if unit is not None else 31 * 86_400_000)) if value > 0 else None
 
 
 # --------------------------------------------------------------------------- SqliteStore
@@ -564,6 +619,10 @@ class SqliteStore:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def retention_ms(self) -> int | None:
+        """None: the SQLite store keeps every sample."""
+        return None
 
     def ping(self) -> bool:
         """Tell whether the database answers (never raises)."""

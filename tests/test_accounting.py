@@ -31,6 +31,7 @@ from energymon.processors.recompute import MeterReadings, recompute
 from energymon.processors.rules import PlantRules, indicator_value
 from energymon.refdata import load_reference_data
 from energymon.schema import Batch, Point, Quality, datetime_to_ms, encode_batch
+from energymon.topics import readings_topic
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -98,13 +99,16 @@ class ListStore:
         pass
 
 
+TOPIC = readings_topic("91530102MA6K7LQ8RH", "gw-line1")  # the example plant's gateway
+
+
 def make_batch(seq: int, values: list[float], t0: int) -> bytes:
     pts = [
         Point(meter="kiln_drive", quantity="energy_active_import", value=v, unit="kWh", ts_ms=t0 + i * 60_000)
         for i, v in enumerate(values)
     ]
     pts.append(Point(meter="raw_mill", quantity="power_active", value=None, unit="kW", ts_ms=t0, quality=Quality.BAD))
-    return encode_batch(Batch(enterprise="91530102MA6K7LQ8RH", gateway="gw", seq=seq, sent_ms=t0, points=pts))
+    return encode_batch(Batch(enterprise="91530102MA6K7LQ8RH", gateway="gw-line1", seq=seq, sent_ms=t0, points=pts))
 
 
 def test_processor_dedupes_sets_aside_and_acks_after_write() -> None:
@@ -113,11 +117,11 @@ def test_processor_dedupes_sets_aside_and_acks_after_write() -> None:
     proc = Processor(load_plant(example_plant_path()), store, observers=[lambda pts: seen.append(len(pts))])
     acks: list[str] = []
     t0 = ms(2026, 11, 23, 9, 0)
-    proc.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0), lambda: acks.append("1")))
-    proc.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0), lambda: acks.append("1-again")))
-    proc.handle(Message("t", b"garbage", lambda: acks.append("bad")))
+    proc.handle(Message(TOPIC, make_batch(1, [100.0, 110.0, 125.0], t0), lambda: acks.append("1")))
+    proc.handle(Message(TOPIC, make_batch(1, [100.0, 110.0, 125.0], t0), lambda: acks.append("1-again")))
+    proc.handle(Message(TOPIC, b"garbage", lambda: acks.append("bad")))
     assert acks == ["1-again", "bad"]  # duplicate and malformed acked at once; the real one not yet written
-    assert proc.duplicates == 1 and "neither JSON" in proc.rejected[0].reason
+    assert proc.duplicates == 1 and "neither JSON" in proc.rejected[0].detail
     assert proc.flush() > 0
     assert acks == ["1-again", "bad", "1"] and seen == [4]
     energy = [f for k, f, _ in store.rows if k.measurement == "energy"]
@@ -128,7 +132,7 @@ def test_processor_dedupes_sets_aside_and_acks_after_write() -> None:
 
     # store down: nothing is acknowledged, rows are kept and written on the next flush
     store.fail = True
-    proc.handle(Message("t", make_batch(2, [130.0], t0 + 4 * 60_000), lambda: acks.append("2")))
+    proc.handle(Message(TOPIC, make_batch(2, [130.0], t0 + 4 * 60_000), lambda: acks.append("2")))
     with pytest.raises(StoreError):
         proc.flush()
     assert acks[-1] == "1"
@@ -394,7 +398,8 @@ def test_live_path_and_recompute_agree() -> None:
             value = 1000.0 + rate * k / 4
             readings[m].append((ts, value))
             pts.append(Point(meter=m, quantity=q, value=value, unit=u, ts_ms=ts))
-        proc.handle_batch(Batch(enterprise="91530102MA6K7LQ8RH", gateway="gw", seq=k + 1, sent_ms=ts, points=pts))
+        proc.handle_batch(Batch(enterprise="91530102MA6K7LQ8RH", gateway="gw-line1", seq=k + 1, sent_ms=ts,
+                                points=pts))
     live = [f for k, f, ts in store.rows if k.measurement == "indicator" and ("period", "day") in k.tags and ts == t0]
     rules = PlantRules(plant, REF)
     rc = recompute(rules, {m: MeterReadings.of([t for t, _ in r], [v for _, v in r]) for m, r in readings.items()},
@@ -424,13 +429,13 @@ def test_counter_baselines_survive_a_processor_restart(tmp_path: Path) -> None:
     t0 = ms(2026, 11, 23, 9, 0)
     store = ListStore()
     first = Processor(plant, store, counter_state_path=state)
-    first.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0)))
+    first.handle(Message(TOPIC, make_batch(1, [100.0, 110.0, 125.0], t0)))
     first.flush()
     first.close()
     second = Processor(plant, store, counter_state_path=state)  # a restarted processor
-    second.handle(Message("t", make_batch(2, [140.0, 150.0], t0 + 5 * 60_000)))
+    second.handle(Message(TOPIC, make_batch(2, [140.0, 150.0], t0 + 5 * 60_000)))
     # a redelivered batch from before the restart books nothing again
-    second.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0)))
+    second.handle(Message(TOPIC, make_batch(1, [100.0, 110.0, 125.0], t0)))
     second.flush()
     second.close()
     consumed = sum(f["consumed"] for k, f, _ in store.rows if k.measurement == "energy")
@@ -438,10 +443,10 @@ def test_counter_baselines_survive_a_processor_restart(tmp_path: Path) -> None:
 
     forgetful = ListStore()
     a = Processor(plant, forgetful)
-    a.handle(Message("t", make_batch(1, [100.0, 110.0, 125.0], t0)))
+    a.handle(Message(TOPIC, make_batch(1, [100.0, 110.0, 125.0], t0)))
     a.flush()
     b = Processor(plant, forgetful)
-    b.handle(Message("t", make_batch(2, [140.0, 150.0], t0 + 5 * 60_000)))
+    b.handle(Message(TOPIC, make_batch(2, [140.0, 150.0], t0 + 5 * 60_000)))
     b.flush()
     lost = sum(f["consumed"] for k, f, _ in forgetful.rows if k.measurement == "energy")
     assert lost == pytest.approx(25.0 + 10.0)  # without the state file the 125 → 140 step is lost
@@ -467,7 +472,8 @@ def test_live_path_uses_the_gb30251_factors_like_the_recompute() -> None:
                 unit = plant.quantities(meter)[meter.counter][0]
                 pts.append(Point(meter=meter_id, quantity=meter.counter, value=float(r.value[hit[0]]), unit=unit,
                                  ts_ms=ts))
-        proc.handle_batch(Batch(enterprise=plant.enterprise.uscc, gateway="gw", seq=seq, sent_ms=ts, points=pts))
+        proc.handle_batch(Batch(enterprise=plant.enterprise.uscc, gateway=plant.gateway.id, seq=seq, sent_ms=ts,
+                                    points=pts))
     day0 = stamps[0]
     rc = recompute(PlantRules(plant, REF), readings, day0, day0 + 86_400_000)
     checked = 0

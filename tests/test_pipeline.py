@@ -181,9 +181,8 @@ def test_end_to_end_on_real_services(mosquitto: Any, victoria_metrics: Any, webh
         }
 
         assert service is not None and gateway is not None
-        assert [r.reason for r in service.processor.rejected][:1] and "invalid batch" in service.processor.rejected[
-            0
-        ].reason
+        assert [r.reason for r in service.processor.rejected][:1] == ["bad_payload"]
+        assert "invalid batch" in service.processor.rejected[0].detail
         firing = [a for a in Hook.received if a["status"] == "firing"]
         assert len(firing) == 1 and firing[0]["rule_id"] == "kiln_power_high" and firing[0]["source"] == "kiln_drive"
 

@@ -55,6 +55,7 @@ def populated() -> PipelineMetrics:
     stage.sent()
     stage.dropped("overflow")
     stage.error("OutboxError")
+    m.stage("processor").dead_letter("bad_payload")
     m.device_up.labels("kiln_drive").set(1)
     m.poll_duration.labels("fast").observe(0.1)
     m.store_write_duration.observe(0.01)

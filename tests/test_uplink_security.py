@@ -263,3 +263,78 @@ def test_client_without_certificate_cannot_connect(secure_broker: SecureBroker) 
             await anonymous.close()
 
     run(scenario())
+
+
+def test_every_forbidden_publish_is_refused(secure_broker: SecureBroker) -> None:
+    """Gateways write only their own readings and status; the processor writes no readings and no status (the
+    ACL's ``pattern`` lines apply to its user name too, its ``deny`` takes that back)."""
+    url = secure_broker.url
+
+    async def scenario() -> None:
+        inbox = Inbox()
+        watcher = open_transport(url, client_id="watcher", tls=secure_broker.tls("processor"))
+        watcher.subscribe(readings_filter(ENTERPRISE), inbox)
+        watcher.subscribe(status_topic(ENTERPRISE, "+"), inbox)
+        watcher.subscribe(f"energymon/v1/{ENTERPRISE}/alerts/#", inbox)
+        await watcher.connect()
+        gw_a = open_transport(url, client_id="energymon-gw-gw-a", tls=secure_broker.tls("gw-a"))
+        processor = open_transport(url, client_id="proc-forger", tls=secure_broker.tls("processor"))
+        await gw_a.connect()
+        await processor.connect()
+        forbidden = [
+            (gw_a, f"energymon/v1/{ENTERPRISE}/gw-a/other", b"gw-a-other-topic"),
+            (gw_a, f"energymon/v1/{ENTERPRISE}/gw-a/x/readings", b"gw-a-deeper"),
+            (gw_a, status_topic(ENTERPRISE, "gw-b"), b"gw-a-as-b-status"),
+            (gw_a, readings_topic(ENTERPRISE, "gw-b"), b"gw-a-as-b"),
+            (gw_a, alert_topic(ENTERPRISE, "rule", "gw-a"), b"gw-a-alert"),
+            (processor, readings_topic(ENTERPRISE, "processor"), b"proc-own-readings"),
+            (processor, status_topic(ENTERPRISE, "processor"), b"proc-own-status"),
+            (processor, readings_topic(ENTERPRISE, "gw-a"), b"proc-as-gw-a"),
+            (processor, status_topic(ENTERPRISE, "gw-a"), b"proc-as-gw-a-status"),
+        ]
+        for client, topic, payload in forbidden:
+            with pytest.raises(TransportError, match=r"(?i)not authori[sz]ed"):
+                await client.publish(topic, payload, qos=1)
+            await client.publish(topic, payload + b"-qos0", qos=0)
+        # what is allowed still gets through, after all the refusals
+        await gw_a.publish(readings_topic(ENTERPRISE, "gw-a"), b"gw-a-marker", qos=1)
+        await gw_a.publish(status_topic(ENTERPRISE, "gw-a"), b"online", qos=1)
+        await processor.publish(alert_topic(ENTERPRISE, "rule", "gw-a"), b"proc-alert", qos=1)
+        for marker in (b"gw-a-marker", b"online", b"proc-alert"):
+            await inbox.wait_for(marker)
+        await asyncio.sleep(QUIET)
+        got = set(inbox.payloads())
+        leaked = {p for _, _, p in forbidden} | {p + b"-qos0" for _, _, p in forbidden}
+        assert leaked.isdisjoint(got), got & leaked
+        await _close(gw_a, processor, watcher)
+
+    run(scenario())
+
+
+def test_broker_refuses_a_message_beyond_its_size_limit(secure_broker: SecureBroker) -> None:
+    """The shipped ``max_packet_size``: a publish beyond it is not delivered and not acknowledged (the client is
+    disconnected), so a gateway keeps it in its outbox instead of losing it; one below it is delivered."""
+    conf = (DEPLOY / "tls.conf").read_text(encoding="utf-8")
+    limit = int(re.search(r"^max_packet_size (\d+)$", conf, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    assert limit >= 8 * 1024 * 1024  # room for processor.limits.max_payload_bytes' default
+    url = secure_broker.url
+
+    async def scenario() -> None:
+        inbox = Inbox()
+        watcher = open_transport(url, client_id="watcher-size", tls=secure_broker.tls("processor"))
+        watcher.subscribe(readings_filter(ENTERPRISE), inbox)
+        await watcher.connect()
+        gw_a = MqttTransport("127.0.0.1", secure_broker.port, client_id="gw-a-big", tls=secure_broker.tls("gw-a"),
+                             publish_timeout_secs=5.0)
+        await gw_a.connect()
+        fits = b"f" * (limit - 4096)
+        await gw_a.publish(readings_topic(ENTERPRISE, "gw-a"), fits, qos=1)
+        await inbox.wait_for(fits, timeout=30)
+        too_big = b"x" * (limit + 1)
+        with pytest.raises(TransportError):
+            await gw_a.publish(readings_topic(ENTERPRISE, "gw-a"), too_big, qos=1)
+        await asyncio.sleep(QUIET)
+        assert too_big not in inbox.payloads()
+        await _close(gw_a, watcher)
+
+    run(scenario())

@@ -34,6 +34,7 @@ from energymon.processors.processor import Processor
 from energymon.processors.store import InfluxStore, SqliteStore
 from energymon.schema import Batch, Point, Quality, encode_batch
 from energymon.simulators.plant import PlantModel
+from energymon.topics import readings_topic
 from energymon.web import Overview, SqliteReader, VictoriaMetricsReader, WebServer, alerts_from_state_file
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -72,10 +73,10 @@ def fill(plant: PlantConfig, stores: list[Store], start: int, end: int, *, bad_m
                 else:
                     value = model.value(meter.id, quantity, ts)
                     points.append(Point(meter=meter.id, quantity=quantity, value=value, unit=unit, ts_ms=ts))
-        payload = encode_batch(Batch(enterprise=plant.enterprise.uscc, gateway="gw", seq=seq, sent_ms=ts,
-                                     points=points))
+        payload = encode_batch(Batch(enterprise=plant.enterprise.uscc, gateway=plant.gateway.id, seq=seq,
+                                     sent_ms=ts, points=points))
         for proc in processors:
-            proc.handle(Message("t", payload, lambda: None))
+            proc.handle(Message(readings_topic(plant.enterprise.uscc, plant.gateway.id), payload, lambda: None))
     for proc in processors:
         assert proc.flush() > 0
 
