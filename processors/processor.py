@@ -74,6 +74,8 @@ SET_ASIDE_REASONS: dict[str, str] = {
     "unknown_quantity": "a point of a quantity the meter's source does not read",
     "future_timestamp": "stamped more than processor.limits.future_tolerance_secs ahead of the processor's clock",
     "beyond_retention": "stamped before the store's retention (the store would drop it)",
+    "implausible_interval": "an edge interval the counter rules refuse (over the rate bound, or not matching the "
+                            "readings)",
 }
 
 #: How often one (reason, id) is logged at most: once when first seen, then once a period with a count.
@@ -275,7 +277,6 @@ class Processor:
         #: edge intervals not booked (the last 100), and how many in all
         self.set_aside_intervals: deque[SetAsideInterval] = deque(maxlen=100)
         self.intervals_set_aside = 0
-        self._set_aside_logged: set[str] = set()
         #: intervals flagged ``rebased``: counters reset or swapped without a recorded replacement
         self.counter_resets = 0
         self._dirty_counters: set[str] = set()
@@ -533,7 +534,7 @@ class Processor:
                             reason = check_interval(self._counter_rules[meter], start, ts_ms, amount, flag,
                                                     value=value, last=last)
                             if reason is not None:
-                                self._set_aside(gw, meter, start, ts_ms, amount, flag, reason)
+                                self._set_aside_interval(gw, meter, start, ts_ms, amount, flag, reason)
                                 continue
                             self.edge_intervals += 1
                             rows.extend(acc.book(meter, start, ts_ms, amount, flag))
@@ -554,15 +555,16 @@ class Processor:
         if self.observers:
             self._points.extend(batch["points"])
 
-    def _set_aside(self, gw: str, meter: str, start: int, ts_ms: int, amount: float, flag: str, reason: str) -> None:
+    def _set_aside_interval(self, gw: str, meter: str, start: int, ts_ms: int, amount: float, flag: str,
+                            reason: str) -> None:
+        """An edge interval the counter rules refuse: kept in the dead-letter file, counted, logged once a period."""
         self.intervals_set_aside += 1
         self.set_aside_intervals.append(SetAsideInterval(gw, meter, start, ts_ms, amount, flag, reason))
-        self.stage.dropped("implausible_interval")
-        if meter not in self._set_aside_logged:  # once per meter, then at debug level
-            self._set_aside_logged.add(meter)
-            log.warning("meter %s (gateway %s): edge interval %d-%d not booked: %s", meter, gw, start, ts_ms, reason)
-        else:
-            log.debug("meter %s: edge interval %d-%d not booked: %s", meter, start, ts_ms, reason)
+        detail = (f"meter {meter!r} (gateway {gw!r}): edge interval {_iso(start)} .. {_iso(ts_ms)} of {amount!r} "
+                  f"({flag}) not booked: {reason}")
+        self._set_aside("implausible_interval", meter, detail, 1,
+                        {"gateway": gw, "meter": meter, "interval": {"start_ms": start, "ts_ms": ts_ms,
+                                                                     "amount": amount, "flag": flag}})
 
     def _reset(self, meter: str, at_ms: int, gw: str) -> None:
         self.counter_resets += 1
