@@ -229,7 +229,7 @@ def test_library_map_over_input_registers_one_based() -> None:
 def test_dead_and_failing_devices_beside_healthy_ones(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     metrics = PipelineMetrics(CollectorRegistry())
-    policy = ModbusPolicy(fail_threshold=3, device_backoff_secs=60)
+    policy = ModbusPolicy(fail_threshold=3, probe_interval_secs=60)
 
     async def main() -> None:
         port = free_port()
@@ -248,7 +248,7 @@ def test_dead_and_failing_devices_beside_healthy_ones(caplog: pytest.LogCaptureF
                 assert_bad(points["m3"])
             assert len(dead.reads) == 6  # 3 polls x (1 + bus.retries)
             assert len(failing.reads) == 3  # an exception code is not retried
-            # both are now in their back-off window: no request, no delay for the healthy meters
+            # both are now offline and probed only every 60 s: no request, no delay for the healthy meters
             for _ in range(2):
                 started = time.monotonic()
                 points = by_meter(await collector.poll("default", 0))
@@ -282,9 +282,9 @@ def test_dead_and_failing_devices_beside_healthy_ones(caplog: pytest.LogCaptureF
     assert any("m3" in d and "exception 4" in d for d in drops)
 
 
-def test_dead_device_is_probed_once_per_window_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+def test_dead_device_is_probed_once_per_probe_interval_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    policy = ModbusPolicy(fail_threshold=2, device_backoff_secs=0.2, device_backoff_max_secs=0.4)
+    policy = ModbusPolicy(fail_threshold=2, probe_interval_secs=0.2)
 
     async def main() -> None:
         port = free_port()
@@ -298,12 +298,12 @@ def test_dead_device_is_probed_once_per_window_and_recovers(caplog: pytest.LogCa
             assert len(sim.reads) == 2
             assert_bad(by_meter(await collector.poll("default", 0))["m1"])  # in the window: no request
             assert len(sim.reads) == 2
-            while len(sim.reads) == 2:  # the window ends: one probe, which fails again
+            while len(sim.reads) == 2:  # the probe interval ends: one probe, which fails again
                 await asyncio.sleep(0.02)
                 assert_bad(by_meter(await collector.poll("default", 0))["m1"])
             assert len(sim.reads) == 3
             sim.fault = "ok"
-            while True:  # the next window (doubled) ends: the probe succeeds
+            while True:  # the next probe succeeds
                 await asyncio.sleep(0.02)
                 points = by_meter(await collector.poll("default", 0))["m1"]
                 if points["power_active"].quality is Quality.GOOD:
