@@ -17,7 +17,8 @@ requests, decoding, what counts as busy or as an exception, how a connection is 
 * :class:`PollingCollector`: the collector skeleton on top of them: poll groups, :meth:`~PollingCollector.poll`
   over a group's meters (healthy ones first) and :meth:`~PollingCollector.probe` between ticks, under the bus
   lock, with the ``poll_duration`` histogram and the ``collector`` stage counters (``received``: values read;
-  ``sent``: points handed on, a failed meter's quality-bad ones included; ``errors`` by class), :meth:`~PollingCollector.stop`, and the connection it keeps.
+  ``sent``: points handed on, a failed meter's quality-bad ones included; ``errors`` by class),
+  :meth:`~PollingCollector.stop`, and the connection it keeps.
 
 Messages are logged on the collector module's logger (passed in), so they read and filter as before.
 """
