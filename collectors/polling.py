@@ -111,8 +111,8 @@ class DeviceHealth:
         up: None before the first outcome, then whether the last one was a success.
     """
 
-    __slots__ = ("_bus_id", "_clock", "_log", "_metrics", "_policy", "failures", "label", "meter_id",
-                 "probe_at_ms", "up")
+    __slots__ = ("_bus_id", "_clock", "_log", "_metrics", "_policy", "failures", "forced_probe", "label",
+                 "last_try_ms", "meter_id", "probe_at_ms", "up")
 
     def __init__(
         self,
@@ -129,6 +129,8 @@ class DeviceHealth:
         self.label = label
         self.failures = 0
         self.probe_at_ms = 0
+        self.last_try_ms = 0
+        self.forced_probe = False
         self.up: bool | None = None
         self._bus_id = bus_id
         self._policy = policy
@@ -150,12 +152,17 @@ class DeviceHealth:
         """Whether the meter may be read at event time ``now_ms``: always, unless offline and probed recently."""
         return not self.offline or now_ms >= self.probe_at_ms
 
+    def starved(self, now_ms: int) -> bool:
+        """Whether the failing meter went a probe interval without a request (the bus never had the time)."""
+        return now_ms - self.last_try_ms >= round(self._policy.probe_interval_secs * 1000)
+
     def retries(self, configured: int) -> int:
-        """Retries for this poll: none for an offline meter (one probe), else ``configured``."""
-        return 0 if self.offline else configured
+        """Retries for this poll: none for an offline meter or a forced probe (one request), else ``configured``."""
+        return 0 if self.offline or self.forced_probe else configured
 
     def failed(self, exc: SourceError, *, counts: bool) -> None:
         """The meter failed this poll with ``exc``; ``counts`` adds it to the failures in a row."""
+        self.last_try_ms = self._clock.now_ms()
         if counts:
             self.failures += 1
             if self.offline:
@@ -168,6 +175,7 @@ class DeviceHealth:
 
     def ok(self) -> None:
         """The meter answered this poll: it is healthy again."""
+        self.last_try_ms = self._clock.now_ms()
         self.failures = 0
         self.probe_at_ms = 0
         if self.up is not True:
@@ -352,7 +360,9 @@ class PollingCollector(ABC, Generic[DeviceT, ConnT]):
         Every healthy meter (its last poll answered, or not polled yet) is read, one after another, in the
         plant file's order. Then each failing meter that is :meth:`~DeviceHealth.due` is read if its worst
         case (:meth:`worst_read_ms`) ends before ``until_ms``; one that is not read this tick (not due, or
-        no time left) gives quality-bad points without a request.
+        no time left) gives quality-bad points without a request. A failing meter the bus never had the time
+        for during a probe interval (:meth:`~DeviceHealth.starved`) is sent one request anyway, after the
+        healthy meters.
 
         Args:
             group: the poll group that ticked.
@@ -373,9 +383,20 @@ class PollingCollector(ABC, Generic[DeviceT, ConnT]):
             async with self._lock:
                 points.extend(await self._read_device(device))
         for device in failing:
-            if device.health.due(self._clock.now_ms()) and self._fits(device, until_ms):
+            health = device.health
+            now = self._clock.now_ms()
+            if health.due(now) and self._fits(device, until_ms):
                 async with self._lock:
                     points.extend(await self._read_device(device))
+            elif health.due(now) and health.starved(now):
+                # the bus never has the time (a loaded bus or a fast clock): one request anyway, after the
+                # healthy meters, so the meter is not left unread for good
+                health.forced_probe = True
+                try:
+                    async with self._lock:
+                        points.extend(await self._read_device(device))
+                finally:
+                    health.forced_probe = False
             else:
                 points.extend(self._bad_points(device))
         if self._metrics is not None and self._stage is not None and devices:
