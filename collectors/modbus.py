@@ -19,7 +19,7 @@ A meter that failed yields one point per quantity with value None and quality ba
 cannot be decoded (a NaN float) is a bad point of its own; the meter stays up. A meter's drop is logged once
 at WARNING with the error, its recovery once at INFO; the bus connection likewise.
 
-The per-meter and per-bus parts of this (back-off windows, reconnects, logging, metrics) are shared with the
+The per-meter and per-bus parts of this (spare-time reads, probes, reconnects, logging, metrics) are shared with the
 DL/T 645 collector in :mod:`energymon.collectors.polling`; this module keeps the Modbus side.
 """
 

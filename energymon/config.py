@@ -328,9 +328,11 @@ class ModbusTcpBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
-    max_hole_registers: int = Field(default=10, ge=0, le=120)
-    """unused registers read to join two values into one request (0: never read a register not in the map,
-    for devices that refuse reads across undefined registers); a meter's source can override it"""
+    max_hole_registers: int = Field(
+        default=10, ge=0, le=120,
+        description="unused registers read to join two values into one request (0: only registers in the map, "
+        "for devices that refuse reads across undefined ones); a meter's source can override it",
+    )
     polling: BusPolling = Field(default_factory=lambda: BusPolling())
     """how meters that fail are scheduled and probed"""
 
@@ -349,9 +351,11 @@ class ModbusRtuTcpBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
-    max_hole_registers: int = Field(default=10, ge=0, le=120)
-    """unused registers read to join two values into one request (0: never read a register not in the map,
-    for devices that refuse reads across undefined registers); a meter's source can override it"""
+    max_hole_registers: int = Field(
+        default=10, ge=0, le=120,
+        description="unused registers read to join two values into one request (0: only registers in the map, "
+        "for devices that refuse reads across undefined ones); a meter's source can override it",
+    )
     polling: BusPolling = Field(default_factory=lambda: BusPolling())
     """how meters that fail are scheduled and probed"""
 
@@ -375,9 +379,11 @@ class ModbusRtuBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
-    max_hole_registers: int = Field(default=10, ge=0, le=120)
-    """unused registers read to join two values into one request (0: never read a register not in the map,
-    for devices that refuse reads across undefined registers); a meter's source can override it"""
+    max_hole_registers: int = Field(
+        default=10, ge=0, le=120,
+        description="unused registers read to join two values into one request (0: only registers in the map, "
+        "for devices that refuse reads across undefined ones); a meter's source can override it",
+    )
     polling: BusPolling = Field(default_factory=lambda: BusPolling())
     """how meters that fail are scheduled and probed"""
 
