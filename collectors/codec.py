@@ -16,7 +16,10 @@ DCBA   D C B A                    big-endian         little-endian
 The same table covers 64-bit values (``CDAB`` ≙ GHEFCDAB, see :class:`~energymon.config.WordOrder`) and
 16-bit values (``BADC`` and ``DCBA`` swap the two bytes, ``ABCD`` and ``CDAB`` do not).
 
-The engineering value is ``raw * scale + offset``.
+The engineering value is ``raw * scale + offset``. A 64-bit integer is scaled exactly (in decimal, with the
+scale and offset as written in the plant file) and rounded to a float once, at the end: converting the raw
+value to a float first would round a counter above 2**53 before it is scaled, and scaling in binary floating
+point adds a second rounding (``4294967295 * 0.01`` is not ``42949672.95``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from decimal import Decimal
 
 from energymon.config import DataType, Register, RegisterFunction, WordOrder
 from energymon.counters import natural_counter_max
@@ -58,6 +62,7 @@ _STRUCTS: dict[tuple[DataType, WordOrder], tuple[struct.Struct, struct.Struct]] 
 }
 _FLOATS = (DataType.FLOAT32, DataType.FLOAT64)
 _UNSIGNED = (DataType.UINT16, DataType.UINT32, DataType.UINT64)
+_INT64 = (DataType.INT64, DataType.UINT64)
 _BIT_TABLES = (RegisterFunction.COIL, RegisterFunction.DISCRETE_INPUT)
 
 
@@ -95,7 +100,16 @@ def decode(register: Register, words: Sequence[int], *, device: str) -> float:
         raise DecodeError(device, f"{register.quantity}: not 16-bit registers: {list(words)}") from None
     if dtype in _FLOATS and not math.isfinite(value):
         raise DecodeError(device, f"{register.quantity}: {dtype.value} is {value}")
+    if dtype in _INT64:
+        return _exact(int(value), register.scale, register.offset)
     return value * register.scale + register.offset
+
+
+def _exact(raw: int, scale: float, offset: float) -> float:
+    """``raw * scale + offset`` for an integer of any size, rounded once (to the nearest float)."""
+    if scale == 1 and offset == 0:
+        return float(raw)
+    return float(Decimal(raw) * Decimal(repr(scale)) + Decimal(repr(offset)))
 
 
 def encode(register: Register, value: float) -> list[int]:
@@ -108,9 +122,16 @@ def encode(register: Register, value: float) -> list[int]:
     Raises:
         ValueError: the raw value does not fit the data type (or is not 0/1 for a bit).
     """
-    exact = isinstance(value, int) and register.scale == 1 and register.offset == 0
-    raw = value if exact else (value - register.offset) / register.scale
     dtype = register.type
+    exact = isinstance(value, int) and register.scale == 1 and register.offset == 0
+    raw: float
+    if exact:
+        raw = value
+    elif dtype in _INT64:  # in decimal, so the raw counter comes out exact (the inverse of decode)
+        raw = int(((Decimal(repr(value)) - Decimal(repr(register.offset))) / Decimal(repr(register.scale)))
+                  .to_integral_value())
+    else:
+        raw = (value - register.offset) / register.scale
     if dtype is DataType.BIT:
         bit = round(raw)
         if bit not in (0, 1) or not math.isclose(raw, bit, abs_tol=1e-9):

@@ -30,8 +30,9 @@ Failure handling mirrors :mod:`energymon.collectors.modbus` (the shared part is 
   items not read are quality-bad points (items already read keep their values);
 * an abnormal reply (``D1H``) or a value that is not BCD concerns one item: that point is bad, the meter stays
   up; the item's failure is logged once at WARNING, its recovery once at INFO;
-* a meter that failed ``fail_threshold`` polls in a row is skipped for a back-off window (60 s, doubling up to
-  15 min) and then probed with one request and no retries;
+* a meter whose last poll failed is read after the meters that answer, only in the time left before the
+  bus's next tick; after ``fail_threshold`` failed polls in a row it is probed with one request and no retries
+  every ``polling.probe_interval_secs`` (between ticks too);
 * a socket or serial error closes the link; the next read reopens it, and a failed open waits a capped
   exponential back-off with jitter, during which the meters fail at once, without a request.
 
@@ -642,7 +643,8 @@ class _SerialLink(_Link):
 class Dlt645Policy(PollPolicy):
     """How a DL/T 645 bus reacts to failures: exactly :class:`~energymon.collectors.polling.PollPolicy`.
 
-    The defaults suit a plant; tests shorten the windows. ``reconnect_min_secs`` and ``reconnect_max_secs`` bound
+    The collector builds it from the bus's ``polling`` block; tests shorten the windows. ``reconnect_min_secs`` and
+    ``reconnect_max_secs`` bound
     the wait between attempts to open the serial line or the TCP connection; ``timeouts_before_reconnect``
     applies to TCP links only.
     """
@@ -686,7 +688,7 @@ class Dlt645Collector(PollingCollector[_Device, _Link]):
         metrics: self-metrics, optional: ``device_up`` per meter, ``poll_duration`` per group, and for stage
             ``collector`` the points read with a value (``received``) and each failed read by error class.
         clock: event-time source; a point's ``ts_ms`` is the time its reply arrived.
-        policy: failure handling; see :class:`Dlt645Policy`.
+        policy: failure handling (default: from the bus's ``polling`` block); see :class:`Dlt645Policy`.
 
     Raises:
         ValueError: a meter is not a DL/T 645 meter of this bus, two meters share an address, or a meter
@@ -705,8 +707,9 @@ class Dlt645Collector(PollingCollector[_Device, _Link]):
     ) -> None:
         where = bus.device if isinstance(bus, Dlt645SerialBus) else f"{bus.host}:{bus.port}"
         super().__init__(
-            bus.id, where, policy=policy or Dlt645Policy(), log=log, metrics=metrics, clock=clock,
-            rebuild_on_timeouts=isinstance(bus, Dlt645TcpBus),
+            bus.id, where, policy=policy or Dlt645Policy.for_bus(bus.polling), log=log, metrics=metrics,
+            clock=clock, rebuild_on_timeouts=isinstance(bus, Dlt645TcpBus), timeout_ms=bus.timeout_ms,
+            retries=bus.retries,
         )
         self._bus = bus
         self._timeout = bus.timeout_ms / 1000

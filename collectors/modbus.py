@@ -9,9 +9,9 @@ Failure handling, per meter:
 * no answer within ``bus.timeout_ms``: the read is sent again up to ``bus.retries`` times;
 * exception 5 or 6 (acknowledge, busy): retried in place after a short wait;
 * any other exception code, a timeout after the retries, a short reply: the meter has failed this poll;
-* a meter that failed ``fail_threshold`` polls in a row is skipped for a back-off window (60 s, doubling up
-  to 15 min) and then probed with one request and no retries, so a dead meter delays the others on the bus
-  by at most one timeout per window;
+* a meter whose last poll failed is read after the meters that answer, only in the time left before the
+  bus's next tick; after ``fail_threshold`` failed polls in a row it is probed with one request and no retries
+  every ``polling.probe_interval_secs`` (between ticks too), so a dead meter never delays a healthy one;
 * a socket error closes the connection; the next read reconnects, and a failed connect waits a capped
   exponential back-off with jitter. While the bus waits, its meters fail at once, without a request.
 
@@ -19,7 +19,7 @@ A meter that failed yields one point per quantity with value None and quality ba
 cannot be decoded (a NaN float) is a bad point of its own; the meter stays up. A meter's drop is logged once
 at WARNING with the error, its recovery once at INFO; the bus connection likewise.
 
-The per-meter and per-bus parts of this (back-off windows, reconnects, logging, metrics) are shared with the
+The per-meter and per-bus parts of this (spare-time reads, probes, reconnects, logging, metrics) are shared with the
 DL/T 645 collector in :mod:`energymon.collectors.polling`; this module keeps the Modbus side.
 """
 
@@ -73,8 +73,9 @@ _EXCEPTION_NAMES = {
 class ModbusPolicy(PollPolicy):
     """How a Modbus bus reacts to failures: :class:`~energymon.collectors.polling.PollPolicy` and busy replies.
 
-    The defaults suit a plant; tests shorten the windows. The attributes are those of ``PollPolicy``
-    (``fail_threshold``, the device back-off window, the reconnect back-off, ``timeouts_before_reconnect``) and:
+    The collector builds it from the bus's ``polling`` block; tests shorten the windows. The attributes are those
+    of ``PollPolicy`` (``fail_threshold``, the probe interval, the reconnect back-off,
+    ``timeouts_before_reconnect``) and:
 
     Attributes:
         busy_retries: times a read answered with exception 5/6 is sent again.
@@ -109,9 +110,10 @@ class ModbusCollector(PollingCollector[_Device, ModbusBaseClient]):
         meters: the meters on this bus with their resolved register maps.
         metrics: self-metrics, optional: ``device_up`` per meter, ``poll_duration`` per group, and for stage
             ``collector`` the points read with a value (``received``) and each failed read by error class.
-        max_hole: largest gap of unused registers read to merge two values into one request.
+        max_hole: largest gap of unused registers read to merge two values into one request; by default the
+            meter's ``max_hole_registers``, else the bus's (0: only registers in the map are read).
         clock: event-time source; a point's ``ts_ms`` is the time its reply arrived.
-        policy: failure handling; see :class:`ModbusPolicy`.
+        policy: failure handling (default: from the bus's ``polling`` block); see :class:`ModbusPolicy`.
 
     Raises:
         ValueError: a meter is not a Modbus meter of this bus, or its register map cannot be planned.
@@ -126,7 +128,7 @@ class ModbusCollector(PollingCollector[_Device, ModbusBaseClient]):
         meters: list[tuple[Meter, RegisterMap]],
         *,
         metrics: PipelineMetrics | None = None,
-        max_hole: int = 10,
+        max_hole: int | None = None,
         clock: Clock | None = None,
         policy: ModbusPolicy | None = None,
     ) -> None:
@@ -134,16 +136,20 @@ class ModbusCollector(PollingCollector[_Device, ModbusBaseClient]):
             raise RuntimeError(f"bus {bus.id}: Modbus RTU on a serial line needs pyserial (pymodbus[serial])")
         where = bus.device if isinstance(bus, ModbusRtuBus) else f"{bus.host}:{bus.port}"
         super().__init__(
-            bus.id, where, policy=policy or ModbusPolicy(), log=log, metrics=metrics, clock=clock,
-            rebuild_on_timeouts=not isinstance(bus, ModbusRtuBus),
+            bus.id, where, policy=policy or ModbusPolicy.for_bus(bus.polling), log=log, metrics=metrics,
+            clock=clock, rebuild_on_timeouts=not isinstance(bus, ModbusRtuBus), timeout_ms=bus.timeout_ms,
+            retries=bus.retries,
         )
         self._bus = bus
         for meter, regmap in meters:
             src = meter.source
             if not isinstance(src, ModbusSource) or src.bus != bus.id:
                 raise ValueError(f"meter {meter.id}: not a Modbus meter of bus {bus.id}")
+            hole = max_hole if max_hole is not None else (
+                src.max_hole_registers if src.max_hole_registers is not None else bus.max_hole_registers
+            )
             try:
-                requests = plan(regmap.registers, regmap.addressing, max_hole=max_hole)
+                requests = plan(regmap.registers, regmap.addressing, max_hole=hole)
             except ValueError as exc:
                 raise ValueError(f"meter {meter.id}: {exc}") from None
             device = _Device(

@@ -6,12 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from energymon import __version__
+from energymon import __version__, lifecycle
 from energymon.errors import ConfigError, EnergymonError
 
 __all__ = ["main"]
@@ -125,16 +124,14 @@ def _validate(path: Path) -> int:
 
 
 async def _until_stopped(stop: asyncio.Event, duration: float | None) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    if duration is None:
-        await stop.wait()
-    else:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=duration)
-        stop.set()
+    """Wait for SIGTERM/SIGINT (one that came during start-up included) or the duration; then set ``stop``."""
+    with lifecycle.asyncio_stop(stop):
+        if duration is None:
+            await stop.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=duration)
+    stop.set()
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -146,6 +143,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from energymon.runtime import ProcessorService, build_gateway
 
     plant = load_plant(args.config)
+    if lifecycle.stop_requested():
+        return 0  # stopped while loading: nothing was started
     metrics = PipelineMetrics(REGISTRY)
     if args.metrics_port is not None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series next to every counter
@@ -154,13 +153,13 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     service = None
     gw_task = None
-    if args.command in ("processor", "run"):
-        service = ProcessorService(plant, clock=clock, metrics=metrics, data_dir=args.data_dir)
-        await service.start()
-    if args.command in ("gateway", "run"):
-        gateway = build_gateway(plant, data_dir=args.data_dir, clock=clock, metrics=metrics)
-        gw_task = asyncio.create_task(gateway.run(stop))
     try:
+        if args.command in ("processor", "run"):
+            service = ProcessorService(plant, clock=clock, metrics=metrics, data_dir=args.data_dir)
+            await service.start()
+        if args.command in ("gateway", "run"):
+            gateway = build_gateway(plant, data_dir=args.data_dir, clock=clock, metrics=metrics)
+            gw_task = asyncio.create_task(gateway.run(stop))
         await _until_stopped(stop, args.duration)
     finally:
         stop.set()
@@ -205,12 +204,22 @@ async def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands that run until stopped and stop cleanly on SIGTERM/SIGINT at any moment (see energymon.lifecycle);
+#: the others get the default signal handling back once their arguments are parsed.
+_LONG_RUNNING = frozenset({"gateway", "processor", "run", "serve", "simulate", "uplink", "simulate-platform"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``energymon`` command."""
+    lifecycle.install()  # first thing: a stop during start-up is a clean stop, not an unclean death
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["gateway", "history"]:  # `energymon gateway history ...` is `energymon history ...`
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    if args.command not in _LONG_RUNNING:
+        if lifecycle.stop_requested():
+            return 0
+        lifecycle.restore_defaults()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pymodbus logs every timeout; energymon logs a device once when it drops and once when it recovers
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -257,9 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return uplink_cli.main(args)
         if args.command == "simulate-platform":
+            import threading
+
             from energymon.simulators import provincial_platform
 
-            return provincial_platform.main(args)
+            stopped = threading.Event()
+            with lifecycle.threading_stop(stopped):
+                return provincial_platform.main(args, stop=stopped)
         return asyncio.run(_serve(args))
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ from energymon.schema import ID_PATTERN
 __all__ = [
     "AlertsConfig",
     "Bus",
+    "BusPolling",
     "DataType",
     "Dlt645Item",
     "Dlt645SerialBus",
@@ -286,6 +287,34 @@ class RegisterMap(Strict):
 # --------------------------------------------------------------------------- buses
 
 
+class BusPolling(Strict):
+    """How a polled bus schedules meters that fail (the same for Modbus and DL/T 645 buses).
+
+    On every tick the meters that answer are read first; a meter whose last poll failed is read after them, in
+    the time left before the bus's next tick, so a dead meter never delays a healthy one. After
+    ``fail_threshold`` failed polls in a row a meter is offline: it is probed (one request, no retries) every
+    ``probe_interval_secs``, between ticks as well, whenever the bus has the time, so a meter that answers
+    again is read within ``probe_interval_secs`` plus one probe. A bus that cannot be reached is connected
+    again after a back-off that starts at ``reconnect_backoff_first_secs`` and doubles (with jitter) up to
+    ``reconnect_backoff_max_secs``.
+    """
+
+    fail_threshold: int = Field(default=3, ge=1, le=100)
+    """failed polls in a row after which a meter is offline and only probed"""
+    probe_interval_secs: float = Field(default=10.0, gt=0, le=3600)
+    """how often an offline meter is probed (in the bus's spare time)"""
+    reconnect_backoff_first_secs: float = Field(default=1.0, gt=0, le=3600)
+    """wait before reconnecting to a bus that could not be reached"""
+    reconnect_backoff_max_secs: float = Field(default=15.0, gt=0, le=3600)
+    """cap of the reconnect wait, which doubles on each failed connect"""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BusPolling:
+        if self.reconnect_backoff_first_secs > self.reconnect_backoff_max_secs:
+            raise ValueError("reconnect_backoff_first_secs must not exceed reconnect_backoff_max_secs")
+        return self
+
+
 class ModbusTcpBus(Strict):
     """A Modbus TCP server or TCP gateway; several unit ids may sit behind it."""
 
@@ -300,6 +329,13 @@ class ModbusTcpBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
+    max_hole_registers: int = Field(
+        default=10, ge=0, le=120,
+        description="unused registers read to join two values into one request (0: only registers in the map, "
+        "for devices that refuse reads across undefined ones); a meter's source can override it",
+    )
+    polling: BusPolling = Field(default_factory=lambda: BusPolling())
+    """how meters that fail are scheduled and probed"""
 
 
 class ModbusRtuTcpBus(Strict):
@@ -316,6 +352,13 @@ class ModbusRtuTcpBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
+    max_hole_registers: int = Field(
+        default=10, ge=0, le=120,
+        description="unused registers read to join two values into one request (0: only registers in the map, "
+        "for devices that refuse reads across undefined ones); a meter's source can override it",
+    )
+    polling: BusPolling = Field(default_factory=lambda: BusPolling())
+    """how meters that fail are scheduled and probed"""
 
 
 class ModbusRtuBus(Strict):
@@ -337,6 +380,13 @@ class ModbusRtuBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
+    max_hole_registers: int = Field(
+        default=10, ge=0, le=120,
+        description="unused registers read to join two values into one request (0: only registers in the map, "
+        "for devices that refuse reads across undefined ones); a meter's source can override it",
+    )
+    polling: BusPolling = Field(default_factory=lambda: BusPolling())
+    """how meters that fail are scheduled and probed"""
 
 
 class TlsConfig(Strict):
@@ -397,6 +447,8 @@ class Dlt645SerialBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
+    polling: BusPolling = Field(default_factory=lambda: BusPolling())
+    """how meters that fail are scheduled and probed"""
 
 
 class Dlt645TcpBus(Strict):
@@ -413,6 +465,8 @@ class Dlt645TcpBus(Strict):
     """time to wait for one answer"""
     retries: int = Field(default=1, ge=0, le=5)
     """extra tries after a timeout"""
+    polling: BusPolling = Field(default_factory=lambda: BusPolling())
+    """how meters that fail are scheduled and probed"""
 
 
 Bus = Annotated[
@@ -445,6 +499,8 @@ class ModbusSource(Strict):
     """inline register map (instead of `model`)"""
     addressing: Literal["zero_based", "one_based"] | None = None
     """overrides the map's addressing"""
+    max_hole_registers: int | None = Field(default=None, ge=0, le=120)
+    """overrides the bus's `max_hole_registers` for this meter (0: read only registers in the map)"""
     poll_group: Id = "default"
     """poll group id"""
 

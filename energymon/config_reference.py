@@ -30,6 +30,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("buses[] type: mqtt", config.MqttBus),
     ("buses[] type: dlt645_serial", config.Dlt645SerialBus),
     ("buses[] type: dlt645_tcp", config.Dlt645TcpBus),
+    ("buses[].polling", config.BusPolling),
     ("tls", config.TlsConfig),
     ("meters[]", config.Meter),
     ("meters[].source type: modbus", config.ModbusSource),

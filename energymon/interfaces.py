@@ -15,6 +15,7 @@ __all__ = [
     "Clock",
     "Collector",
     "Message",
+    "ProbingCollector",
     "PushCollector",
     "Row",
     "SeriesKey",
@@ -57,6 +58,34 @@ class Collector(Protocol):
 
     async def stop(self) -> None:
         """Close connections."""
+        ...
+
+
+@runtime_checkable
+class ProbingCollector(Collector, Protocol):
+    """A polled collector that reads its failing meters only in its bus's spare time.
+
+    The gateway runs one schedule per such collector. On each tick it calls :meth:`poll` with ``until_ms``,
+    the bus's next tick: the meters that answer are read first, failing ones only if they fit before
+    ``until_ms``. Between ticks it calls :meth:`probe` whenever :meth:`next_probe_ms` comes due, so an offline
+    meter is probed on its own cadence and a recovered one is read at once. Calls never overlap.
+    """
+
+    @property
+    def groups(self) -> list[str]:
+        """Poll groups the collector has meters in."""
+        ...
+
+    async def poll(self, group: str, ts_ms: int, *, until_ms: int | None = None) -> list[Point]:
+        """Read ``group``'s meters, healthy ones first, failing ones only if they fit before ``until_ms``."""
+        ...
+
+    async def probe(self, until_ms: int) -> list[Point]:
+        """Probe due offline meters whose worst case ends before ``until_ms``; the points of those that answered."""
+        ...
+
+    def next_probe_ms(self) -> int | None:
+        """Event time at which an offline meter is next due for a probe (None: none is offline)."""
         ...
 
 

@@ -1,8 +1,9 @@
 """Checks that span several objects of a plant file.
 
 Field-level checks live on the models in :mod:`energymon.config`; everything here needs the whole plant:
-duplicate ids, references to buses, processes, meters and quantities, overlapping registers, a bus timeout
-longer than the poll interval, a carrier whose counter unit cannot be converted to standard coal.
+duplicate ids, references to buses, processes, meters and quantities, overlapping registers (within a meter,
+and between meters sharing a unit id), a bus timeout longer than the poll interval, a bus whose meters with one
+dropping out cannot be read within the interval, a carrier whose counter unit cannot be converted to standard coal.
 Each check yields ``(key path, message)``; :func:`energymon.config.parse_plant` adds file and line.
 """
 
@@ -34,6 +35,8 @@ from energymon.topics import RESERVED_GATEWAY_IDS
 
 __all__ = ["check_plant", "plant_warnings"]
 
+PolledBus = ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus | Dlt645SerialBus | Dlt645TcpBus
+
 Issue = tuple[str, str]
 
 
@@ -64,6 +67,7 @@ def check_plant(plant: PlantConfig) -> list[Issue]:
                        f"takes in one batch (processor.limits.max_batch_points: {limit})"))
     issues += _check_processes(plant)
     issues += _check_meters(plant)
+    issues += _check_bus_timing(plant)
     issues += _check_products(plant)
     issues += _check_rules(plant)
     issues += check_accounting(plant)
@@ -114,7 +118,7 @@ def _check_meters(plant: PlantConfig) -> Iterator[Issue]:
     buses = {b.id: b for b in plant.buses}
     processes = {p.id for p in plant.processes}
     groups = {g.id: g for g in plant.gateway.poll_groups}
-    units_on_bus: dict[tuple[str, int], int] = {}
+    units_on_bus: dict[tuple[str, int], dict[tuple[RegisterFunction, int, int | None], int]] = {}
     topics: dict[tuple[str, str], int] = {}
     addresses: dict[tuple[str, str], int] = {}
     for i, meter in enumerate(plant.meters):
@@ -128,14 +132,7 @@ def _check_meters(plant: PlantConfig) -> Iterator[Issue]:
         if isinstance(src, ModbusSource):
             if bus is not None and not isinstance(bus, ModbusTcpBus | ModbusRtuTcpBus | ModbusRtuBus):
                 yield f"{base}.source.bus", f"bus {src.bus!r} is {bus.type}, not a Modbus bus"
-            key = (src.bus, src.unit_id)
-            if key in units_on_bus:
-                yield (
-                    f"{base}.source.unit_id",
-                    f"unit id {src.unit_id} on bus {src.bus!r} is already used by meters[{units_on_bus[key]}]",
-                )
-            else:
-                units_on_bus[key] = i
+            yield from _check_shared_unit(plant, base, i, src, units_on_bus)
             group = groups.get(src.poll_group)
             if group is None:
                 yield f"{base}.source.poll_group", f"unknown poll group {src.poll_group!r}"
@@ -186,6 +183,40 @@ def _check_meters(plant: PlantConfig) -> Iterator[Issue]:
         yield from _check_counter(plant, base, meter)
 
 
+def _check_shared_unit(
+    plant: PlantConfig,
+    base: str,
+    index: int,
+    src: ModbusSource,
+    units_on_bus: dict[tuple[str, int], dict[tuple[RegisterFunction, int, int | None], int]],
+) -> Iterator[Issue]:
+    """Several meters may share a unit id (one multi-circuit device with many feeders) where their registers do
+    not overlap; compared by protocol address, so maps with different addressing compare right."""
+    regmap, _ = _resolve(plant, base, src)
+    if regmap is None:
+        return  # reported by the map check
+    used = units_on_bus.setdefault((src.bus, src.unit_id), {})
+    shift = 1 if regmap.addressing == "one_based" else 0
+    mine: dict[tuple[RegisterFunction, int, int | None], int] = {}
+    clash: tuple[int, RegisterFunction, int] | None = None
+    for reg in regmap.registers:
+        for k in range(reg.width):
+            slot = (reg.function, reg.address - shift + k, reg.bit if reg.type is DataType.BIT else None)
+            if clash is None and slot in used:
+                clash = (used[slot], reg.function, reg.address + k)
+            mine[slot] = index
+    if clash is not None:
+        other, function, address = clash
+        yield (
+            f"{base}.source.unit_id",
+            f"unit id {src.unit_id} on bus {src.bus!r} is already used by meters[{other}] "
+            f"({plant.meters[other].id}) for {function.value} register {address}; meters may share a unit id "
+            "only where their registers do not overlap",
+        )
+        return
+    used.update(mine)
+
+
 def _resolve(plant: PlantConfig, base: str, src: ModbusSource) -> tuple[RegisterMap | None, str | None]:
     try:
         return plant.register_map(src), None
@@ -217,6 +248,85 @@ def _check_modbus_map(plant: PlantConfig, base: str, src: ModbusSource) -> Itera
                 )
                 break
             used[slot] = j
+
+
+#: assumed time of one Modbus TCP request and its reply on a LAN, device included (ms)
+_TCP_REQUEST_MS = 20.0
+#: assumed reply latency of a device on a serial line, after the request's last byte (ms)
+_SERIAL_TURNAROUND_MS = 10.0
+#: line speed assumed behind a serial device server (the TCP side does not say)
+_DEVICE_SERVER_BAUD = 9600
+
+
+def _char_ms(baudrate: int, bytesize: int, parity: str, stopbits: int) -> float:
+    return (1 + bytesize + (0 if parity == "N" else 1) + stopbits) * 1000 / baudrate
+
+
+def _bus_read_ms(plant: PlantConfig, bus: PolledBus, meters: list[Meter]) -> tuple[float, int]:
+    """Estimated ms to read ``meters`` when they all answer, and the number of requests."""
+    total = 0.0
+    requests = 0
+    if isinstance(bus, Dlt645SerialBus | Dlt645TcpBus):
+        char = (_char_ms(bus.baudrate, bus.bytesize, bus.parity, bus.stopbits) if isinstance(bus, Dlt645SerialBus)
+                else _char_ms(2400, 8, "E", 1))
+        for m in meters:
+            if isinstance(m.source, Dlt645Source):
+                n = len(m.source.items)
+                requests += n
+                total += n * ((20 + 24) * char + _SERIAL_TURNAROUND_MS)  # FE preamble, frame, reply with data
+        return total, requests
+    from energymon.collectors.planner import plan
+
+    serial = isinstance(bus, ModbusRtuBus | ModbusRtuTcpBus)
+    char = (_char_ms(bus.baudrate, bus.bytesize, bus.parity, bus.stopbits) if isinstance(bus, ModbusRtuBus)
+            else _char_ms(_DEVICE_SERVER_BAUD, 8, "N", 1))
+    for m in meters:
+        src = m.source
+        if not isinstance(src, ModbusSource):
+            continue
+        try:
+            regmap = plant.register_map(src)
+            hole = src.max_hole_registers if src.max_hole_registers is not None else bus.max_hole_registers
+            reads = plan(regmap.registers, regmap.addressing, max_hole=hole)
+        except (KeyError, ImportError, ValueError):
+            continue  # reported by the map check
+        for req in reads:
+            requests += 1
+            if not serial:
+                total += _TCP_REQUEST_MS
+                continue
+            reply = 5 + (req.count * 2 if req.function_code in (3, 4) else (req.count + 7) // 8)
+            total += (8 + reply + 7) * char + _SERIAL_TURNAROUND_MS  # request, reply, two 3.5-character gaps
+    return total, requests
+
+
+def _check_bus_timing(plant: PlantConfig) -> Iterator[Issue]:
+    """Per bus and poll group: the meters that answer, plus one that stops answering (its timeouts and retries,
+    paid in the tick it drops), must be read within the interval; otherwise that bus skips ticks."""
+    groups = {g.id: g for g in plant.gateway.poll_groups}
+    for i, bus in enumerate(plant.buses):
+        if isinstance(bus, MqttBus):
+            continue
+        by_group: dict[str, list[Meter]] = {}
+        for m in plant.meters:
+            src = m.source
+            if src.bus == bus.id and isinstance(src, ModbusSource | Dlt645Source) and src.poll_group in groups:
+                by_group.setdefault(src.poll_group, []).append(m)
+        drop_ms = bus.timeout_ms * (bus.retries + 1)
+        for gid, meters in by_group.items():
+            interval_ms = groups[gid].interval_secs * 1000
+            if drop_ms >= interval_ms and not isinstance(bus, Dlt645SerialBus | Dlt645TcpBus):
+                continue  # reported per Modbus meter
+            read_ms, requests = _bus_read_ms(plant, bus, meters)
+            if read_ms + drop_ms >= interval_ms:
+                yield (
+                    f"buses[{i}]",
+                    f"bus {bus.id!r}: its {len(meters)} meter(s) of poll group {gid!r} take about "
+                    f"{read_ms:.0f} ms to read ({requests} request(s)), and one that stops answering adds "
+                    f"timeout_ms {bus.timeout_ms} × {bus.retries + 1} tries; {read_ms + drop_ms:.0f} ms is not "
+                    f"shorter than the interval {groups[gid].interval_secs} s: lengthen the interval, shorten "
+                    "the timeout, or split the meters over poll groups or buses",
+                )
 
 
 def _check_counter(plant: PlantConfig, base: str, meter: Meter) -> Iterator[Issue]:

@@ -2,10 +2,11 @@
 
 Three kinds of tasks run on one asyncio loop:
 
-* one **scheduler** per poll group wakes at wall-clock-aligned ticks (every 5 s at :00, :05, …; the next tick is
-  computed from the clock each time, so a slow poll never shifts the schedule), polls every collector serving
-  the group concurrently (each collector serialises requests on its own bus), and appends the points to the
-  outbox as one or more batches;
+* one **scheduler** per bus (collector) wakes at its poll groups' wall-clock-aligned ticks (every 5 s at :00,
+  :05, …; the next tick is computed from the clock each time, so a slow poll never shifts the schedule), polls
+  the due groups (healthy meters first, failing ones in the time left before the bus's next tick), probes the
+  bus's offline meters between ticks, and appends the points to the outbox as one or more batches. Buses never
+  wait for each other: a dead bus or a host that accepts connections and never answers delays only itself;
 * **push collectors** (MQTT JSON meters) hand points to :meth:`Gateway.emit` from any thread; they are batched
   every second;
 * one **publisher** sends the outbox with a window of batches in flight, and removes each batch only after
@@ -49,7 +50,7 @@ from energymon.clock import WallClock
 from energymon.config import PlantConfig
 from energymon.counters import CounterTracker, TrackerState, plant_counter_rules
 from energymon.errors import TransportError
-from energymon.interfaces import Clock, Collector, PushCollector, Transport
+from energymon.interfaces import Clock, Collector, ProbingCollector, PushCollector, Transport
 from energymon.metrics import PipelineMetrics, private_metrics
 from energymon.schema import Interval, Point, Quality
 from energymon.topics import readings_topic, status_topic
@@ -226,8 +227,13 @@ class Gateway:
             await c.start()
         for pc in self.push_collectors:
             await pc.start(self.emit)
-        groups = self.plant.gateway.poll_groups
-        tasks = [asyncio.create_task(self._schedule(g.id, g.interval_secs, stop)) for g in groups]
+        groups = [(g.id, max(1, round(g.interval_secs * 1000))) for g in self.plant.gateway.poll_groups]
+        tasks = []
+        for c in self.collectors:
+            served = getattr(c, "groups", None)
+            mine = [g for g in groups if served is None or g[0] in served]
+            if mine:
+                tasks.append(asyncio.create_task(self._schedule(c, mine, stop)))
         tasks.append(asyncio.create_task(self._push_batcher(stop)))
         publisher = asyncio.create_task(self._publisher(stop))
         stopped = asyncio.create_task(stop.wait())
@@ -277,28 +283,71 @@ class Gateway:
             except TimeoutError:
                 continue
 
-    async def _schedule(self, group: str, interval_secs: float, stop: asyncio.Event) -> None:
-        interval_ms = max(1, round(interval_secs * 1000))
-        serving = list(self.collectors)
+    async def _schedule(self, collector: Collector, groups: list[tuple[str, int]], stop: asyncio.Event) -> None:
+        """One bus's schedule: its poll groups' ticks, and probes of its offline meters in between.
+
+        Every bus has a task of its own, so a bus whose meters are dead, or a host that accepts connections and
+        never answers, costs no other bus anything. At each tick the due groups are polled (healthy meters
+        first; failing ones only in the time left before the bus's next tick, see
+        :class:`~energymon.interfaces.ProbingCollector`). The next tick of a group is computed from the clock
+        after its poll, so a poll that overran skips the ticks it covered rather than piling them up.
+        """
+        probing = collector if isinstance(collector, ProbingCollector) else None
+        now = self.clock.now_ms()
+        next_tick = {g: (now // iv + 1) * iv for g, iv in groups}
+        intervals = dict(groups)
         while not stop.is_set():
-            now = self.clock.now_ms()
-            tick = (now // interval_ms + 1) * interval_ms
+            tick = min(next_tick.values())
+            if probing is not None and not await self._probe_until(probing, tick, stop):
+                return
             if not await self._sleep_until(tick, stop):
                 return
-            # each collector times its own poll of the group (energymon_poll_duration_seconds)
-            results = await asyncio.gather(*(c.poll(group, tick) for c in serving), return_exceptions=True)
-            points: list[Point] = []
-            for c, res in zip(serving, results, strict=True):
-                if isinstance(res, BaseException):
-                    if isinstance(res, asyncio.CancelledError):
-                        raise res
-                    self.stage.error(res)
-                    log.error("collector %s failed to poll group %s: %s", c.name, group, res)
-                else:
-                    points.extend(res)
-            self.polls += 1
+            due = [g for g, t in next_tick.items() if t == tick]
+            for g in due:
+                next_tick[g] = tick + intervals[g]
+            until = min(next_tick.values())
+            for g in due:
+                try:
+                    if probing is not None:
+                        res = await probing.poll(g, tick, until_ms=until)
+                    else:
+                        res = await collector.poll(g, tick)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a collector's bug must not stop its bus's schedule
+                    self.stage.error(exc)
+                    log.error("collector %s failed to poll group %s: %s", collector.name, g, exc)
+                    res = []
+                self.polls += 1
+                if res:
+                    self.enqueue(res)
+            now = self.clock.now_ms()
+            for g in due:
+                iv = intervals[g]
+                next_tick[g] = max(next_tick[g], (now // iv + 1) * iv)
+
+    async def _probe_until(self, collector: ProbingCollector, tick_ms: int, stop: asyncio.Event) -> bool:
+        """Probe ``collector``'s offline meters as they come due before ``tick_ms``; False if stopped."""
+        while not stop.is_set():
+            due = collector.next_probe_ms()
+            if due is None or due >= tick_ms:
+                return True
+            if due > self.clock.now_ms() and not await self._sleep_until(due, stop):
+                return False
+            try:
+                points = await collector.probe(tick_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stage.error(exc)
+                log.error("collector %s failed to probe its meters: %s", collector.name, exc)
+                return True
             if points:
                 self.enqueue(points)
+            again = collector.next_probe_ms()
+            if again is not None and again <= self.clock.now_ms():
+                return True  # due, but no probe fits before the tick: it waits for the spare time after it
+        return False
 
     def _flush_pushed(self) -> None:
         with self._push_lock:

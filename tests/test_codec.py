@@ -178,3 +178,28 @@ def test_decode_is_fast_enough_for_25k_tags_per_second() -> None:
         decode(r, words, device="m")
     # a loose bound (10x margin on a slow CI core): 25k values in well under a second
     assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("dtype", "raw", "scale"),
+    [
+        ("uint64", 123456789012345678, 0.001),  # float(raw) * 0.001 gives ...345.69
+        ("uint64", 9007199254740993, 0.01),  # 2**53 + 1: float(raw) rounds it before scaling
+        ("uint64", 987654321987654321, 0.01),
+        ("int64", -987654321987654321, 0.001),
+        ("uint64", 2**64 - 1, 1.0),
+    ],
+)
+def test_64_bit_counters_are_scaled_exactly_and_rounded_once(dtype: str, raw: int, scale: float) -> None:
+    from decimal import Decimal
+
+    reg = Register(quantity="e", address=0, type=DataType(dtype), scale=scale, unit="kWh", kind="counter")
+    words = encode(reg.model_copy(update={"scale": 1.0}), raw)  # the raw counter, exactly
+    exact = float(Decimal(raw) * Decimal(repr(scale)))
+    assert decode(reg, words, device="m") == exact  # the float nearest to the exact value, not a rounding away
+
+
+def test_64_bit_counter_round_trips_through_encode() -> None:
+    reg = Register(quantity="e", address=0, type=DataType.UINT64, scale=0.01, unit="kWh", kind="counter")
+    for value in (123456789012345.67, 0.01, 42949672.95, 184467440737095.51):
+        assert decode(reg, encode(reg, value), device="m") == value

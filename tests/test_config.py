@@ -145,3 +145,69 @@ def test_cli_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     for cmd in ("validate", "demo", "simulate", "gateway", "processor", "run"):
         assert f"    {cmd}" in out
+
+
+def test_meters_may_share_a_unit_id_where_their_registers_do_not_overlap() -> None:
+    feeder2 = METER.format(id="m2", unit=1, unit_name="kWh").replace("address: 0", "address: 10").replace(
+        "address: 2", "address: 12")
+    plant = parse_plant(plant_text(METER.format(id="m1", unit=1, unit_name="kWh"), feeder2))
+    assert [m.source.unit_id for m in plant.meters] == [1, 1]  # type: ignore[union-attr]
+    # one register in common is refused, naming the meter and the register
+    clash = feeder2.replace("address: 12", "address: 1")
+    lines = issues(plant_text(METER.format(id="m1", unit=1, unit_name="kWh"), clash))
+    assert any("meters[1].source.unit_id: unit id 1 on bus 'b1' is already used by meters[0] (m1) for holding "
+               "register 1" in x for x in lines), lines
+
+
+def test_shared_unit_ids_compare_protocol_addresses_across_addressing() -> None:
+    one_based = METER.format(id="m2", unit=1, unit_name="kWh").replace(
+        "      registers:\n", "      addressing: one_based\n      registers:\n").replace(
+        "address: 0", "address: 5").replace("address: 2", "address: 7")
+    # one-based 5..8 are protocol 4..7: protocol register 4..5 is free, 6..7 is not (m1 has 0..3 only) -> fine
+    parse_plant(plant_text(METER.format(id="m1", unit=1, unit_name="kWh"), one_based))
+    clash = one_based.replace("address: 5", "address: 3").replace("address: 7", "address: 5")  # protocol 2..5
+    lines = issues(plant_text(METER.format(id="m1", unit=1, unit_name="kWh"), clash))
+    assert any("already used by meters[0] (m1) for holding register 3" in x for x in lines), lines
+
+
+def test_the_bus_as_a_whole_must_read_its_meters_within_the_interval() -> None:
+    # 200 ms × 2 tries fits 1 s for one meter; eight RTU meters at 1200 baud and a dropping one do not
+    head = GOOD_HEAD.replace(
+        "  - {type: modbus_tcp, id: b1, host: 127.0.0.1, port: 1502, timeout_ms: 200}",
+        "  - {type: modbus_rtu, id: b1, device: /dev/ttyUSB0, baudrate: 1200, timeout_ms: 200}",
+    ).replace("interval_secs: 5", "interval_secs: 1")
+    meters = "".join(METER.format(id=f"m{u}", unit=u, unit_name="kWh") for u in range(1, 9))
+    with pytest.raises(ConfigError) as info:
+        parse_plant(head + "meters:\n" + meters, "plant.yaml")
+    (line,) = str(info.value).splitlines()
+    assert "buses[0]: bus 'b1': its 8 meter(s) of poll group 'default' take about" in line
+    assert "timeout_ms 200 × 2 tries" in line and "not shorter than the interval 1.0 s" in line
+    # the same at 9600 baud fits
+    parse_plant(head.replace("baudrate: 1200", "baudrate: 9600") + "meters:\n" + meters, "plant.yaml")
+
+
+def test_polling_settings_per_bus_are_strict_and_have_defaults() -> None:
+    plant = parse_plant(plant_text(METER.format(id="m1", unit=1, unit_name="kWh")))
+    polling = plant.buses[0].polling  # type: ignore[union-attr]
+    assert (polling.fail_threshold, polling.probe_interval_secs) == (3, 10.0)
+    assert (polling.reconnect_backoff_first_secs, polling.reconnect_backoff_max_secs) == (1.0, 15.0)
+    text = plant_text(METER.format(id="m1", unit=1, unit_name="kWh")).replace(
+        "timeout_ms: 200}", "timeout_ms: 200, polling: {probe_interval_secs: 5, probe_every: 3}}")
+    (line,) = issues(text)
+    assert "buses[0].polling.probe_every: unknown key" in line
+    text = plant_text(METER.format(id="m1", unit=1, unit_name="kWh")).replace(
+        "timeout_ms: 200}",
+        "timeout_ms: 200, polling: {reconnect_backoff_first_secs: 30, reconnect_backoff_max_secs: 10}}")
+    (line,) = issues(text)
+    assert "reconnect_backoff_first_secs must not exceed reconnect_backoff_max_secs" in line
+
+
+def test_hole_filling_is_set_per_bus_and_overridden_per_meter() -> None:
+    text = plant_text(METER.format(id="m1", unit=1, unit_name="kWh")).replace(
+        "timeout_ms: 200}", "timeout_ms: 200, max_hole_registers: 0}").replace(
+        "      unit_id: 1\n", "      unit_id: 1\n      max_hole_registers: 4\n")
+    plant = parse_plant(text)
+    assert plant.buses[0].max_hole_registers == 0  # type: ignore[union-attr]
+    assert plant.meters[0].source.max_hole_registers == 4  # type: ignore[union-attr]
+    (line,) = issues(text.replace("max_hole_registers: 0", "max_hole_registers: -1"))
+    assert "buses[0].max_hole_registers" in line

@@ -399,7 +399,7 @@ def test_two_meters_over_tcp_decode_exactly_one_request_per_item() -> None:
 def test_dead_meter_beside_healthy_ones_then_fast_polls(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     metrics = PipelineMetrics(CollectorRegistry())
-    policy = Dlt645Policy(fail_threshold=2, device_backoff_secs=60)
+    policy = Dlt645Policy(fail_threshold=2, probe_interval_secs=60)
 
     async def main() -> None:
         sim = Dlt645MeterServer([A1, A2, A3], Values())
@@ -420,7 +420,7 @@ def test_dead_meter_beside_healthy_ones_then_fast_polls(caplog: pytest.LogCaptur
                 assert_good(points["m3"], READINGS[A3])
             # 2 polls x (1 + 1 retry) of the first item only
             assert [r for r in sim.requests if r[0] == A2] == [(A2, "00010000")] * 4
-            # m2 is in its back-off window: no request, no delay for the others
+            # m2 is offline and probed only every 60 s: no request, no delay for the others
             for _ in range(3):
                 started = time.monotonic()
                 points = by_meter(await collector.poll("default", 0))
@@ -448,9 +448,9 @@ def test_dead_meter_beside_healthy_ones_then_fast_polls(caplog: pytest.LogCaptur
     ]
 
 
-def test_dead_meter_is_probed_after_its_window_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+def test_dead_meter_is_probed_after_its_probe_interval_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    policy = Dlt645Policy(fail_threshold=1, device_backoff_secs=0.1, device_backoff_max_secs=0.2)
+    policy = Dlt645Policy(fail_threshold=1, probe_interval_secs=0.1)
 
     async def main() -> None:
         sim = Dlt645MeterServer([A1], Values())
@@ -460,16 +460,16 @@ def test_dead_meter_is_probed_after_its_window_and_recovers(caplog: pytest.LogCa
         try:
             assert_bad(by_meter(await collector.poll("default", 0))["m1"])
             assert len(sim.requests) == 3  # 1 + 2 retries
-            assert_bad(by_meter(await collector.poll("default", 0))["m1"])  # in the window: no request
+            assert_bad(by_meter(await collector.poll("default", 0))["m1"])  # before the probe interval ends: no request
             assert len(sim.requests) == 3
             deadline = time.monotonic() + 5
-            while len(sim.requests) == 3:  # the window ends: one probe, without retries, which fails
+            while len(sim.requests) == 3:  # the probe interval ends: one probe, without retries, which fails
                 assert time.monotonic() < deadline
                 assert_bad(by_meter(await collector.poll("default", 0))["m1"])
                 await asyncio.sleep(0.01)
             assert len(sim.requests) == 4
             sim.set_fault(A1, None)
-            while True:  # the next (doubled) window ends: the probe succeeds
+            while True:  # the next probe succeeds
                 assert time.monotonic() < deadline
                 points = by_meter(await collector.poll("default", 0))["m1"]
                 if points["power_active"].quality is Quality.GOOD:

@@ -229,7 +229,7 @@ def test_library_map_over_input_registers_one_based() -> None:
 def test_dead_and_failing_devices_beside_healthy_ones(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     metrics = PipelineMetrics(CollectorRegistry())
-    policy = ModbusPolicy(fail_threshold=3, device_backoff_secs=60)
+    policy = ModbusPolicy(fail_threshold=3, probe_interval_secs=60)
 
     async def main() -> None:
         port = free_port()
@@ -248,7 +248,7 @@ def test_dead_and_failing_devices_beside_healthy_ones(caplog: pytest.LogCaptureF
                 assert_bad(points["m3"])
             assert len(dead.reads) == 6  # 3 polls x (1 + bus.retries)
             assert len(failing.reads) == 3  # an exception code is not retried
-            # both are now in their back-off window: no request, no delay for the healthy meters
+            # both are now offline and probed only every 60 s: no request, no delay for the healthy meters
             for _ in range(2):
                 started = time.monotonic()
                 points = by_meter(await collector.poll("default", 0))
@@ -282,9 +282,9 @@ def test_dead_and_failing_devices_beside_healthy_ones(caplog: pytest.LogCaptureF
     assert any("m3" in d and "exception 4" in d for d in drops)
 
 
-def test_dead_device_is_probed_once_per_window_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+def test_dead_device_is_probed_once_per_probe_interval_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    policy = ModbusPolicy(fail_threshold=2, device_backoff_secs=0.2, device_backoff_max_secs=0.4)
+    policy = ModbusPolicy(fail_threshold=2, probe_interval_secs=0.2)
 
     async def main() -> None:
         port = free_port()
@@ -298,12 +298,12 @@ def test_dead_device_is_probed_once_per_window_and_recovers(caplog: pytest.LogCa
             assert len(sim.reads) == 2
             assert_bad(by_meter(await collector.poll("default", 0))["m1"])  # in the window: no request
             assert len(sim.reads) == 2
-            while len(sim.reads) == 2:  # the window ends: one probe, which fails again
+            while len(sim.reads) == 2:  # the probe interval ends: one probe, which fails again
                 await asyncio.sleep(0.02)
                 assert_bad(by_meter(await collector.poll("default", 0))["m1"])
             assert len(sim.reads) == 3
             sim.fault = "ok"
-            while True:  # the next window (doubled) ends: the probe succeeds
+            while True:  # the next probe succeeds
                 await asyncio.sleep(0.02)
                 points = by_meter(await collector.poll("default", 0))["m1"]
                 if points["power_active"].quality is Quality.GOOD:
@@ -473,3 +473,94 @@ def test_rtu_over_a_serial_line(pty_pair: tuple[str, str], caplog: pytest.LogCap
     drops = log_lines(caplog, "unavailable", logging.WARNING)
     assert len(drops) == 2
     assert any("s5" in d and "exception 2 (illegal data address)" in d for d in drops)
+
+
+# --------------------------------------------------------------------------------------------- hole filling
+
+
+FEEDER_A = Register(quantity="power_active", address=0, type=DataType.FLOAT32, unit="kW")
+FEEDER_B = Register(quantity="power_active", address=8, type=DataType.FLOAT32, unit="kW")
+
+
+async def gappy_server(port: int) -> ModbusBaseServer:
+    """One device (unit 1) that defines registers 0-1 and 8-9 only and refuses any read across 2-7."""
+    words_a = encode(FEEDER_A, 11.5)
+    words_b = encode(FEEDER_B, 22.5)
+    device = SimDevice(id=1, simdata=[SimData(address=0, values=words_a, datatype=SimType.REGISTERS),
+                                      SimData(address=8, values=words_b, datatype=SimType.REGISTERS)])
+    server = ModbusTcpServer([device], address=("127.0.0.1", port))
+    await server.serve_forever(background=True)
+    return server
+
+
+def feeder_meter(meter_id: str, registers: list[Register], hole: int | None = None) -> tuple[Meter, RegisterMap]:
+    source = ModbusSource(type="modbus", bus="b1", unit_id=1, registers=registers, max_hole_registers=hole)
+    return Meter(id=meter_id, source=source), RegisterMap(registers=registers)
+
+
+def test_hole_filling_off_reads_a_device_that_refuses_reads_across_undefined_registers() -> None:
+    both = [FEEDER_A, FEEDER_B.model_copy(update={"quantity": "power_reactive", "unit": "kvar"})]
+
+    async def main() -> None:
+        port = free_port()
+        server = await gappy_server(port)
+        try:
+            # default: the 6-register hole is read in one request, which the device refuses
+            filled = ModbusCollector(tcp_bus(port), [feeder_meter("m1", both)])
+            bad = by_meter(await filled.poll("default", 0))["m1"]
+            assert all(p.quality is Quality.BAD for p in bad.values())
+            await filled.stop()
+            # off on the bus: two requests, both answered
+            for collector in (
+                ModbusCollector(tcp_bus(port, max_hole_registers=0), [feeder_meter("m1", both)]),
+                ModbusCollector(tcp_bus(port), [feeder_meter("m1", both, hole=0)]),  # off for the meter
+            ):
+                good = by_meter(await collector.poll("default", 0))["m1"]
+                assert {q: p.value for q, p in good.items()} == {"power_active": 11.5, "power_reactive": 22.5}
+                await collector.stop()
+        finally:
+            await stop_server(server)
+
+    run(main)
+
+
+def test_several_meters_on_one_unit_id_read_their_own_registers() -> None:
+    """A multi-circuit meter: one device (unit 1), a meter per feeder, registers that do not overlap."""
+
+    async def main() -> None:
+        port = free_port()
+        server = await gappy_server(port)
+        collector = ModbusCollector(tcp_bus(port), [feeder_meter("feeder_a", [FEEDER_A]),
+                                                    feeder_meter("feeder_b", [FEEDER_B])])
+        try:
+            for _ in range(2):
+                points = by_meter(await collector.poll("default", 0))
+                assert points["feeder_a"]["power_active"].value == 11.5
+                assert points["feeder_b"]["power_active"].value == 22.5
+        finally:
+            await collector.stop()
+            await stop_server(server)
+
+    run(main)
+
+
+def test_a_64_bit_counter_is_read_exactly() -> None:
+    reg = Register(quantity="energy_active_import", address=0, type=DataType.UINT64, scale=0.001, unit="kWh",
+                   kind="counter")
+    raw = 123456789012345678
+
+    async def main() -> None:
+        port = free_port()
+        words = encode(reg.model_copy(update={"scale": 1.0}), raw)
+        device = SimDevice(id=1, simdata=[SimData(address=0, values=words, datatype=SimType.REGISTERS)])
+        server = ModbusTcpServer([device], address=("127.0.0.1", port))
+        await server.serve_forever(background=True)
+        collector = ModbusCollector(tcp_bus(port), [feeder_meter("m1", [reg])])
+        try:
+            (point,) = await collector.poll("default", 0)
+            assert point.value == 123456789012345.67  # float(raw) * 0.001 would give 123456789012345.69
+        finally:
+            await collector.stop()
+            await stop_server(server)
+
+    run(main)

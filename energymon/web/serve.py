@@ -8,13 +8,12 @@ The store is the one ``processor.store`` names: an SQLite file (read through
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import threading
 from pathlib import Path
 from typing import TextIO
 
+from energymon import lifecycle
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
 from energymon.errors import ConfigError, ConfigIssue, StoreError
 from energymon.web.overview import Overview, alerts_from_state_file
@@ -74,18 +73,14 @@ def serve(
     overview = Overview(plant, reader, alerts=alerts, alerts_from=alerts_from)
     server = WebServer(overview, host=host, port=port, refresh_s=refresh_s)
     stop = threading.Event()
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        server.start()
-        print(f"energymon: live page of {plant.enterprise.name} on {server.url} ({reader.describe()})", file=out)
-        out.flush()
-        stop.wait(duration_s)
+        with lifecycle.threading_stop(stop):
+            server.start()
+            print(f"energymon: live page of {plant.enterprise.name} on {server.url} ({reader.describe()})",
+                  file=out)
+            out.flush()
+            stop.wait(duration_s)
     finally:
         server.stop()
         reader.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return 0

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
 import threading
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from energymon import lifecycle
 from energymon.clock import WallClock
 from energymon.config import load_plant
 from energymon.errors import EnergymonError
@@ -168,8 +168,8 @@ def _run(args: argparse.Namespace, service: UplinkService, tz: Any, stream: Any)
         incomplete = sum(r["missing"] + r["failed"] + r["rejected"] + r["blocked"] for r in rows)
         return 0 if incomplete == 0 else 4
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"uplink running; daily slot {service.upload_time().isoformat()}", file=stream, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        service.run(stop, on_report=lambda r: _print_report(r, stream))
+    with lifecycle.threading_stop(stop):  # SIGTERM/SIGINT (one during start-up included) stop it cleanly
+        print(f"uplink running; daily slot {service.upload_time().isoformat()}", file=stream, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            service.run(stop, on_report=lambda r: _print_report(r, stream))
     return 0
