@@ -92,10 +92,11 @@ def render_summary(
             start, e, out, _ = latest
             hour = datetime.fromtimestamp(start / 1000, tz)
             lines.append(
-                f"{name} 单位产品综合能耗 (hour from {hour:%H:%M}, 暂估 provisional): {e / out:,.1f} kgce/{product.unit}"
-                f"   ({_fmt(e, 0)} kgce / {_fmt(out, 1)} {product.unit})"
+                f"{name} 单位产品综合能耗 (hour from {hour:%H:%M}, 暂估 provisional): "
+                f"{e / out:,.1f} kgce/{product.unit}   ({_fmt(e, 0)} kgce / {_fmt(out, 1)} {product.unit})"
             )
-            lines.append("  暂估：本小时数据尚未覆盖整个时段，不分级 (provisional: the hour is not complete, not graded)")
+            lines.append("  暂估：本小时数据尚未覆盖整个时段，不分级"
+                         " (provisional: the hour is not complete, not graded)")
             final = accounting.latest(product.id, "hour", final=True)
         if final is None:
             continue

@@ -205,7 +205,7 @@ def test_fifty_kill_9_in_a_row_lose_nothing_and_count_nothing_twice(
             if k % 5 == 4:  # now and then a kill during start-up, before anything is polled
                 time.sleep(rnd.uniform(0.0, 0.3))
             else:  # otherwise once this run has committed a batch, at a random point of the flow after it
-                wait_for(lambda: read_outbox(outbox)[0] > before, f"run {k} committed no batch", log)
+                wait_for(lambda b=before: read_outbox(outbox)[0] > b, f"run {k} committed no batch", log)
                 time.sleep(rnd.uniform(0.0, 0.8))
             os.kill(pid, signal.SIGKILL)
             status = reap(pid)

@@ -25,7 +25,9 @@ from energymon.interfaces import Clock
 from energymon.periods import next_period_start, period_start
 from energymon.web.reader import StoreReader
 
-__all__ = ["PROVISIONAL_LABEL", "STATUS_LABELS", "AlertSource", "Overview", "alerts_from_engine", "alerts_from_state_file"]
+__all__ = [
+    "PROVISIONAL_LABEL", "STATUS_LABELS", "AlertSource", "Overview", "alerts_from_engine", "alerts_from_state_file",
+]
 
 log = logging.getLogger(__name__)
 
