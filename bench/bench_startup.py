@@ -4,13 +4,14 @@
     python bench/bench_startup.py            # 10 runs of each, interleaved
     python bench/bench_startup.py --runs 20
 
-Each command runs ``--runs`` times in a fresh process, the three interleaved so a busy moment of a shared
-machine hits them alike; the figure is the minimum wall time of each (the start-up cost without the noise of
-other processes), with the median beside it. ``ratio`` is the command's minimum over ``python3 -c pass``'s, the
-figure to compare across machines. ``cpu_min_s`` is the least CPU time (user + system) of a run: on a shared
-machine whose load stretches wall times it is the closer estimate of the idle start-up. Each command is also run once with ``-X importtime`` to report whether it
-imported pandas, numpy or the provincial uplink (it should not: those belong to the commands that use them).
-Targets: ``--help`` under 0.3 s and ``validate`` under 0.6 s on an idle machine. Nothing is left behind.
+Each command runs ``--runs`` times in a fresh process, the three interleaved so a busy moment of a shared machine
+hits them alike; the figure is the minimum wall time of each (the start-up cost without the noise of other
+processes), with the median beside it. ``ratio`` is the command's minimum over ``python3 -c pass``'s, the figure to
+compare across machines. ``cpu_min_s`` is the least CPU time (user + system) of a run: on a shared machine whose
+load stretches wall times it is the closer estimate of the idle start-up. Each command is also run once with ``-X
+importtime`` to report whether it imported pandas, numpy or the provincial uplink (it should not: those belong to
+the commands that use them). Targets: ``--help`` under 0.3 s and ``validate`` under 0.6 s on an idle machine.
+Nothing is left behind.
 """
 
 from __future__ import annotations
