@@ -207,7 +207,7 @@ class IndicatorCondition(_Configured):
         if product is None or (cfg.product is not None and product != cfg.product):
             return None
         value = fields.get("value")
-        if value is None:
+        if value is None or fields.get("provisional"):  # a live period not yet covered end to end is no result
             return None
         if cfg.min_output > 0 and fields.get("output", 0.0) < cfg.min_output:
             return None

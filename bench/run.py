@@ -14,6 +14,7 @@ RUNS = [
     ["bench_recompute.py"],
     ["bench_collector.py"],
     ["bench_gateway.py"],
+    ["bench_startup.py"],
 ]
 
 

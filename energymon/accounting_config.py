@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from energymon import units
+from energymon import (
+    _model_docs,  # noqa: F401  # field docstrings read once per module
+    units,
+)
 from energymon.refdata import (
     UNITS,
     QuotaLevelSet,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from energymon import _model_docs  # noqa: F401  # field docstrings read once per module
 from energymon.schema import ID_PATTERN
 
 if TYPE_CHECKING:

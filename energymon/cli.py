@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from energymon import __version__, lifecycle
 from energymon.errors import ConfigError, EnergymonError
+
+if TYPE_CHECKING:
+    import asyncio  # imported where a command runs an event loop: --help and validate start without it
 
 __all__ = ["main"]
 
@@ -25,8 +29,38 @@ def _positive(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+#: Commands whose arguments are defined by their stage, in modules that import much (pandas, the provincial
+#: uplink): name → (help, module, function adding the command to the subparsers). Only the command being run
+#: is built from its module; the others are listed with their help, so ``energymon --help`` and the light
+#: commands start without those imports. tests/test_cli_startup.py checks the help texts against the modules.
+_STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "alerts": ("list, acknowledge and silence alerts (state file in the data directory)",
+               "energymon.alerts.cli", "add_alerts_parser"),
+    "uplink": ("upload to the provincial online-monitoring platform (with 补传)",
+               "energymon.gateway.provincial.cli", "add_parser"),
+    "simulate-platform": ("run a simulated provincial online-monitoring platform over HTTP",
+                          "energymon.simulators.provincial_platform", "add_parser"),
+}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is not a global option or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand.
+
+    ``argv``: the arguments about to be parsed; only the stage command they name (if any) is built from its
+    module, the others are listed by name and help. None builds every command in full.
+    """
+    selected = None if argv is None else _command_of(argv)
     parser = argparse.ArgumentParser(
         prog="energymon",
         description="Energy-monitoring pipeline for key energy-consuming units (重点用能单位).",
@@ -96,16 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--to", dest="end", metavar="ISO", default=None, help="end, exclusive (default: now)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    from energymon.alerts.cli import add_alerts_parser
-    from energymon.processors import report_cli
+    from energymon.processors import report_cli  # the arguments only: the report's imports come with main()
 
-    add_alerts_parser(sub)
-    report_cli.add_arguments(sub.add_parser("report", help=report_cli.HELP))
-    from energymon.gateway.provincial import cli as uplink_cli
-    from energymon.simulators import provincial_platform
-
-    uplink_cli.add_parser(sub)
-    provincial_platform.add_parser(sub)
+    for name, (text, module, adder) in _STAGE_COMMANDS.items():
+        if argv is None or name == selected:
+            getattr(importlib.import_module(module), adder)(sub)
+        else:
+            sub.add_parser(name, help=text)
+        if name == "alerts":
+            report_cli.add_arguments(sub.add_parser("report", help=report_cli.HELP))
     return parser
 
 
@@ -125,6 +158,8 @@ def _validate(path: Path) -> int:
 
 async def _until_stopped(stop: asyncio.Event, duration: float | None) -> None:
     """Wait for SIGTERM/SIGINT (one that came during start-up included) or the duration; then set ``stop``."""
+    import asyncio
+
     with lifecycle.asyncio_stop(stop):
         if duration is None:
             await stop.wait()
@@ -135,6 +170,8 @@ async def _until_stopped(stop: asyncio.Event, duration: float | None) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from prometheus_client import REGISTRY, disable_created_metrics, start_http_server
 
     from energymon.clock import WallClock
@@ -171,6 +208,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
+    import asyncio
     from datetime import UTC, datetime
 
     from energymon.clock import ScaledClock
@@ -215,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["gateway", "history"]:  # `energymon gateway history ...` is `energymon history ...`
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if args.command not in _LONG_RUNNING:
         if lifecycle.stop_requested():
             return 0
@@ -226,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args.plant)
+        import asyncio  # the commands below run event loops
+
         if args.command == "demo":
             from energymon.demo import run_demo
 

@@ -24,7 +24,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from energymon import units
+from energymon import (
+    _model_docs,  # noqa: F401  # field docstrings read once per module
+    units,
+)
 from energymon.accounting_config import AccountingConfig
 from energymon.alerts_config import AlertsConfig, ThresholdRule, WebhookNotifier
 from energymon.errors import ConfigError, ConfigIssue
@@ -939,8 +942,12 @@ def parse_plant(text: str, file: str = "<plant>", *, check_references: bool = Tr
         ConfigError: listing every problem with ``file:line: key.path: why``.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # parsed once: the node tree gives the lines, the data come from it
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

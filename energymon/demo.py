@@ -79,14 +79,29 @@ def render_summary(
         )
     lines.append(f"  {'total':<14} {'':>22} {_fmt(sum(kgce.values())):>16} kgce")
     lines.append("")
+    accounting = service.processor.accounting
     for product in plant.products:
-        latest = service.processor.accounting.latest(product.id, "hour")
-        if latest is None:
-            lines.append(f"{product.name or product.id} 单位产品综合能耗: waiting for output")
-            continue
-        start, e, out, grade = latest
-        hour = datetime.fromtimestamp(start / 1000, tz)
         name = product.name or product.id
+        latest = accounting.latest(product.id, "hour")
+        if latest is None:
+            lines.append(f"{name} 单位产品综合能耗: waiting for output")
+            continue
+        final = latest if not accounting.provisional(product.id, "hour", latest[0]) else None
+        if final is None:
+            # the running hour (or the first one after start-up) is an estimate: shown, never graded
+            start, e, out, _ = latest
+            hour = datetime.fromtimestamp(start / 1000, tz)
+            lines.append(
+                f"{name} 单位产品综合能耗 (hour from {hour:%H:%M}, 暂估 provisional): "
+                f"{e / out:,.1f} kgce/{product.unit}   ({_fmt(e, 0)} kgce / {_fmt(out, 1)} {product.unit})"
+            )
+            lines.append("  暂估：本小时数据尚未覆盖整个时段，不分级"
+                         " (provisional: the hour is not complete, not graded)")
+            final = accounting.latest(product.id, "hour", final=True)
+        if final is None:
+            continue
+        start, e, out, grade = final
+        hour = datetime.fromtimestamp(start / 1000, tz)
         text = f"{name} 单位产品综合能耗 (hour from {hour:%H:%M}): {e / out:,.1f} kgce/{product.unit}"
         text += f"   ({_fmt(e, 0)} kgce / {_fmt(out, 1)} {product.unit})"
         lines.append(text)

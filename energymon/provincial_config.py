@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from energymon import _model_docs  # noqa: F401  # field docstrings read once per module
 from energymon.schema import ID_PATTERN
 
 __all__ = [

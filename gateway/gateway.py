@@ -107,7 +107,7 @@ class Gateway:
         self.stage = self.metrics.stage("gateway")
         cfg = plant.gateway
         self.queue = OutboundQueue(queue_path, on_corrupt=cfg.outbox_on_corrupt)
-        self.outbox = Outbox(self.queue, plant, metrics=self.metrics, stage=self.stage)
+        self.outbox = Outbox(self.queue, plant, metrics=self.metrics, stage=self.stage, speed=self.clock.speed())
         self.history: EdgeHistory | None = None
         if cfg.history_retention_days > 0:
             if history_file is None:

@@ -4,7 +4,10 @@
 
 * **clock check** — a reading whose ``ts_ms`` is more than ``time_tolerance_secs`` from the gateway's clock is
   set aside in the queue's quarantine table, counted (``dropped{reason="clock_skew"}``) and reported with one
-  WARNING per meter while it persists (and one INFO when the meter's readings are back within tolerance);
+  WARNING per meter while it persists (and one INFO when the meter's readings are back within tolerance).
+  The tolerance is real time: on a clock running ``speed`` times faster than the wall clock (the demo's
+  ``--speed``) it covers ``time_tolerance_secs × speed`` of event time, so a reading delayed by a busy machine is
+  not mistaken for a meter with a wrong clock;
 * **batching** — points are cut into batches of ``batch_max_points``, stored zlib-deflated (about 10 bytes a
   point instead of about 120 as JSON; the publisher inflates them again unless the uplink sends deflated);
 * **bounds** — after each write, batches older than ``outbox_max_age_days`` are dropped (``max_age``), and if
@@ -74,10 +77,13 @@ class Outbox:
         plant: the plant (enterprise, gateway settings, which quantities are counters, compression).
         metrics: self-metrics; the stage is ``gateway``.
         stage: the gateway stage's counters (shared with the gateway).
+        speed: event-time seconds per real second of the gateway's clock (``Clock.speed()``); the clock check's
+            tolerance is ``time_tolerance_secs`` of real time, so ``time_tolerance_secs × speed`` of event time.
     """
 
     def __init__(
-        self, queue: OutboundQueue, plant: PlantConfig, *, metrics: PipelineMetrics, stage: StageMetrics
+        self, queue: OutboundQueue, plant: PlantConfig, *, metrics: PipelineMetrics, stage: StageMetrics,
+        speed: float = 1.0,
     ) -> None:
         self.queue = queue
         self.config: GatewayConfig = plant.gateway
@@ -88,7 +94,7 @@ class Outbox:
         self.stage = stage
         self.max_bytes = self.config.outbox_max_bytes
         self.max_age_ms = round(self.config.outbox_max_age_days * 86_400_000)
-        self.tolerance_ms = round(self.config.time_tolerance_secs * 1000)
+        self.tolerance_ms = round(self.config.time_tolerance_secs * 1000 * speed)
         self.policy = self.config.overflow_policy
         self._fill = metrics.outbox_fill_ratio.labels(self.gateway_id)
         self._bytes = metrics.outbox_bytes.labels(self.gateway_id)

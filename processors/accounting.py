@@ -98,6 +98,9 @@ class _Bucket:
     carrier_kwh: dict[str, float] = field(default_factory=dict)
     carrier_consumed: dict[str, float] = field(default_factory=dict)  # net, in carrier_unit (GB 30251 kgoe)
     carrier_unit: dict[str, str] = field(default_factory=dict)
+    # the output meter's intervals that touched the period: earliest start, latest end (coverage of the period)
+    output_from_ms: int | None = None
+    output_to_ms: int | None = None
 
 
 class Accounting:
@@ -230,7 +233,12 @@ class Accounting:
                 factor = self.rules.output_factor.get(pid, 1.0)
                 for period, cache in self._periods.items():
                     for pstart, share in cache.split(split_from, end_ms, amount):
-                        self._bucket(pid, period, pstart).output += share * factor
+                        b = self._bucket(pid, period, pstart)
+                        b.output += share * factor
+                        if b.output_from_ms is None or start_ms < b.output_from_ms:
+                            b.output_from_ms = start_ms
+                        if b.output_to_ms is None or end_ms > b.output_to_ms:
+                            b.output_to_ms = end_ms
         return rows
 
     def _output_shares(self, info: _MeterInfo, period: str, pstart: int) -> dict[str, float] | None:
@@ -281,8 +289,10 @@ class Accounting:
             product_id, period, start = key
             bucket = self._buckets[key]
             day = datetime.fromtimestamp(start / 1000, self.tz).date()
+            provisional = 1.0 if self.provisional(product_id, period, start) else 0.0
             for indicator, carriers in self.rules.indicators(product_id):
                 fields = self._indicator_fields(product_id, indicator, carriers, bucket, day)
+                fields["provisional"] = provisional
                 rows.append((self._indicator_keys[(product_id, indicator, period)], fields, start))
         self._dirty.clear()
         self._evict()
@@ -340,6 +350,19 @@ class Accounting:
         for key in [k for k in self._buckets if k[2] < horizon]:
             del self._buckets[key]
 
+    def provisional(self, product: str, period: str, start_ms: int) -> bool:
+        """True while the live sums of a product period do not cover the whole period, so its indicator is an
+        estimate, not a result: the product's output meter has no interval reaching back to the period's start
+        (the pipeline started, or the output meter's data resumed after a gap booked at its end, inside the
+        period: the first hour after start-up) or none reaching its end yet (the period is still running).
+
+        A period that is covered end to end is final; its grade is never marked provisional.
+        """
+        b = self._buckets.get((product, period, start_ms))
+        if b is None or b.output_from_ms is None or b.output_to_ms is None:
+            return True
+        return b.output_from_ms > start_ms or b.output_to_ms < next_period_start(start_ms, period, self.tz)
+
     def bucket(self, product: str, period: str, start_ms: int) -> tuple[float, float] | None:
         """(kgce, output) of one product period, if held."""
         b = self._buckets.get((product, period, start_ms))
@@ -348,9 +371,15 @@ class Accounting:
     def _levels(self, product: str, day: date) -> Levels | None:
         return self.rules.levels(product, self._products[product].indicator, day)
 
-    def latest(self, product: str, period: str = "hour") -> tuple[int, float, float, Grade | None] | None:
-        """Latest period with output: (start_ms, kgce, output, grade of the product's indicator)."""
-        found = [(k[2], b) for k, b in self._buckets.items() if k[0] == product and k[1] == period and b.output > 0]
+    def latest(
+        self, product: str, period: str = "hour", *, final: bool = False
+    ) -> tuple[int, float, float, Grade | None] | None:
+        """Latest period with output: (start_ms, kgce, output, grade of the product's indicator).
+
+        ``final``: the latest period that is not :meth:`provisional` (covered end to end) instead.
+        """
+        found = [(k[2], b) for k, b in self._buckets.items() if k[0] == product and k[1] == period and b.output > 0
+                 and not (final and self.provisional(product, period, k[2]))]
         if not found:
             return None
         start, b = max(found, key=lambda x: x[0])

@@ -437,12 +437,16 @@ def test_a_profile_that_encrypts_uploads_sends_sm4_ciphertext_the_platform_decry
 
 
 def test_the_scheduler_runs_the_daily_upload_at_the_assigned_slot(tmp_path: Path) -> None:
-    """``run`` on a fast clock: real-time pushes before the slot, the daily run once the slot (01:30) passes."""
+    """``run`` on a fast clock: real-time pushes before the slot, the daily run once the slot (01:30) passes.
+
+    The clock stands at 01:20 through the setup and the first real-time push, and runs at ×600 (1 s = 10
+    simulated minutes) only once that push is reported, so a slow machine cannot move the push past the slot.
+    """
     import threading
 
-    from energymon.clock import ScaledClock
+    from clocks import HeldClock
 
-    clock = ScaledClock(datetime(2026, 3, 16, 1, 20, tzinfo=SH), 600.0)  # 1 s = 10 simulated minutes
+    clock = HeldClock(datetime(2026, 3, 16, 1, 20, tzinfo=SH), 600.0)
     env = Env(tmp_path, clock)  # type: ignore[arg-type]
     try:
         write_readings(env.plant, ms(2026, 3, 1) - 86_400_000, ms(2026, 3, 20))
@@ -452,6 +456,7 @@ def test_the_scheduler_runs_the_daily_upload_at_the_assigned_slot(tmp_path: Path
 
         def on_report(report: SendReport) -> None:
             reports.append((clock.now_ms(), report))
+            clock.release()  # the first push is in: let the clock run towards the slot
             if any(r.acknowledged and t >= ms(2026, 3, 16, 1, 30) for t, r in reports[1:]):
                 done.set()
 
@@ -460,9 +465,9 @@ def test_the_scheduler_runs_the_daily_upload_at_the_assigned_slot(tmp_path: Path
             assert svc.upload_time().isoformat() == "01:30:00"
             worker = threading.Thread(target=svc.run, args=(stop, on_report), daemon=True)
             worker.start()
-            assert done.wait(60), reports
+            assert done.wait(300), reports
             stop.set()
-            worker.join(10)
+            worker.join(120)
             assert not worker.is_alive()
             assert svc.ledger.get_state("last_daily") == "2026-03-16"
         first_t, first = reports[0]

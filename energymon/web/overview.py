@@ -22,10 +22,12 @@ from energymon.clock import WallClock
 from energymon.config import PlantConfig
 from energymon.errors import StoreError
 from energymon.interfaces import Clock
-from energymon.periods import period_start
+from energymon.periods import next_period_start, period_start
 from energymon.web.reader import StoreReader
 
-__all__ = ["STATUS_LABELS", "AlertSource", "Overview", "alerts_from_engine", "alerts_from_state_file"]
+__all__ = [
+    "PROVISIONAL_LABEL", "STATUS_LABELS", "AlertSource", "Overview", "alerts_from_engine", "alerts_from_state_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,13 @@ _ALERT_KEYS = ("id", "rule_id", "source", "state", "severity", "summary", "value
                "fired_ms", "acked_ms", "acked_by")
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 _INDICATOR_FIELDS = ["value", "energy_kgce", "output", "status", "benchmark", "baseline", "limit",
-                     "gap_to_benchmark_pct"]
+                     "gap_to_benchmark_pct", "provisional"]
+#: Label of a provisional period (its data do not cover the whole period yet): shown instead of a grade.
+PROVISIONAL_LABEL = ("暂估（时段未完整，不分级）", "provisional: period not complete, not graded")
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
 _PUSH_STALE_MS = 300_000  # meters that push (MQTT) without a poll interval: silent after 5 minutes
+_STALE_FLOOR_MS = 60_000  # no meter is silent before a minute of real time without a reading
 
 
 def _clean_alert(record: dict[str, Any]) -> dict[str, Any]:
@@ -136,12 +141,16 @@ class Overview:
             if pick is not None:
                 self._live.append((meter.id, pick, quantities[pick][0]))
         intervals = {g.id: g.interval_secs for g in plant.gateway.poll_groups}
+        # the floors are real time: on a clock ``speed`` times faster (the demo's --speed) a reading held up a
+        # few real seconds by a busy machine is hours of event time late, and the meter is not silent for that
+        speed = self.clock.speed()
         self._stale_ms: dict[str, int] = {}
         for meter in plant.meters:
             group = getattr(meter.source, "poll_group", None)
             interval = intervals.get(group) if isinstance(group, str) else None
-            self._stale_ms[meter.id] = (
-                _PUSH_STALE_MS if interval is None else max(60_000, round(3 * interval * 1000))
+            self._stale_ms[meter.id] = round(
+                max(_PUSH_STALE_MS, _STALE_FLOOR_MS * speed) if interval is None
+                else max(_STALE_FLOOR_MS * speed, 3 * interval * 1000)
             )
 
     # ------------------------------------------------------------------ snapshot
@@ -245,19 +254,39 @@ class Overview:
                     item[period] = None
                     continue
                 _, start_ms, _ = max(found, key=lambda s: s[1])
-                fields = self.reader.row("indicator", _INDICATOR_FIELDS, tags, start_ms)
-                status = int(fields["status"]) if "status" in fields else None
-                labels = STATUS_LABELS.get(status) if status is not None else None
-                item[period] = {
-                    "start_ms": start_ms,
-                    "start_local": datetime.fromtimestamp(start_ms / 1000, self.tz).isoformat(timespec="minutes"),
-                    **{f: fields.get(f) for f in _INDICATOR_FIELDS if f != "status"},
-                    "status": status,
-                    "grade": labels[0] if labels else None,
-                    "grade_en": labels[1] if labels else None,
-                }
+                item[period] = self._indicator_entry(tags, period, start_ms, now)
+            hour = item.get("hour")
+            item["last_hour"] = None
+            if hour is not None and hour["provisional"]:
+                # beside the running hour's estimate, the grade of the hour before it (unless it is partial too)
+                before = self._indicator_entry(tags | {"period": "hour"}, "hour",
+                                               period_start(hour["start_ms"] - 1, "hour", self.tz), now)
+                if before is not None and not before["provisional"]:
+                    item["last_hour"] = before
             out.append(item)
         return out
+
+    def _indicator_entry(self, tags: dict[str, str], period: str, start_ms: int, now: int) -> dict[str, Any] | None:
+        """One period's indicator row as shown, or None if the store has no value for it."""
+        fields = self.reader.row("indicator", _INDICATOR_FIELDS, tags, start_ms)
+        if "value" not in fields:
+            return None
+        status = int(fields["status"]) if "status" in fields else None
+        labels = STATUS_LABELS.get(status) if status is not None else None
+        # an open period, or one the data cover only in part (the first hour after start-up), is an estimate:
+        # its value is shown, its grade is not
+        provisional = bool(fields.get("provisional")) or now < next_period_start(start_ms, period, self.tz)
+        if provisional:
+            labels = PROVISIONAL_LABEL
+        return {
+            "start_ms": start_ms,
+            "start_local": datetime.fromtimestamp(start_ms / 1000, self.tz).isoformat(timespec="minutes"),
+            **{f: fields.get(f) for f in _INDICATOR_FIELDS if f not in ("status", "provisional")},
+            "status": None if provisional else status,
+            "provisional": provisional,
+            "grade": labels[0] if labels else None,
+            "grade_en": labels[1] if labels else None,
+        }
 
     def _quality(self, now: int) -> dict[str, Any]:
         good: dict[str, int] = {}

@@ -151,6 +151,13 @@ function renderIndicators() {
     }
     if (ind.day && ind.hour) lines.push(`今日 day ${fmt(ind.day.value, 1)} ${ind.unit}`);
     card.append(el("div", { class: "muted" }, lines.join(" · ")));
+    const last = ind.last_hour;  // the graded hour before a provisional one
+    if (ind.hour && last) {
+      card.append(el("div", { class: "last-hour" },
+        `上一小时 last hour ${last.start_local.slice(11, 16)}: ${fmt(last.value, 1)} ${ind.unit} `,
+        el("span", { class: `grade grade-${last.status ?? "none"}`, "data-status": last.status ?? "" },
+          last.grade ? `${last.grade} · ${last.grade_en}` : "无分级 not graded")));
+    }
     box.append(card);
   }
 }
