@@ -61,8 +61,8 @@ def render_email(alert: Alert, *, from_addr: str, to: list[str], subject_prefix:
         status += f" ({event})"
     zh = _STATUS_ZH.get(event, event)
     msg = EmailMessage()
-    msg["Subject"] = (f"{subject_prefix} 【{zh}·{p['category_name']}】{status} {alert.severity}: {alert.summary} "
-                      f"({p['source_name']})").strip()
+    tag = f"{zh}·{p['category_name']}" if p["rule_kind"] is not None else zh
+    msg["Subject"] = f"{subject_prefix} 【{tag}】{status} {alert.severity}: {alert.summary} ({p['source_name']})".strip()
     msg["From"] = from_addr
     msg["To"] = ", ".join(to)
     msg["Date"] = format_datetime(datetime.now(UTC))
