@@ -76,6 +76,14 @@ def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _duration(ms: int) -> str:
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 3_600_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -377,8 +385,8 @@ class BackgroundNotifier:
             self._give_up(row, f"gave up after {attempts} attempts: {exc.reason}", attempts)
             return
         if now - row.created_ms >= self._retry_for_ms:
-            hours = (now - row.created_ms) / 3_600_000
-            self._give_up(row, f"gave up after {attempts} attempts in {hours:.2f} h: {exc.reason}", attempts)
+            self._give_up(row, f"gave up after {attempts} attempts in {_duration(now - row.created_ms)}: {exc.reason}",
+                          attempts)
             return
         if exc.retry_after_s is not None:
             delay = min(exc.retry_after_s, self._retry_after_max_s)
@@ -395,11 +403,11 @@ class BackgroundNotifier:
 
     def _give_up(self, row: OutboxRow, reason: str, attempts: int) -> None:
         rows = self.outbox.dead_letter(row.seq, attempts=attempts, now_ms=_now_ms(), reason=reason)
-        with self._cond:
-            self._waiting = max(0, self._waiting - len(rows))
         for i, r in enumerate(rows):
             self._write_dead_letter(r, reason if i == 0 else f"follows delivery {row.delivery_id}, not delivered",
                                     attempts if i == 0 else 0)
+        with self._cond:
+            self._waiting = max(0, self._waiting - len(rows))
 
     def _write_dead_letter(self, row: OutboxRow, reason: str, attempts: int) -> None:
         alert = Alert.from_record(row.record)
