@@ -62,7 +62,8 @@ def render_email(alert: Alert, *, from_addr: str, to: list[str], subject_prefix:
     zh = _STATUS_ZH.get(event, event)
     msg = EmailMessage()
     tag = f"{zh}·{p['category_name']}" if p["rule_kind"] is not None else zh
-    msg["Subject"] = f"{subject_prefix} 【{tag}】{status} {alert.severity}: {alert.summary} ({p['source_name']})".strip()
+    subject = f"{subject_prefix} 【{tag}】{status} {alert.severity}: {alert.summary} ({p['source_name']})"
+    msg["Subject"] = subject.strip()
     msg["From"] = from_addr
     msg["To"] = ", ".join(to)
     msg["Date"] = format_datetime(datetime.now(UTC))

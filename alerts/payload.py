@@ -51,6 +51,7 @@ class RuleInfo:
     for_secs: float = 0.0
     keep_firing_for_secs: float = 0.0
     units_by_source: Mapping[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    quantity_by_source: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,9 @@ def alert_payload(alert: Alert, *, delivery_id: str | None, context: PayloadCont
         quantity, unit, threshold_unit = rule.quantity, rule.unit, rule.threshold_unit
         if alert.source in rule.units_by_source:
             unit, threshold_unit = rule.units_by_source[alert.source]
-            if source is not None and source.kind == "item":
-                quantity = alert.source.partition(".")[2] or quantity
+        quantity = rule.quantity_by_source.get(alert.source, quantity)
+        if source is not None and source.kind == "item":
+            quantity = alert.source.partition(".")[2] or quantity
     tz = context.tz
     out: dict[str, Any] = alert.to_dict()
     out.update({
@@ -141,7 +143,7 @@ def alert_payload(alert: Alert, *, delivery_id: str | None, context: PayloadCont
         "source_kind": source.kind if source is not None else None,
         "source_name": (source.name if source is not None else "") or alert.source,
         "meter": source.meter if source is not None else None,
-        "meter_name": source.meter_name if source is not None else None,
+        "meter_name": (source.meter_name or source.meter) if source is not None and source.meter else None,
         "provincial": None if source is None or not (source.gauges or source.data_items) else {
             "gauges": list(source.gauges),
             "data_items": [{"id": i, "name": n} for i, n in source.data_items],
@@ -188,33 +190,36 @@ def payload_context(plant: PlantConfig) -> PayloadContext:
         sources.setdefault(p.id, SourceInfo("product", p.name or p.id))
     sources.setdefault(plant.gateway.id, SourceInfo("gateway", plant.gateway.id))
     sources.setdefault("enterprise", SourceInfo("scope", plant.enterprise.name))
-    item_units = {f"{mid}.{q}": (u, u) for mid, qs in units.items() for q, u in qs.items()}
+    item_units: dict[str, tuple[str | None, str | None]] = {
+        f"{mid}.{q}": (u, u) for mid, qs in units.items() for q, u in qs.items()}
+    counter_units: dict[str, tuple[str | None, str | None]] = {}
+    counters: dict[str, str] = {}
+    for mid, m in meters.items():
+        if m.counter is not None:
+            counter_unit = units[mid].get(m.counter)
+            counter_units[mid] = (counter_unit, counter_unit)
+            counters[mid] = m.counter
+    product_units: dict[str, tuple[str | None, str | None]] = {
+        p.id: (f"kgce/{p.unit}", f"kgce/{p.unit}") for p in plant.products}
     rules: dict[str, RuleInfo] = {}
     for r in plant.alerts.rules:
         kind = r.kind
-        common = {"for_secs": float(r.for_secs), "keep_firing_for_secs": float(r.keep_firing_for_secs)}
-        info: RuleInfo
+        for_secs, keep = float(r.for_secs), float(r.keep_firing_for_secs)
         if isinstance(r, ThresholdRule):
             u = units.get(r.meter, {}).get(r.quantity)
-            info = RuleInfo(kind, "over_limit", r.quantity, u, u, **common)
+            rules[r.id] = RuleInfo(kind, "over_limit", r.quantity, u, u, for_secs, keep)
         elif kind == "offline":
-            info = RuleInfo(kind, "data_interruption", None, "s", "s", **common)
+            rules[r.id] = RuleInfo(kind, "data_interruption", None, "s", "s", for_secs, keep)
         elif kind in ("completeness", "budget"):
-            info = RuleInfo(kind, category_of(kind), None, "%", "%", **common)
+            rules[r.id] = RuleInfo(kind, category_of(kind), None, "%", "%", for_secs, keep)
         elif kind == "indicator":
-            per = {p.id: (f"kgce/{p.unit}", f"kgce/{p.unit}") for p in plant.products}
-            info = RuleInfo(kind, category_of(kind, getattr(r, "condition", None)), "unit_product_energy", None,
-                            None, units_by_source=per, **common)
+            rules[r.id] = RuleInfo(kind, category_of(kind, getattr(r, "condition", None)), "unit_product_energy",
+                                   None, None, for_secs, keep, product_units)
         elif kind == "range":
-            info = RuleInfo(kind, "over_limit", None, None, None, units_by_source=item_units, **common)
+            rules[r.id] = RuleInfo(kind, "over_limit", None, None, None, for_secs, keep, item_units)
         elif kind == "calibration_due":
-            info = RuleInfo(kind, "calibration_due", None, "d", "d", **common)
+            rules[r.id] = RuleInfo(kind, "calibration_due", None, "d", "d", for_secs, keep)
         else:  # counter rules: the value is the meter's counter
-            per_meter = {}
-            for mid, m in meters.items():
-                if m.counter is not None:
-                    u = units[mid].get(m.counter)
-                    per_meter[mid] = (u, u)
-            info = RuleInfo(kind, category_of(kind), None, None, None, units_by_source=per_meter, **common)
-        rules[r.id] = info
+            rules[r.id] = RuleInfo(kind, category_of(kind), None, None, None, for_secs, keep, counter_units,
+                                   counters)
     return PayloadContext(plant.enterprise.uscc, plant.enterprise.name, plant.enterprise.tz, rules, sources)
