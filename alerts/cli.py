@@ -20,20 +20,26 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from energymon.alerts.outbox import DeliveryOutbox
 from energymon.alerts.state import STATE_FILE, AlertStore
 from energymon.clock import WallClock
 
 __all__ = ["add_alerts_parser", "alerts_main"]
 
 
+_TZ: tzinfo = UTC  # the plant's zone once the state file is open
+
+
 def _iso_ms(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, _TZ).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _since(text: str) -> int:
@@ -89,6 +95,16 @@ def add_alerts_parser(sub: Any) -> argparse.ArgumentParser:
 
     p = cmds.add_parser("unsilence", parents=[common], help="end a silence now")
     p.add_argument("silence_id", type=int, help="silence id (see 'alerts silences')")
+
+    p = cmds.add_parser("deliveries", parents=[common],
+                        help="records waiting for their receiver, and dead letters (--dead)")
+    p.add_argument("--notifier", help="only this notifier id")
+    p.add_argument("--dead", action="store_true", help="only dead letters")
+
+    p = cmds.add_parser("replay", parents=[common],
+                        help="send dead-lettered records again (the running processor picks them up)")
+    p.add_argument("--notifier", help="only this notifier id")
+    p.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID", help="only these deliveries (default: all)")
     return parser
 
 
@@ -101,18 +117,67 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         print("  ".join(cells).rstrip(), file=out)
 
 
+def _refuse(what: str, name: str, known: Sequence[str]) -> str:
+    hint = get_close_matches(name, list(known), n=1)
+    text = f"error: no {what} {name!r} in the plant"
+    if hint:
+        text += f" (did you mean {hint[0]!r}?)"
+    elif known:
+        text += f"; known: {', '.join(sorted(known)[:20])}"
+    return text
+
+
+def _check_names(args: argparse.Namespace, info: dict[str, Any] | None) -> str | None:
+    """A message for a rule, source or notifier the plant (as the processor last started) does not have."""
+    if info is None:
+        return None
+    rules, sources, notifiers = info.get("rules", []), info.get("sources", []), info.get("notifiers", [])
+    rule = getattr(args, "rule", None)
+    if rule is not None and rule not in rules:
+        return _refuse("alert rule", rule, rules)
+    source = getattr(args, "source", None)
+    if source is not None and source not in sources:
+        return _refuse("source (meter, item, product, gateway)", source, sources)
+    notifier = getattr(args, "notifier", None)
+    if notifier is not None and notifier not in notifiers:
+        return _refuse("notifier", notifier, notifiers)
+    alert_id = getattr(args, "id", None)
+    if isinstance(alert_id, str):
+        a_rule, sep, a_source = alert_id.partition(":")
+        if not sep:
+            return f"error: {alert_id!r} is not an alert id; write {{rule}}:{{source}}, e.g. meter_offline:kiln_drive"
+        if a_rule not in rules:
+            return _refuse("alert rule", a_rule, rules)
+        if a_source not in sources:
+            return _refuse("source (meter, item, product, gateway)", a_source, sources)
+    return None
+
+
 def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Run ``energymon alerts ...`` on the state file in ``args.data_dir``; returns the exit status."""
+    global _TZ
     out = out or sys.stdout
-    path = Path(args.data_dir) / STATE_FILE
+    data_dir = Path(args.data_dir)
+    path = data_dir / STATE_FILE
     command = args.alerts_command
-    if not path.exists() and command != "silence":
-        print(f"error: no alert state file at {path} (has the processor run with --data-dir {args.data_dir}?)",
-              file=sys.stderr)
-        return 1
+    if not path.is_file():
+        why = "does not exist" if not data_dir.exists() else f"has no alert state file {STATE_FILE}"
+        print(f"error: data directory {data_dir} {why} (is it the one the processor runs with, --data-dir?); "
+              "nothing was changed", file=sys.stderr)
+        return 2
     now = WallClock().now_ms()
     store = AlertStore(path)
     try:
+        info = store.plant_info()
+        if info is not None:
+            try:
+                _TZ = ZoneInfo(str(info.get("tz") or "UTC"))
+            except (ZoneInfoNotFoundError, ValueError):
+                _TZ = UTC
+        problem = _check_names(args, info)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 2
         if command == "list":
             return _list(store, args, out)
         if command == "ack":
@@ -155,10 +220,48 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
                 return 1
             print(f"silence {args.silence_id} ended", file=out)
             return 0
+        if command in ("deliveries", "replay"):
+            return _deliveries(path, args, out, now)
         print(f"error: unknown alerts action {command!r}", file=sys.stderr)
         return 2
     finally:
         store.close()
+
+
+def _deliveries(path: Path, args: argparse.Namespace, out: TextIO, now: int) -> int:
+    outbox = DeliveryOutbox(path)
+    try:
+        if args.alerts_command == "replay":
+            rows = outbox.replay(now, notifier=args.notifier, delivery_ids=args.delivery_ids)
+            missing = set(args.delivery_ids) - {r.delivery_id for r in rows}
+            for did in sorted(missing):
+                print(f"error: no dead letter {did}", file=sys.stderr)
+            for r in rows:
+                if args.json:
+                    print(json.dumps({"replayed": r.delivery_id, "notifier": r.notifier, "alert_id": r.alert_id,
+                                      "event": r.event, "version": r.version}, ensure_ascii=False), file=out)
+                else:
+                    print(f"replaying {r.delivery_id}: {r.notifier} {r.alert_id} {r.event} v{r.version}", file=out)
+            if not rows:
+                print("nothing to replay: no dead letters" + (f" for {args.notifier}" if args.notifier else ""),
+                      file=sys.stderr)
+                return 1
+            return 1 if missing else 0
+        rows = outbox.rows(notifier=args.notifier, dead=True if args.dead else None)
+        if args.json:
+            for r in rows:
+                print(json.dumps(r.to_dict(), ensure_ascii=False), file=out)
+            return 0
+        table = [["delivery", "notifier", "alert", "event", "v", "since", "attempts", "state", "last error"]] + [
+            [r.delivery_id, r.notifier, r.alert_id, r.event, str(r.version), _iso_ms(r.created_ms), str(r.attempts),
+             "dead " + _iso_ms(r.dead_ms) if r.dead_ms is not None else "next " + _iso_ms(r.next_ms),
+             r.last_error or "-"]
+            for r in rows
+        ]
+        _table(table, out)
+        return 0
+    finally:
+        outbox.close()
 
 
 def _list(store: AlertStore, args: argparse.Namespace, out: TextIO) -> int:

@@ -1,11 +1,19 @@
-"""The delivery worker behind the e-mail and Alertmanager notifiers: a queue, one thread, retries, dead letters.
+"""The delivery worker behind the webhook, e-mail and Alertmanager notifiers: an outbox on disk, one thread,
+retries scheduled per record, dead letters.
 
-:meth:`BackgroundNotifier.notify` only queues. The worker delivers one record at a time through the subclass's
-:meth:`~BackgroundNotifier._deliver_once`, which raises :class:`DeliveryError` saying whether the failure is
-worth retrying. Retriable failures are retried up to ``max_retries`` times with capped exponential backoff
-and full jitter; what cannot be delivered is appended to the dead-letter file (one JSON line: notifier,
-reason, attempts, the alert), never silently dropped. While idle, the worker calls
-:meth:`~BackgroundNotifier._idle` every ``idle_interval_s`` (Alertmanager's re-sends).
+:meth:`BackgroundNotifier.notify` writes the record to the :class:`~energymon.alerts.outbox.DeliveryOutbox`
+(the alert state file) and returns; the record stays there until the receiver accepted it, so a crash at any
+moment repeats a delivery rather than losing one (at least once; every attempt of one record carries the same
+delivery id). The worker sends the rows that are due through the subclass's
+:meth:`~BackgroundNotifier._deliver_once`, which raises :class:`DeliveryError` saying whether the failure is worth
+retrying. Each row has its own schedule: retry ``n`` of a row waits uniform(0, min(``backoff_cap_s``,
+``backoff_base_s`` × 2^(n-1))) seconds (a server's ``Retry-After`` instead, up to ``retry_after_max_s``), so one
+record's back-off holds no other; per alert id the rows go in order (a resolution never overtakes its firing).
+A row is given up on (dead-lettered) when the failure is final, when it has waited ``retry_for_s`` (6 hours by
+default), or after ``max_retries`` retries if that is set. A dead letter stays in the outbox (``energymon alerts
+replay`` sends it again) and is appended to the dead-letter file (one JSON line: notifier, reason, attempts,
+delivery id, the payload). While idle, the worker calls :meth:`~BackgroundNotifier._idle` every
+``idle_interval_s`` (Alertmanager's re-sends).
 """
 
 from __future__ import annotations
@@ -17,29 +25,36 @@ import random
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from energymon.alerts.engine import Alert, AlertState
+from energymon.alerts.outbox import DeliveryOutbox, OutboxRow, delivery_id
 from energymon.errors import NotifyError
 from energymon.metrics import PipelineMetrics, StageMetrics
 
-__all__ = ["BackgroundNotifier", "DeliveryError", "accepts"]
+__all__ = ["DEFAULT_BACKOFF_MAX_S", "DEFAULT_RETRY_FOR_S", "BackgroundNotifier", "DeliveryError", "accepts"]
 
 log = logging.getLogger("energymon.alerts.notifiers")
 
 STAGE = "notify"
 
+#: How long a record is retried by default before it is dead-lettered: 6 hours.
+DEFAULT_RETRY_FOR_S = 6 * 3600.0
+#: The default cap of one wait between two attempts of a record: 5 minutes.
+DEFAULT_BACKOFF_MAX_S = 300.0
 
-class DeliveryError(Exception):
+_POLL_S = 1.0  # how often an idle worker looks for rows another process (``alerts replay``) put back
+
+
+class DeliveryError(NotifyError):
     """One failed delivery attempt.
 
     Args:
         reason: what went wrong (no secrets).
-        retriable: whether another attempt may succeed (network errors, 4xx SMTP replies, HTTP 5xx/429).
+        retriable: whether another attempt may succeed (network errors, 4xx SMTP replies, HTTP 5xx/408/429).
         retry_after_s: the server's own back-off request, if any.
     """
 
@@ -61,26 +76,43 @@ def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _duration(ms: int) -> str:
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 3_600_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class BackgroundNotifier:
-    """Base of queued notifiers: subclasses implement :meth:`_deliver_once` (and optionally :meth:`_idle`).
+    """Base of outbox notifiers: subclasses implement :meth:`_deliver_once` (and optionally :meth:`_idle`).
 
     Args:
         notifier_id: the notifier id (rules route by it).
         severities, audiences: routing filters (empty = all).
         dead_letter_path: JSON-lines file for records that could not be delivered.
-        max_retries: retries after the first attempt.
+        max_retries: retries after the first attempt (None: no count limit, ``retry_for_s`` decides).
         metrics: stage ``notify``: ``received`` per record handed to :meth:`notify`, ``sent`` per delivered
             record, ``errors{error_type="NotifyError"}`` per failed attempt, ``dropped{reason="dead_letter"}``
             per dead-lettered record; and the queue (``queue`` = the notifier id): ``energymon_queue_depth``
-            (waiting or being delivered), ``energymon_queue_capacity`` (``queue_max``) and
-            ``energymon_queue_oldest_age_seconds`` (since the oldest of them was queued).
+            (records in the outbox), ``energymon_queue_capacity`` (``queue_max``) and
+            ``energymon_queue_oldest_age_seconds`` (since the oldest of them was handed over).
         queue_max: records waiting beyond which new ones are dead-lettered at once.
-        backoff_base_s, backoff_cap_s: retry ``n`` waits uniform(0, min(cap, base × 2^(n-1))) seconds.
+        backoff_base_s, backoff_cap_s: retry ``n`` of a record waits uniform(0, min(cap, base × 2^(n-1))) s.
+        retry_for_s: how long a record is retried before it is dead-lettered (from when it was handed over).
         retry_after_max_s: upper bound on a server's own back-off request.
-        idle_interval_s: how often :meth:`_idle` runs while nothing is queued (None: never).
+        idle_interval_s: how often :meth:`_idle` runs (None: never).
+        outbox_path: where records wait (the alert state file; the notifier opens its own connection); None: in
+            memory, and :meth:`close` dead-letters what is left.
     """
 
     kind = "notifier"
+    #: Drop the older waiting records of an alert when a newer one comes (retained state: only the newest counts).
+    supersede = False
 
     def __init__(
         self,
@@ -89,13 +121,15 @@ class BackgroundNotifier:
         severities: Sequence[str] = (),
         audiences: Sequence[str] = (),
         dead_letter_path: Path,
-        max_retries: int,
+        max_retries: int | None = None,
         metrics: PipelineMetrics | None = None,
         queue_max: int = 10_000,
         backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 60.0,
+        backoff_cap_s: float = DEFAULT_BACKOFF_MAX_S,
+        retry_for_s: float = DEFAULT_RETRY_FOR_S,
         retry_after_max_s: float = 300.0,
         idle_interval_s: float | None = None,
+        outbox_path: Path | None = None,
     ) -> None:
         self._id = notifier_id
         self._severities = tuple(severities)
@@ -107,18 +141,25 @@ class BackgroundNotifier:
         self._queue_max = queue_max
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
+        self._retry_for_ms = round(retry_for_s * 1000)
         self._retry_after_max_s = retry_after_max_s
         self._idle_interval_s = idle_interval_s
-        self._queue: deque[tuple[float, Alert]] = deque()  # (time.monotonic() when queued, record)
+        self.outbox = DeliveryOutbox(outbox_path)
+        self._waiting, _ = self.outbox.pending(notifier_id)
         self._in_flight = 0
-        self._in_flight_since = 0.0
+        self._kicked = False
         self._cond = threading.Condition()
         self._closing = False
         self._closed_result: bool | None = None
         self._abort = threading.Event()
         self._dl_lock = threading.Lock()
         self._random = random.Random()
+        self._failing = 0  # consecutive failed attempts (the receiver is logged once when down, once when back)
+        self._last_idle = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"{self.kind}-{notifier_id}", daemon=True)
+        if self._waiting:
+            log.info("%s %s: %d record(s) from before the last stop are waiting for delivery", self.kind,
+                     notifier_id, self._waiting)
         if metrics is not None:
             # weak references: the registry outlives a closed notifier and must not keep it alive
             ref = weakref.ref(self)
@@ -141,28 +182,27 @@ class BackgroundNotifier:
 
     @property
     def pending(self) -> int:
-        """Records queued or being delivered."""
+        """Records in the outbox, waiting or being delivered."""
         with self._cond:
-            return len(self._queue) + self._in_flight
+            return self._waiting
 
     @property
     def oldest_age_s(self) -> float | None:
-        """Seconds since the oldest record queued or being delivered was queued; None when there is none."""
-        with self._cond:
-            if self._in_flight:
-                since = self._in_flight_since
-            elif self._queue:
-                since = self._queue[0][0]
-            else:
-                return None
-        return time.monotonic() - since
+        """Seconds since the oldest record in the outbox was handed over; None when there is none."""
+        try:
+            count, oldest = self.outbox.pending(self._id)
+        except Exception:  # a closed outbox: nothing to report
+            return None
+        if not count or oldest is None:
+            return None
+        return max(0.0, (_now_ms() - oldest) / 1000)
 
     def accepts(self, alert: Alert) -> bool:
         """The ``severities`` and ``audiences`` filters of the configuration."""
         return accepts(self._severities, self._audiences, alert)
 
     def notify(self, alert: Alert) -> None:
-        """Queue a record; returns at once.
+        """Write a record to the outbox; returns once it is there (on disk with a durable outbox).
 
         Raises:
             ValueError: the alert is pending (only firing and resolved records are notified).
@@ -172,20 +212,39 @@ class BackgroundNotifier:
         if self._stage is not None:
             self._stage.received()
         with self._cond:
+            reason = None
             if self._closing:
                 reason = "notifier closed"
-            elif len(self._queue) >= self._queue_max:
+            elif self._waiting - self._in_flight >= self._queue_max:
                 reason = f"queue full ({self._queue_max} alerts waiting)"
-            else:
-                self._queue.append((time.monotonic(), alert))
-                self._cond.notify()
-                return
-        self._dead_letter(alert, reason, attempts=0)
+            record = alert.to_record()
+            if reason is None:
+                _, new = self.outbox.add(self._id, record, _now_ms(), supersede=self.supersede)
+                if new:
+                    self._waiting = self.outbox.pending(self._id)[0] if self.supersede else self._waiting + 1
+                    self._kicked = True
+                    self._cond.notify()
+                return  # (not new: the same record again, repeated after a crash; it is kept once)
+        row = None
+        if self.outbox.durable and self._closed_result is None:  # kept as a dead letter: ``alerts replay`` can send it
+            try:
+                self.outbox.add(self._id, record, _now_ms())
+                did = delivery_id(self._id, record)
+                row = next((r for r in self.outbox.rows(notifier=self._id, dead=False) if r.delivery_id == did),
+                           None)
+            except Exception:
+                row = None
+        if row is not None:
+            self._give_up(row, reason, attempts=0)
+        else:
+            self.dead_letter_record(alert, delivery_id(self._id, record), reason, 0)
 
     def close(self, timeout: float | None = 10.0) -> bool:
-        """Stop taking records, deliver the queue for at most ``timeout`` seconds, dead-letter the rest.
+        """Stop taking records and send what is due for at most ``timeout`` seconds.
 
-        Returns True if everything queued was delivered (or dead-lettered on its own merits) in time.
+        With a durable outbox, records still waiting (a receiver down, back-off) stay there for the next start;
+        an in-memory outbox keeps trying them until ``timeout`` and dead-letters the rest. Returns True if
+        everything was delivered (or dead-lettered on its own merits) in time.
         """
         with self._cond:
             if self._closed_result is not None:
@@ -197,22 +256,37 @@ class BackgroundNotifier:
         drained = not self._thread.is_alive()
         if not drained:
             self._abort.set()
+            with self._cond:
+                self._cond.notify_all()
             self._thread.join(self._close_grace_s() + 1)
         self._closed()
+        left = 0
+        if not self.outbox.durable:
+            for row in self.outbox.take_all(self._id):
+                reason = "notifier closed before delivery"
+                if row.last_error:
+                    reason += f"; last error: {row.last_error}"
+                self._write_dead_letter(row, reason, row.attempts)
+        else:
+            left, _ = self.outbox.pending(self._id)
+            if left:
+                log.warning("%s %s: %d record(s) not yet delivered stay in %s for the next start", self.kind,
+                            self._id, left, self.outbox.path)
         if self._metrics is not None:
             self._metrics.untrack_queue(STAGE, self._id)
         with self._cond:
-            self._closed_result = drained
-        return drained
+            self._closed_result = drained and left == 0
+        self.outbox.close()
+        return self._closed_result
 
     # ------------------------------------------------------------------ subclass hooks
 
-    def _deliver_once(self, alert: Alert) -> None:
-        """Deliver one record, or raise :class:`DeliveryError`."""
+    def _deliver_once(self, alert: Alert, delivery_id: str) -> None:
+        """Deliver one record, or raise :class:`DeliveryError`; every attempt of a record has the same id."""
         raise NotImplementedError
 
     def _idle(self) -> None:
-        """Periodic work while the queue is empty (called on the worker thread)."""
+        """Periodic work, every ``idle_interval_s`` (called on the worker thread)."""
 
     def _closed(self) -> None:
         """Release resources after the worker stopped."""
@@ -221,91 +295,135 @@ class BackgroundNotifier:
         """How long one attempt can take at most (the worker is joined that long after an abort)."""
         return 10.0
 
-    def _payload(self, alert: Alert) -> dict[str, Any]:
+    def _payload(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
         """What the dead-letter file keeps of a record."""
-        return alert.to_dict()
+        payload = alert.to_dict()
+        payload["delivery_id"] = delivery_id
+        return payload
 
-    def _dead_letter_extra(self, alert: Alert) -> dict[str, Any]:
-        """Fields a notifier adds to its dead-letter records (e.g. the URL, a delivery id)."""
+    def _dead_letter_extra(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
+        """Fields a notifier adds to its dead-letter records (e.g. the URL, the last status)."""
         return {}
 
     # ------------------------------------------------------------------ worker
 
     def _run(self) -> None:
-        while True:
+        while not self._abort.is_set():
             with self._cond:
-                while not self._queue and not self._closing:
-                    if not self._cond.wait(self._idle_interval_s):
-                        break  # idle timeout
-                if not self._queue and not self._closing:
-                    item: Alert | None = None
-                elif not self._queue:
-                    return
-                else:
-                    self._in_flight_since, item = self._queue.popleft()
-                    self._in_flight = 1
-            if item is None:
+                closing = self._closing
+            now = _now_ms()
+            try:
+                rows = self.outbox.due(self._id, now)
+            except Exception:
+                log.exception("%s %s: cannot read the outbox", self.kind, self._id)
+                rows = []
+            if rows:
+                for row in rows:
+                    if self._abort.is_set():
+                        return
+                    self._attempt(row)
+                continue
+            if closing and (self.outbox.durable or self.pending == 0):
+                return
+            if self._idle_interval_s is not None and time.monotonic() - self._last_idle >= self._idle_interval_s:
+                self._last_idle = time.monotonic()
                 try:
                     self._idle()
                 except Exception:
-                    log.exception("%s %s: periodic work failed", self.kind, self.id)
-                continue
-            try:
-                if self._abort.is_set():
-                    self._dead_letter(item, "notifier closed before delivery", attempts=0)
-                else:
-                    self._deliver(item)
-            except Exception as exc:  # never let one record kill the worker
-                log.exception("%s %s: unexpected error delivering alert %s", self.kind, self.id, item.id)
-                self._dead_letter(item, f"internal error: {exc!r}", attempts=0)
-            finally:
-                with self._cond:
-                    self._in_flight = 0
-                    self._cond.notify_all()
+                    log.exception("%s %s: periodic work failed", self.kind, self._id)
+            wait = _POLL_S
+            next_ms = self.outbox.next_due_ms(self._id)
+            if next_ms is not None:
+                wait = min(wait, max(0.0, (next_ms - _now_ms()) / 1000))
+            if self._idle_interval_s is not None:
+                wait = min(wait, max(0.0, self._idle_interval_s - (time.monotonic() - self._last_idle)))
+            with self._cond:
+                if not self._kicked and not self._closing:
+                    self._cond.wait(wait)
+                elif self._closing and not self._kicked:
+                    self._cond.wait(min(wait, 0.05))
+                self._kicked = False
+            with self._cond:  # rows another process put back (replay) count too
+                self._waiting = self.outbox.pending(self._id)[0]
 
-    def _deliver(self, alert: Alert) -> None:
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                self._deliver_once(alert)
-            except DeliveryError as exc:
-                if self._stage is not None:
-                    self._stage.error(NotifyError(exc.reason))
-                if not exc.retriable:
-                    self._dead_letter(alert, f"not retriable: {exc.reason}", attempts)
-                    return
-                if attempts > self._max_retries:
-                    self._dead_letter(alert, f"gave up after {attempts} attempts: {exc.reason}", attempts)
-                    return
-                if exc.retry_after_s is not None:
-                    delay = min(exc.retry_after_s, self._retry_after_max_s)
-                else:
-                    ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (attempts - 1))
-                    delay = self._random.uniform(0, ceiling)
-                level = logging.WARNING if attempts == 1 else logging.DEBUG
-                log.log(level, "%s %s: alert %s attempt %d failed (%s); retrying in %.2f s", self.kind, self.id,
-                        alert.id, attempts, exc.reason, delay)
-                if self._abort.wait(delay):
-                    self._dead_letter(alert, f"notifier closed before delivery; last error: {exc.reason}",
-                                      attempts)
-                    return
-            else:
-                if self._stage is not None:
-                    self._stage.sent()
-                log.debug("%s %s: delivered alert %s %s after %d attempt(s)", self.kind, self.id, alert.id,
-                          alert.event or alert.state.value, attempts)
-                return
+    def _attempt(self, row: OutboxRow) -> None:
+        attempts = row.attempts + 1
+        with self._cond:
+            self._in_flight = 1
+        try:
+            alert = Alert.from_record(row.record)
+            self._deliver_once(alert, row.delivery_id)
+        except DeliveryError as exc:
+            self._failed(row, attempts, exc)
+        except Exception as exc:  # never let one record kill the worker
+            log.exception("%s %s: unexpected error delivering alert %s", self.kind, self._id, row.alert_id)
+            self._give_up(row, f"internal error: {exc!r}", attempts)
+        else:
+            self.outbox.delivered(row.seq)
+            with self._cond:
+                self._waiting = max(0, self._waiting - 1)
+            if self._stage is not None:
+                self._stage.sent()
+            if self._failing:
+                log.info("%s %s: delivering again after %d failed attempt(s)", self.kind, self._id, self._failing)
+                self._failing = 0
+            log.debug("%s %s: delivered alert %s %s v%d (%s) after %d attempt(s)", self.kind, self._id,
+                      row.alert_id, row.event, row.version, row.delivery_id, attempts)
+        finally:
+            with self._cond:
+                self._in_flight = 0
+                self._cond.notify_all()
 
-    def _dead_letter(self, alert: Alert, reason: str, attempts: int) -> None:
+    def _failed(self, row: OutboxRow, attempts: int, exc: DeliveryError) -> None:
+        if self._stage is not None:
+            self._stage.error(NotifyError(exc.reason))
+        now = _now_ms()
+        if not exc.retriable:
+            self._give_up(row, f"not retriable: {exc.reason}", attempts)
+            return
+        if self._max_retries is not None and attempts > self._max_retries:
+            self._give_up(row, f"gave up after {attempts} attempts: {exc.reason}", attempts)
+            return
+        if now - row.created_ms >= self._retry_for_ms:
+            self._give_up(row, f"gave up after {attempts} attempts in {_duration(now - row.created_ms)}: {exc.reason}",
+                          attempts)
+            return
+        if exc.retry_after_s is not None:
+            delay = min(exc.retry_after_s, self._retry_after_max_s)
+        else:
+            ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (attempts - 1))
+            delay = self._random.uniform(0, ceiling)
+        self._failing += 1
+        if self._failing == 1:
+            log.warning("%s %s: delivery failing (%s); records are kept and retried", self.kind, self._id,
+                        exc.reason)
+        log.debug("%s %s: alert %s attempt %d failed (%s); retrying in %.2f s", self.kind, self._id, row.alert_id,
+                  attempts, exc.reason, delay)
+        self.outbox.retry_at(row.seq, attempts=attempts, next_ms=now + round(delay * 1000), error=exc.reason)
+
+    def _give_up(self, row: OutboxRow, reason: str, attempts: int) -> None:
+        rows = self.outbox.dead_letter(row.seq, attempts=attempts, now_ms=_now_ms(), reason=reason)
+        for i, r in enumerate(rows):
+            self._write_dead_letter(r, reason if i == 0 else f"follows delivery {row.delivery_id}, not delivered",
+                                    attempts if i == 0 else 0)
+        with self._cond:
+            self._waiting = max(0, self._waiting - len(rows))
+
+    def _write_dead_letter(self, row: OutboxRow, reason: str, attempts: int) -> None:
+        alert = Alert.from_record(row.record)
+        self.dead_letter_record(alert, row.delivery_id, reason, attempts)
+
+    def dead_letter_record(self, alert: Alert, delivery_id: str, reason: str, attempts: int) -> None:
+        """Append one record to the dead-letter file (and count it)."""
         record = {
             "dead_lettered_at": _iso_now(),
             "notifier": self.id,
             "type": self.kind,
             "reason": reason,
             "attempts": attempts,
-            **self._dead_letter_extra(alert),
-            "payload": self._payload(alert),
+            "delivery_id": delivery_id,
+            **self._dead_letter_extra(alert, delivery_id),
+            "payload": self._payload(alert, delivery_id),
         }
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         log.error("%s %s: alert %s %s not delivered (%s); written to %s", self.kind, self.id, alert.id,
@@ -320,7 +438,7 @@ class BackgroundNotifier:
                     fh.flush()
                     os.fsync(fh.fileno())
         except OSError as exc:
-            log.critical("%s %s: cannot write dead-letter file %s: %s; lost alert: %s", self.kind, self.id,
-                         self.dead_letter_path, exc, line.strip())
+            log.critical("%s %s: cannot write dead-letter file %s: %s; the record stays in the outbox: %s",
+                         self.kind, self.id, self.dead_letter_path, exc, line.strip())
             if self._stage is not None:
                 self._stage.error(exc)

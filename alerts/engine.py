@@ -119,7 +119,8 @@ class Alert:
     Times are event times in ms since the epoch, except ``last_notified_ms`` and ``acked_ms``, which are the
     engine clock's (None for records never notified, e.g. pending). ``event`` says why the record exists:
     ``pending``, ``firing``, ``escalated`` (severity or audience rose), ``reminder`` (same version, sent again),
-    ``resolved`` or ``rule_removed`` (resolved because its rule left the configuration).
+    ``acknowledged`` (an operator acknowledged it; ``acked_by``, ``ack_comment``), ``resolved`` or
+    ``rule_removed`` (resolved because its rule left the configuration).
     """
 
     rule_id: str
@@ -584,7 +585,8 @@ class AlertEngine:
     # ------------------------------------------------------------------ operator actions
 
     def ack(self, alert_id: str, *, by: str = "", comment: str = "") -> Alert:
-        """Acknowledge a firing alert: no more reminders until it resolves. Not notified; recorded in history.
+        """Acknowledge a firing alert: no more reminders until it resolves. Recorded in history and notified
+        (event ``acknowledged``, with who and the comment) to the notifiers that heard the cycle.
 
         Raises:
             KeyError: no firing alert has this id.
@@ -599,7 +601,8 @@ class AlertEngine:
                 self._store.ack(alert_id, by=by, comment=comment, at_ms=now)
                 self._store.changed_elsewhere()  # our own write
             track.alert = replace(track.alert, acked_by=by, acked_ms=now, ack_comment=comment)
-            self._persist(rule_id, source, track, [])
+            self._announce_ack(track)
+            assert track.alert is not None
             return track.alert
 
     def silence(self, rule_id: str, source: str | None = None, *, for_secs: float, comment: str,
@@ -743,7 +746,7 @@ class AlertEngine:
     def _silenced(self, alert: Alert, now_ms: int) -> bool:
         return any(s.matches(alert.rule_id, alert.source, now_ms) for s in self._silences)
 
-    def _emit(self, track: _Track, alert: Alert) -> Alert:
+    def _emit(self, track: _Track, alert: Alert, *, history: bool = True) -> Alert:
         """Hand a record to ``notify`` (unless silenced), update the track, persist; return the record."""
         now = self._clock.now_ms()
         track.sent_to = track.sent_to | frozenset(alert.sent_to)
@@ -780,7 +783,7 @@ class AlertEngine:
             track.alert = alert
         entry = {"at_ms": now, "ts_ms": self._event_ts(alert), "event": alert.event or alert.state.value,
                  "record": alert.to_record(), "notified": not silenced}
-        self._persist(alert.rule_id, alert.source, track, [entry])
+        self._persist(alert.rule_id, alert.source, track, [entry] if history else [])
         return alert
 
     @staticmethod
@@ -908,4 +911,14 @@ class AlertEngine:
             if found is not None:
                 by, comment, at_ms = found
                 track.alert = replace(alert, acked_by=by, acked_ms=at_ms, ack_comment=comment)
-                self._persist(rule_id, source, track, [])
+                if alert.state is AlertState.FIRING:
+                    self._announce_ack(track)
+                else:
+                    self._persist(rule_id, source, track, [])
+
+    def _announce_ack(self, track: _Track) -> None:
+        """Tell whoever heard the cycle that it was acknowledged (a new version; the ack's history row exists)."""
+        alert = track.alert
+        assert alert is not None
+        track.version += 1
+        self._emit(track, replace(alert, version=track.version, event="acknowledged"), history=False)

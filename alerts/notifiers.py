@@ -1,26 +1,25 @@
 """Notifiers: deliver alert records without ever blocking the pipeline, and :func:`route` to pick them.
 
-A notifier's :meth:`~Notifier.notify` only queues; a background worker delivers. What cannot be delivered is
-appended to a dead-letter file (one JSON line per alert: payload, reason, attempts), never silently dropped.
-The types: ``webhook`` (here), ``mqtt`` (:mod:`~energymon.alerts.notify_mqtt`, retained state, no dead letters),
-``email`` (:mod:`~energymon.alerts.notify_email`) and ``alertmanager``
+A notifier's :meth:`~Notifier.notify` writes the record to its outbox (the alert state file) and returns; a
+background worker delivers it, at least once, and removes it only when the receiver accepted it. What cannot
+be delivered is dead-lettered (kept in the outbox for ``energymon alerts replay`` and appended to a dead-letter
+file), never silently dropped. The types: ``webhook`` (here), ``mqtt`` (:mod:`~energymon.alerts.notify_mqtt`,
+retained state), ``email`` (:mod:`~energymon.alerts.notify_email`) and ``alertmanager``
 (:mod:`~energymon.alerts.notify_alertmanager`). Each may filter by ``severities`` and ``audiences``
 (:class:`Filtering`); :func:`route` applies the rule's notifier list, the filters and the cycle's recipients.
 
-:class:`WebhookNotifier` POSTs each firing/resolved record as JSON::
+:class:`WebhookNotifier` POSTs each record as JSON (:func:`energymon.alerts.payload.alert_payload`, schema in
+``alerts/README.md``) with the headers
 
-    {"id": "kiln-power-high:kiln-main", "rule_id": ..., "source": ..., "state": "firing", "severity": ...,
-     "audience": [...], "summary": ..., "value": ..., "threshold": ..., "started_ms": ..., "fired_ms": ...,
-     "resolved_ms": null, "last_notified_ms": ..., "version": 2, "notifiers": [...],
-     "status": "firing", "enterprise": "91530100MA6K7XYZ3B", "sent_at": "2025-01-01T00:00:00.000+00:00"}
+* ``X-Energymon-Delivery: <uuid>``: the same on every attempt, retry and replay of one record (also
+  ``delivery_id`` in the body), so a receiver drops duplicates;
+* ``X-Energymon-Timestamp: <unix seconds>``: when this attempt was signed;
+* ``X-Energymon-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` when a secret is configured;
+  receivers check it with :func:`verify_signature`, which refuses a timestamp more than 5 minutes off.
 
-Headers: ``X-Energymon-Delivery: <uuid>`` (the same on every retry of one delivery, so a receiver can drop
-duplicates) and, when a secret is configured, ``X-Energymon-Signature: sha256=<hex HMAC-SHA256 of the exact
-body bytes>``; receivers check it with :func:`verify_signature`.
-
-Retries: connection errors, timeouts, 5xx, 408 and 429 are retried up to ``max_retries`` times with capped
-exponential backoff and full jitter (a ``Retry-After`` header, in seconds or as an HTTP date, is honoured
-instead). Any other status is final: the alert is dead-lettered at once.
+Retries: connection errors, timeouts, 5xx, 408 and 429 are retried with capped exponential backoff and full
+jitter (a ``Retry-After`` header, in seconds or as an HTTP date, is honoured instead) for ``retry_for_secs``.
+Any other status is final: the record is dead-lettered at once.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import hmac
 import json
 import logging
 import os
-import uuid
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -39,8 +38,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from energymon.alerts.delivery import BackgroundNotifier, DeliveryError, _iso_now, accepts
+from energymon.alerts.delivery import BackgroundNotifier, DeliveryError, accepts
 from energymon.alerts.engine import Alert, AlertState
+from energymon.alerts.payload import PayloadContext, alert_payload
 from energymon.alerts_config import WebhookNotifier as WebhookConfig
 from energymon.errors import ConfigError, ConfigIssue
 from energymon.metrics import PipelineMetrics
@@ -48,6 +48,8 @@ from energymon.metrics import PipelineMetrics
 __all__ = [
     "DELIVERY_HEADER",
     "SIGNATURE_HEADER",
+    "SIGNATURE_TOLERANCE_S",
+    "TIMESTAMP_HEADER",
     "Filtering",
     "Notifier",
     "Resumable",
@@ -62,6 +64,9 @@ log = logging.getLogger("energymon.alerts.notifiers")
 
 SIGNATURE_HEADER = "X-Energymon-Signature"
 DELIVERY_HEADER = "X-Energymon-Delivery"
+TIMESTAMP_HEADER = "X-Energymon-Timestamp"
+#: How far a signed timestamp may be from the receiver's clock (either way) by default.
+SIGNATURE_TOLERANCE_S = 300.0
 STAGE = "notify"
 
 
@@ -108,7 +113,8 @@ def route(notifiers: Sequence[Notifier]) -> Callable[[Alert], list[str]]:
     Candidates are the notifiers the rule names (all if none). A firing, escalated or reminder record goes to a
     candidate whose filters accept it, and to every candidate that already got a record of this cycle
     (``alert.sent_to``), so a notifier that heard the firing also hears the escalation and the resolution. A
-    resolved record goes only to those (or, if the cycle's recipients are unknown, by the filters).
+    resolved or acknowledged record goes only to those (or, if the cycle's recipients are unknown, by the
+    filters).
 
     Every target is tried even if one raises; the first exception is re-raised afterwards, so the engine
     counts it.
@@ -124,7 +130,8 @@ def route(notifiers: Sequence[Notifier]) -> Callable[[Alert], list[str]]:
         if missing:
             log.warning("alert %s names unknown notifier(s) %s", alert.id, ", ".join(missing))
         heard = set(alert.sent_to)
-        resolved_with_recipients = alert.state is AlertState.RESOLVED and bool(heard)
+        to_heard = alert.state is AlertState.RESOLVED or alert.event == "acknowledged"
+        resolved_with_recipients = to_heard and bool(heard)
         targets = [
             n for n in candidates
             if n.id in heard
@@ -146,17 +153,28 @@ def route(notifiers: Sequence[Notifier]) -> Callable[[Alert], list[str]]:
     return notify
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The signature header value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The signature header value of ``body`` sent at ``timestamp`` (unix seconds):
+    ``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">``."""
+    return "sha256=" + hmac.new(secret, str(int(timestamp)).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: bytes, body: bytes, header: str) -> bool:
-    """Check an ``X-Energymon-Signature`` header against the exact body bytes, in constant time."""
+def verify_signature(secret: bytes, body: bytes, header: str, timestamp: str, *, now_s: float | None = None,
+                     tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
+    """Check the ``X-Energymon-Signature`` header against the ``X-Energymon-Timestamp`` header and the exact body
+    bytes, in constant time; False too when the timestamp is more than ``tolerance_s`` from ``now_s`` (default:
+    the clock). A receiver also drops a ``X-Energymon-Delivery`` id it has already processed (replays within
+    the tolerance)."""
+    ts = timestamp.strip()
+    if not ts.isdigit() or len(ts) > 12:
+        return False
+    now = time.time() if now_s is None else now_s
+    if abs(now - int(ts)) > tolerance_s:
+        return False
     prefix, sep, digest = header.strip().partition("=")
     if not sep or prefix.lower() != "sha256":
         return False
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    expected = hmac.new(secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest().encode()
     return hmac.compare_digest(expected, digest.strip().lower().encode("utf-8", "replace"))
 
 
@@ -177,12 +195,12 @@ def _retry_after_secs(value: str | None, now: datetime) -> float | None:
 
 
 class WebhookNotifier(BackgroundNotifier):
-    """POST alerts to a webhook from a background thread, with retries and a dead-letter file.
+    """POST alerts to a webhook from a background thread, with an outbox, retries and dead letters.
 
-    Queueing, retries with backoff, ``Retry-After``, closing and dead letters are
+    The outbox, retries with backoff, ``Retry-After``, closing and dead letters are
     :class:`~energymon.alerts.delivery.BackgroundNotifier`'s; this class makes one signed POST per attempt. Every
-    attempt of one delivery carries the same ``X-Energymon-Delivery`` id, and a dead-letter record adds the URL
-    (without credentials), that id and the last HTTP status.
+    attempt of one record carries the same ``X-Energymon-Delivery`` id, and a dead-letter record adds the URL
+    (without credentials) and the last HTTP status.
 
     Args:
         config: the ``webhook`` notifier from the plant file.
@@ -191,9 +209,9 @@ class WebhookNotifier(BackgroundNotifier):
         metrics: ``sent`` per delivered alert, ``errors{error_type="NotifyError"}`` per failed attempt,
             ``dropped{reason="dead_letter"}`` per dead-lettered alert (stage ``notify``).
         transport: an httpx transport (tests, proxies); default: httpx's own.
-        queue_max: alerts waiting for delivery beyond which new ones are dead-lettered at once.
-        backoff_base_s, backoff_cap_s: retry ``n`` waits uniform(0, min(cap, base × 2^(n-1))) seconds.
-        retry_after_max_s: upper bound on a server's ``Retry-After``.
+        context: what the payload says about the plant (names, units, codes); None: the record only.
+        **kw: outbox, queue and back-off settings of :class:`~energymon.alerts.delivery.BackgroundNotifier`
+            (``retry_for_s``, ``backoff_cap_s`` default to the configuration's).
 
     Raises:
         ConfigError: ``secret_env`` names an environment variable that is not set or empty.
@@ -209,10 +227,8 @@ class WebhookNotifier(BackgroundNotifier):
         enterprise: str | None = None,
         metrics: PipelineMetrics | None = None,
         transport: httpx.BaseTransport | None = None,
-        queue_max: int = 10_000,
-        backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 60.0,
-        retry_after_max_s: float = 300.0,
+        context: PayloadContext | None = None,
+        **kw: Any,
     ) -> None:
         self.config = config
         self._secret: bytes | None = None
@@ -225,49 +241,41 @@ class WebhookNotifier(BackgroundNotifier):
                     f"secret of webhook notifier {config.id!r}",
                 )])
             self._secret = secret.encode()
+        kw.setdefault("retry_for_s", config.retry_for_secs)
+        kw.setdefault("backoff_cap_s", config.backoff_max_secs)
         super().__init__(
             config.id, severities=config.severities, audiences=config.audiences, dead_letter_path=dead_letter_path,
-            max_retries=config.max_retries, metrics=metrics, queue_max=queue_max, backoff_base_s=backoff_base_s,
-            backoff_cap_s=backoff_cap_s, retry_after_max_s=retry_after_max_s,
+            max_retries=config.max_retries, metrics=metrics, **kw,
         )
         self._safe_url = str(httpx.URL(config.url).copy_with(username=None, password=None))
         self.enterprise = enterprise
+        self.context = context if context is not None else PayloadContext(enterprise_code=enterprise)
         self._timeout_s = config.timeout_ms / 1000
         self._client = httpx.Client(timeout=self._timeout_s, transport=transport, follow_redirects=False)
-        # the alert being delivered, its delivery id (the same on every retry) and its last HTTP status
-        self._current: tuple[Alert, str] | None = None
-        self._last_status: int | None = None
+        self._last_status: tuple[str, int] | None = None  # (delivery id, last HTTP status)
         self._start()
 
-    def _payload(self, alert: Alert) -> dict[str, Any]:
-        payload: dict[str, Any] = alert.to_dict()
-        payload["status"] = alert.state.value
-        payload["enterprise"] = self.enterprise
-        return payload
+    def _payload(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
+        return alert_payload(alert, delivery_id=delivery_id, context=self.context)
 
-    def _delivery_id(self, alert: Alert) -> str:
-        current = self._current
-        if current is not None and current[0] is alert:
-            return current[1]
-        return str(uuid.uuid4())
-
-    def _deliver_once(self, alert: Alert) -> None:
-        current = self._current
-        if current is None or current[0] is not alert:
-            self._current = (alert, str(uuid.uuid4()))
-            self._last_status = None
-        delivery_id = self._delivery_id(alert)
-        body = json.dumps({**self._payload(alert), "sent_at": _iso_now()}, ensure_ascii=False,
-                          separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json; charset=utf-8", DELIVERY_HEADER: delivery_id}
+    def _deliver_once(self, alert: Alert, delivery_id: str) -> None:
+        sent_at = datetime.now(UTC)
+        body = json.dumps({**self._payload(alert, delivery_id),
+                           "sent_at": sent_at.isoformat(timespec="milliseconds")},
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = int(sent_at.timestamp())
+        headers = {"Content-Type": "application/json; charset=utf-8", DELIVERY_HEADER: delivery_id,
+                   TIMESTAMP_HEADER: str(timestamp)}
         if self._secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self._secret, body)
+            headers[SIGNATURE_HEADER] = sign(self._secret, body, timestamp)
+        self._last_status = None
         try:
             response = self._client.post(self.config.url, content=body, headers=headers)
         except httpx.TransportError as exc:  # connect errors, timeouts, broken connections
             raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                                 retriable=True) from None
-        status = self._last_status = response.status_code
+        status = response.status_code
+        self._last_status = (delivery_id, status)
         if 200 <= status < 300:
             return
         snippet = response.text[:200].strip()
@@ -277,14 +285,9 @@ class WebhookNotifier(BackgroundNotifier):
             retry_after_s=_retry_after_secs(response.headers.get("Retry-After"), datetime.now(UTC)),
         )
 
-    def _dead_letter_extra(self, alert: Alert) -> dict[str, Any]:
-        current = self._current
-        mine = current is not None and current[0] is alert
-        return {
-            "url": self._safe_url,
-            "delivery_id": self._delivery_id(alert),
-            "status_code": self._last_status if mine else None,
-        }
+    def _dead_letter_extra(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
+        last = self._last_status
+        return {"url": self._safe_url, "status_code": last[1] if last is not None and last[0] == delivery_id else None}
 
     def _close_grace_s(self) -> float:
         return 4 * self._timeout_s  # at most one request is in flight

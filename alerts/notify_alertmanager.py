@@ -36,6 +36,7 @@ import httpx
 
 from energymon.alerts.delivery import BackgroundNotifier, DeliveryError
 from energymon.alerts.engine import Alert, AlertState
+from energymon.alerts.payload import PayloadContext, alert_payload
 from energymon.alerts_config import AlertmanagerNotifier as AlertmanagerConfig
 from energymon.errors import NotifyError
 from energymon.metrics import PipelineMetrics
@@ -66,8 +67,11 @@ def _labels(alert: Alert, enterprise: str | None, static: dict[str, str]) -> dic
 
 
 def am_alert(alert: Alert, *, enterprise: str | None, static_labels: dict[str, str], now: datetime,
-             resend_interval_s: float, labels: dict[str, str] | None = None) -> dict[str, Any]:
+             resend_interval_s: float, labels: dict[str, str] | None = None, context: PayloadContext | None = None,
+             delivery_id: str | None = None) -> dict[str, Any]:
     """The Alertmanager v2 alert object for one record (``labels`` overrides the computed label set)."""
+    p = alert_payload(alert, delivery_id=delivery_id,
+                      context=context if context is not None else PayloadContext(enterprise_code=enterprise))
     started = datetime.fromtimestamp(alert.started_ms / 1000, UTC)
     if alert.state is AlertState.RESOLVED:
         ends = now
@@ -84,6 +88,16 @@ def am_alert(alert: Alert, *, enterprise: str | None, static_labels: dict[str, s
     }
     if alert.resolved_ms is not None:
         annotations["resolved"] = _ms_iso(alert.resolved_ms)
+    for key in ("category", "category_name", "unit", "threshold_unit", "enterprise_name", "source_name",
+                "meter_name", "started_local", "fired_local", "resolved_local", "outage_began_at", "handling",
+                "delivery_id"):
+        if p.get(key) not in (None, ""):
+            annotations[key] = str(p[key])
+    if p["for_secs"]:
+        annotations["for_secs"] = f"{p['for_secs']:g}"
+    if alert.acked_by is not None:
+        annotations["acked_by"] = alert.acked_by
+        annotations["ack_comment"] = alert.ack_comment
     return {
         "labels": labels if labels is not None else _labels(alert, enterprise, static_labels),
         "annotations": {k: v for k, v in annotations.items() if v != ""},
@@ -102,6 +116,7 @@ class AlertmanagerNotifier(BackgroundNotifier):
         enterprise: the enterprise's USCC (label ``enterprise``).
         metrics: stage ``notify`` counters (see :class:`~energymon.alerts.delivery.BackgroundNotifier`).
         transport: an httpx transport (tests, proxies); default: httpx's own.
+        context: what the annotations say about the plant (category, units, names, local time).
         **kw: queue and back-off settings of :class:`~energymon.alerts.delivery.BackgroundNotifier`.
     """
 
@@ -115,9 +130,13 @@ class AlertmanagerNotifier(BackgroundNotifier):
         enterprise: str | None = None,
         metrics: PipelineMetrics | None = None,
         transport: httpx.BaseTransport | None = None,
+        context: PayloadContext | None = None,
         **kw: Any,
     ) -> None:
         self._resend_s = config.resend_interval_secs
+        kw.setdefault("retry_for_s", config.retry_for_secs)
+        kw.setdefault("backoff_cap_s", config.backoff_max_secs)
+        self.context = context if context is not None else PayloadContext(enterprise_code=enterprise)
         super().__init__(
             config.id, severities=config.severities, audiences=config.audiences,
             dead_letter_path=dead_letter_path, max_retries=config.max_retries, metrics=metrics,
@@ -161,11 +180,15 @@ class AlertmanagerNotifier(BackgroundNotifier):
         raise DeliveryError(f"HTTP {status}" + (f": {snippet}" if snippet else ""),
                             retriable=status >= 500 or status in (408, 429))
 
-    def _deliver_once(self, alert: Alert) -> None:
+    def _payload(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
+        return alert_payload(alert, delivery_id=delivery_id, context=self.context)
+
+    def _deliver_once(self, alert: Alert, delivery_id: str) -> None:
         now = datetime.now(UTC)
         labels = _labels(alert, self.enterprise, self.config.labels)
         body = [am_alert(alert, enterprise=self.enterprise, static_labels=self.config.labels, now=now,
-                         resend_interval_s=self._resend_s, labels=labels)]
+                         resend_interval_s=self._resend_s, labels=labels, context=self.context,
+                         delivery_id=delivery_id)]
         with self._active_lock:
             before = self._active.get(alert.id)
         if before is not None and before[1] != labels:  # escalated: the old label set is another alert

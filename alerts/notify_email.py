@@ -25,6 +25,7 @@ from typing import Any
 
 from energymon.alerts.delivery import BackgroundNotifier, DeliveryError
 from energymon.alerts.engine import Alert, AlertState
+from energymon.alerts.payload import PayloadContext, alert_payload
 from energymon.alerts_config import EmailNotifier as EmailConfig
 from energymon.errors import ConfigError, ConfigIssue
 from energymon.metrics import PipelineMetrics
@@ -38,39 +39,76 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
+_STATUS_ZH = {"firing": "告警", "resolved": "恢复", "escalated": "升级", "reminder": "提醒", "acknowledged": "已确认",
+              "rule_removed": "规则已删除"}
+
+
+def _amount(value: Any, unit: Any) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{text} {unit}" if unit else text
+
+
 def render_email(alert: Alert, *, from_addr: str, to: list[str], subject_prefix: str,
-                 enterprise: str | None) -> EmailMessage:
-    """The e-mail for one alert record."""
+                 enterprise: str | None, delivery_id: str = "", context: PayloadContext | None = None) -> EmailMessage:
+    """The e-mail for one alert record (Chinese first; every field of the payload schema in the body)."""
+    ctx = context if context is not None else PayloadContext(enterprise_code=enterprise)
+    p = alert_payload(alert, delivery_id=delivery_id or None, context=ctx)
     status = "RESOLVED" if alert.state is AlertState.RESOLVED else "FIRING"
-    if alert.event in ("escalated", "reminder"):
-        status += f" ({alert.event})"
+    event = alert.event or alert.state.value
+    if event in ("escalated", "reminder", "acknowledged"):
+        status += f" ({event})"
+    zh = _STATUS_ZH.get(event, event)
     msg = EmailMessage()
-    msg["Subject"] = f"{subject_prefix} {status} {alert.severity}: {alert.summary} ({alert.source})".strip()
+    tag = f"{zh}·{p['category_name']}" if p["rule_kind"] is not None else zh
+    subject = f"{subject_prefix} 【{tag}】{status} {alert.severity}: {alert.summary} ({p['source_name']})"
+    msg["Subject"] = subject.strip()
     msg["From"] = from_addr
     msg["To"] = ", ".join(to)
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain="energymon")
     msg["X-Energymon-Alert"] = alert.id
     msg["X-Energymon-Version"] = str(alert.version)
+    if delivery_id:
+        msg["X-Energymon-Delivery"] = delivery_id
+    local = p["timezone"] is not None
+
+    def when(name: str) -> str:
+        utc = _when(getattr(alert, f"{name}_ms"))
+        return f"{p[f'{name}_local'][:19]} ({p['timezone']}) / {utc}" if local and p[f"{name}_local"] else utc
+
     lines = [
+        f"{zh}：{alert.summary}",
         f"{status}: {alert.summary}",
         "",
-        f"alert:      {alert.id}",
-        f"enterprise: {enterprise or '-'}",
-        f"severity:   {alert.severity}",
-        f"audience:   {', '.join(alert.audience)}",
-        f"value:      {alert.value if alert.value is not None else '-'}",
-        f"threshold:  {alert.threshold if alert.threshold is not None else '-'}",
-        f"started:    {_when(alert.started_ms)}",
-        f"fired:      {_when(alert.fired_ms)}",
+        f"类别 category:    {p['category_name']} ({p['category']})",
+        f"企业 enterprise:  {p['enterprise_name'] or '-'} ({ctx.enterprise_code or '-'})",
+        f"对象 source:      {p['source_name']} ({alert.source})",
+        f"告警 alert:       {alert.id}",
+        f"级别 severity:    {alert.severity}",
+        f"受众 audience:    {', '.join(alert.audience)}",
+        f"数值 value:       {_amount(alert.value, p['unit'])}",
+        f"阈值 threshold:   {_amount(alert.threshold, p['threshold_unit'])}",
+        f"持续 for:         {_amount(p['for_secs'], 's')}",
+        f"开始 started:     {when('started')}",
+        f"触发 fired:       {when('fired')}",
     ]
+    if p["outage_began_ms"] is not None:
+        lines.append(f"中断自 last good: {p['outage_began_local'] or p['outage_began_at']}")
     if alert.escalated_ms is not None:
-        lines.append(f"escalated:  {_when(alert.escalated_ms)}")
+        lines.append(f"升级 escalated:   {when('escalated')}")
     if alert.resolved_ms is not None:
-        lines.append(f"resolved:   {_when(alert.resolved_ms)}")
+        lines.append(f"恢复 resolved:    {when('resolved')}")
+    if p["provincial"]:
+        prov = p["provincial"]
+        items = ", ".join(f"{i['id']} {i['name']}" for i in prov["data_items"]) or "-"
+        lines.append(f"省平台 provincial: 计量器具 {', '.join(prov['gauges']) or '-'}; 采集项 {items}")
+    lines.append(f"处理 handling:    {p['handling']}")
     if alert.acked_by is not None:
-        lines.append(f"acknowledged by {alert.acked_by or '-'}: {alert.ack_comment}")
-    lines += ["", f"version {alert.version}; times are event times, UTC."]
+        lines.append(f"确认 acknowledged by {alert.acked_by or '-'} at {when('acked')}: {alert.ack_comment}")
+    lines += ["", f"version {alert.version}; schema {p['schema_version']}; delivery {delivery_id or '-'};"
+              " times are event times."]
     msg.set_content("\n".join(lines) + "\n", charset="utf-8")
     return msg
 
@@ -82,6 +120,7 @@ class EmailNotifier(BackgroundNotifier):
         config: the ``email`` notifier from the plant file.
         dead_letter_path: JSON-lines file for records that could not be sent.
         enterprise: the enterprise's USCC, shown in each mail.
+        context: what the mail says about the plant (names, units, codes, local time).
         metrics: stage ``notify`` counters (see :class:`~energymon.alerts.delivery.BackgroundNotifier`).
         **kw: queue and back-off settings of :class:`~energymon.alerts.delivery.BackgroundNotifier`.
 
@@ -98,8 +137,11 @@ class EmailNotifier(BackgroundNotifier):
         dead_letter_path: Path,
         enterprise: str | None = None,
         metrics: PipelineMetrics | None = None,
+        context: PayloadContext | None = None,
         **kw: Any,
     ) -> None:
+        kw.setdefault("retry_for_s", config.retry_for_secs)
+        kw.setdefault("backoff_cap_s", config.backoff_max_secs)
         super().__init__(
             config.id, severities=config.severities, audiences=config.audiences,
             dead_letter_path=dead_letter_path, max_retries=config.max_retries, metrics=metrics,
@@ -107,6 +149,7 @@ class EmailNotifier(BackgroundNotifier):
         )
         self.config = config
         self.enterprise = enterprise
+        self.context = context if context is not None else PayloadContext(enterprise_code=enterprise)
         self._password: str | None = None
         if config.password_env is not None:
             password = os.environ.get(config.password_env)
@@ -132,10 +175,13 @@ class EmailNotifier(BackgroundNotifier):
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.config.ca_file)
 
-    def _deliver_once(self, alert: Alert) -> None:
+    def _payload(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
+        return alert_payload(alert, delivery_id=delivery_id, context=self.context)
+
+    def _deliver_once(self, alert: Alert, delivery_id: str) -> None:
         cfg = self.config
         msg = render_email(alert, from_addr=cfg.from_addr, to=cfg.to, subject_prefix=cfg.subject_prefix,
-                           enterprise=self.enterprise)
+                           enterprise=self.enterprise, delivery_id=delivery_id, context=self.context)
         try:
             smtp: smtplib.SMTP
             if cfg.security == "tls":
@@ -165,4 +211,4 @@ class EmailNotifier(BackgroundNotifier):
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retriable=True) from None
         if refused:
             # some recipients took it: retrying would send it twice to those; record the rest
-            self._dead_letter(alert, f"some recipients refused: {refused}", attempts=1)
+            self.dead_letter_record(alert, delivery_id, f"some recipients refused: {refused}", attempts=1)

@@ -14,6 +14,10 @@ Tables:
 * ``acks``: acknowledgements per alert cycle (alert id + ``started_ms``).
 * ``silences``: rule, optional source, start and end (engine clock, ms), comment.
 * ``rule_state``: JSON snapshots of stateful rules (completeness counts, last counter values).
+* ``meta``: what the processor last started with (``plant``: rule ids, sources, notifier ids, time zone), so
+  ``energymon alerts`` can refuse a name the plant does not have.
+* ``deliveries``: the notifiers' outbox (:mod:`energymon.alerts.outbox`): records not yet accepted by their
+  receiver, and dead letters.
 
 The file is in WAL mode with ``synchronous=NORMAL``: a committed change survives a process crash; a power cut
 may lose the last transactions.
@@ -53,6 +57,7 @@ CREATE TABLE IF NOT EXISTS silences (
     id INTEGER PRIMARY KEY AUTOINCREMENT, rule_id TEXT NOT NULL, source TEXT, starts_ms INTEGER NOT NULL,
     ends_ms INTEGER NOT NULL, comment TEXT NOT NULL, by TEXT NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rule_state (rule_id TEXT PRIMARY KEY, data TEXT NOT NULL, saved_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
 
 
@@ -345,3 +350,20 @@ class AlertStore:
         with self._lock:
             rows = self._db.execute("SELECT rule_id, data FROM rule_state").fetchall()
         return {r[0]: json.loads(r[1]) for r in rows}
+
+    # ------------------------------------------------------------------ plant info
+
+    def save_plant_info(self, info: dict[str, Any]) -> None:
+        """Record the plant's names and time zone (the processor does at start)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO meta (key, data) VALUES ('plant', ?) ON CONFLICT (key) DO UPDATE SET"
+                       " data=excluded.data", (json.dumps(info, ensure_ascii=False, separators=(",", ":")),))
+
+    def plant_info(self) -> dict[str, Any] | None:
+        """What :meth:`save_plant_info` wrote last; None if no processor started on this file yet."""
+        with self._lock:
+            row = self._db.execute("SELECT data FROM meta WHERE key = 'plant'").fetchone()
+        if row is None:
+            return None
+        data = json.loads(row[0])
+        return data if isinstance(data, dict) else None

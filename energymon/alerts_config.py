@@ -348,7 +348,18 @@ class NotifierBase(Strict):
     """only alerts for one of these audiences (empty = all)"""
 
 
-class WebhookNotifier(NotifierBase):
+class RetryingNotifier(NotifierBase):
+    """A notifier whose records wait in the outbox (the alert state file) until the receiver accepted them."""
+
+    max_retries: int | None = Field(default=None, ge=0, le=100000)
+    """retries of one record before it is dead-lettered (null = no count limit: `retry_for_secs` decides)"""
+    retry_for_secs: float = Field(default=21600, ge=1, le=30 * 86400)
+    """how long one record is retried (from when it was raised) before it is dead-lettered"""
+    backoff_max_secs: float = Field(default=300, gt=0, le=86400)
+    """longest wait between two attempts of one record (capped exponential back-off with full jitter)"""
+
+
+class WebhookNotifier(RetryingNotifier):
     """POST each alert change as JSON, signed with HMAC-SHA256 when a secret is set."""
 
     type: Literal["webhook"]
@@ -357,8 +368,6 @@ class WebhookNotifier(NotifierBase):
     secret_env: str | None = Field(default=None, description="environment variable holding the HMAC secret")
     timeout_ms: int = Field(default=5000, ge=100, le=60000)
     """HTTP timeout per attempt"""
-    max_retries: int = Field(default=5, ge=0, le=100)
-    """retries before the alert goes to the dead-letter file"""
 
 
 class MqttNotifier(NotifierBase):
@@ -375,7 +384,7 @@ class MqttNotifier(NotifierBase):
     """MQTT QoS"""
 
 
-class EmailNotifier(NotifierBase):
+class EmailNotifier(RetryingNotifier):
     """Send each alert change as a plain-text e-mail over SMTP."""
 
     type: Literal["email"]
@@ -385,6 +394,8 @@ class EmailNotifier(NotifierBase):
     """SMTP port (587 submission with STARTTLS, 465 implicit TLS, 25 plain)"""
     security: Literal["starttls", "tls", "none"] = "starttls"
     """`starttls` (upgrade after connecting), `tls` (implicit TLS) or `none`"""
+    allow_plaintext_password: bool = False
+    """with `security: none` and a `username`: send the password in clear text anyway (refused otherwise)"""
     ca_file: str | None = None
     """PEM file of CAs to trust (default: the system store)"""
     username: str | None = None
@@ -399,17 +410,19 @@ class EmailNotifier(NotifierBase):
     """start of every subject"""
     timeout_ms: int = Field(default=10000, ge=100, le=120000)
     """SMTP timeout per attempt"""
-    max_retries: int = Field(default=5, ge=0, le=100)
-    """retries before the alert goes to the dead-letter file"""
 
     @model_validator(mode="after")
     def _login(self) -> EmailNotifier:
         if self.password_env is not None and self.username is None:
             raise ValueError("password_env needs username")
+        if self.security == "none" and self.username is not None and not self.allow_plaintext_password:
+            raise ValueError(
+                "security: none with a username would send the SMTP password in clear text; use starttls or tls, "
+                "or set allow_plaintext_password: true if the network path is trusted")
         return self
 
 
-class AlertmanagerNotifier(NotifierBase):
+class AlertmanagerNotifier(RetryingNotifier):
     """POST alerts to a Prometheus Alertmanager (API v2, ``/api/v2/alerts``); firing alerts are re-sent."""
 
     type: Literal["alertmanager"]
@@ -417,8 +430,6 @@ class AlertmanagerNotifier(NotifierBase):
     """Alertmanager base URL, e.g. `http://127.0.0.1:9093`"""
     timeout_ms: int = Field(default=5000, ge=100, le=60000)
     """HTTP timeout per attempt"""
-    max_retries: int = Field(default=5, ge=0, le=100)
-    """retries before the alert goes to the dead-letter file"""
     resend_interval_secs: float = Field(default=60, ge=1, le=3600)
     """firing alerts are posted again this often (Alertmanager resolves alerts it stops hearing about)"""
     labels: dict[str, str] = Field(default_factory=dict)

@@ -111,7 +111,10 @@ def test_reminders_repeat_until_acknowledged() -> None:
     for _ in range(10):
         clock.advance(600)
         engine.tick(T0)
-    assert len(rec.alerts) == 2  # no reminders once acknowledged
+    # the acknowledgement is notified (who, the comment), then no reminders
+    assert rec.events()[2:] == [("kiln-power-high:kiln", "acknowledged")]
+    ack = rec.alerts[2]
+    assert ack.acked_by == "张工" and ack.ack_comment == "cooling fan replaced" and ack.version > reminder.version
     feed(engine, [(50, 10)])
     assert rec.alerts[-1].event == "resolved" and rec.alerts[-1].acked_by == "张工"
     feed(engine, [(150, 20)])  # a new cycle is not acknowledged
@@ -358,7 +361,8 @@ def test_cli_ack_reaches_the_running_engine(tmp_path: Path) -> None:
     assert cli(tmp_path, "ack", "kiln-power-high:kiln", "--by", "张工", "--comment", "checking")[0] == 0
     clock.advance(120)
     engine.tick(T0)
-    assert [a.event for a in rec.alerts] == ["firing"]  # the ack from the other connection stopped the reminder
+    # the ack from the other connection is notified and stops the reminder
+    assert [a.event for a in rec.alerts] == ["firing", "acknowledged"]
     alert = engine.get("kiln-power-high:kiln")
     assert alert is not None and alert.acked_by == "张工" and alert.ack_comment == "checking"
     engine.close()
@@ -414,8 +418,8 @@ def test_cli_lists_active_alerts_and_history(tmp_path: Path) -> None:
 
 
 def test_cli_without_state_file_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(tmp_path, "list")[0] == 1
-    assert "no alert state file" in capsys.readouterr().err
+    assert cli(tmp_path, "list")[0] == 2
+    assert "has no alert state file" in capsys.readouterr().err
     assert not (tmp_path / "alerts.sqlite").exists()
 
 

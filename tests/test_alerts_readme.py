@@ -59,3 +59,38 @@ def test_the_samples_validate_and_build(tmp_path: Path, monkeypatch: pytest.Monk
         engine.close()
         for n in notifiers:
             n.close(0.5)
+
+
+def test_the_documented_receiver_check_accepts_a_real_delivery_and_rejects_stale_replayed_and_forged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_webhook import SECRET, SECRET_ENV, HookServer
+
+    from energymon.alerts.engine import Alert, AlertState
+    from energymon.alerts.notifiers import WebhookNotifier
+    from energymon.alerts_config import WebhookNotifier as WebhookConfig
+
+    (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
+    receiver: dict[str, Any] = {}
+    exec(compile(code, "alerts/README.md", "exec"), receiver)  # the documented sample itself
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    srv = HookServer().start()
+    notifier = WebhookNotifier(WebhookConfig(type="webhook", id="hook", url=srv.url, secret_env=SECRET_ENV),
+                               dead_letter_path=tmp_path / "dead.jsonl")
+    try:
+        notifier.notify(Alert(rule_id="r", source="kiln_drive", state=AlertState.FIRING, severity="warning",
+                              audience=("energy_manager",), summary="s", value=1.0, threshold=0.5,
+                              started_ms=1_740_816_000_000, fired_ms=1_740_816_000_000, version=1, event="firing"))
+        (req,) = srv.wait_for(1)
+    finally:
+        notifier.close(5)
+        srv.stop()
+    check, remember, secret = receiver["check"], receiver["remember"], SECRET.encode()
+    ts = int(req.headers["x-energymon-timestamp"])
+    assert check(secret, req.headers, req.body, now=ts + 1) == "process"
+    remember(req.headers, now=ts + 1)
+    assert check(secret, req.headers, req.body, now=ts + 2) == "duplicate"  # replayed within the tolerance
+    assert check(secret, req.headers, req.body, now=ts + 301) == "stale or missing timestamp"
+    assert check(secret, req.headers, req.body + b" ", now=ts + 1) == "bad signature"
+    assert check(b"other", req.headers, req.body, now=ts + 1) == "bad signature"
+    forged = {**req.headers, "x-energymon-timestamp": str(ts + 100)}  # a fresh time on an old signature
+    assert check(secret, forged, req.body, now=ts + 100) == "bad signature"

@@ -94,6 +94,8 @@ class Harness:
                                 "security": "none", "from_addr": "energymon@plant.example",
                                 "to": ["energy-manager@plant.example", "ops@plant.example"], "timeout_ms": 2000}
         data.update(kw)
+        if data["security"] == "none" and "username" in data:
+            data.setdefault("allow_plaintext_password", True)
         n = EmailNotifier(EmailConfig.model_validate(data), dead_letter_path=self.dead_letters,
                           enterprise="91530102MA6K7LQ8RH", metrics=self.metrics,
                           backoff_base_s=0.05, backoff_cap_s=0.2)
@@ -123,12 +125,13 @@ def test_plain_smtp_mail_content(h: Harness) -> None:
     n.notify(alert(AlertState.RESOLVED, 3))
     wait_until(lambda: len(h.inbox.messages) == 2, "two mails")
     firing, resolved = h.inbox.messages
-    assert firing["Subject"] == "[energymon] FIRING critical: 窑主电机电表离线 (kiln_drive)"
-    assert resolved["Subject"].startswith("[energymon] RESOLVED critical:")
+    assert firing["Subject"] == "[energymon] 【告警】FIRING critical: 窑主电机电表离线 (kiln_drive)"
+    assert resolved["Subject"].startswith("[energymon] 【恢复】RESOLVED critical:")
     assert firing["X-Energymon-Alert"] == "meter_offline:kiln_drive" and resolved["X-Energymon-Version"] == "3"
+    assert firing["X-Energymon-Delivery"] != resolved["X-Energymon-Delivery"]
     body = firing.get_content()
-    assert "alert:      meter_offline:kiln_drive" in body and "91530102MA6K7LQ8RH" in body
-    assert "audience:   energy_manager, regulator" in body
+    assert "告警 alert:       meter_offline:kiln_drive" in body and "91530102MA6K7LQ8RH" in body
+    assert "受众 audience:    energy_manager, regulator" in body
     assert h.inbox.envelopes[0] == ("energymon@plant.example",
                                     ["energy-manager@plant.example", "ops@plant.example"])
     # The SMTP server holds the mail before the notifier thread counts it as sent.
@@ -225,3 +228,14 @@ def test_4xx_is_retried_and_5xx_is_dead_lettered(h: Harness) -> None:
     wait_until(lambda: len(h.dead()) == 1, "dead letter")
     assert h.dead()[0]["reason"].startswith("not retriable: SMTP 554")
     assert h.dead()[0]["payload"]["state"] == "resolved"
+
+
+def test_a_clear_text_password_is_refused_unless_the_plant_file_allows_it() -> None:
+    base = {"type": "email", "id": "m", "host": "smtp.example", "port": 25, "security": "none",
+            "username": "alerts", "password_env": PASSWORD_ENV, "from_addr": "a@b.c", "to": ["x@y.z"]}
+    with pytest.raises(ValueError, match="clear text"):
+        EmailConfig.model_validate(base)
+    assert EmailConfig.model_validate({**base, "allow_plaintext_password": True}).allow_plaintext_password
+    assert EmailConfig.model_validate({**base, "security": "starttls"}).username == "alerts"
+    no_login = {k: v for k, v in base.items() if k not in ("username", "password_env")}
+    assert EmailConfig.model_validate(no_login).security == "none"  # no password to leak

@@ -21,6 +21,7 @@ from energymon.alerts.engine import Alert, AlertState
 from energymon.alerts.notifiers import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     Notifier,
     WebhookNotifier,
     route,
@@ -202,6 +203,11 @@ def alert(state: AlertState = AlertState.FIRING, *, source: str = "kiln", versio
     )
 
 
+def verified(req: Received, secret: bytes = SECRET.encode(), body: bytes | None = None) -> bool:
+    return verify_signature(secret, req.body if body is None else body, req.headers[SIGNATURE_HEADER.lower()],
+                            req.headers[TIMESTAMP_HEADER.lower()])
+
+
 def without_sent_at(req: Received) -> dict[str, Any]:
     data = req.json()
     del data["sent_at"]
@@ -217,11 +223,16 @@ def test_payload_and_signature_verify(h: Harness) -> None:
     notifier.notify(alert())
     notifier.notify(alert(AlertState.RESOLVED, version=3))
     first, second = srv.wait_for(2)
-    secret = SECRET.encode()
-    assert verify_signature(secret, first.body, first.headers[SIGNATURE_HEADER.lower()])
-    assert verify_signature(secret, second.body, second.headers[SIGNATURE_HEADER.lower()])
-    assert not verify_signature(secret, first.body + b" ", first.headers[SIGNATURE_HEADER.lower()])
-    assert not verify_signature(b"other", first.body, first.headers[SIGNATURE_HEADER.lower()])
+    assert verified(first) and verified(second)
+    assert not verified(first, body=first.body + b" ")
+    assert not verified(first, secret=b"other")
+    ts = first.headers[TIMESTAMP_HEADER.lower()]
+    header = first.headers[SIGNATURE_HEADER.lower()]
+    assert abs(int(ts) - time.time()) < 120
+    # the timestamp is signed: another one does not verify, and a stale one is refused even though it verifies
+    assert not verify_signature(SECRET.encode(), first.body, header, str(int(ts) - 1))
+    assert not verify_signature(SECRET.encode(), first.body, header, ts, now_s=int(ts) + 301)
+    assert verify_signature(SECRET.encode(), first.body, header, ts, now_s=int(ts) + 299)
     assert first.headers["content-type"].startswith("application/json")
     data = first.json()
     assert data["status"] == "firing" and data["state"] == "firing" and data["enterprise"] == USCC
@@ -232,6 +243,7 @@ def test_payload_and_signature_verify(h: Harness) -> None:
     assert second.json()["status"] == "resolved" and second.json()["resolved_ms"] == 1_740_816_600_000
     ids = {first.headers[DELIVERY_HEADER.lower()], second.headers[DELIVERY_HEADER.lower()]}
     assert len(ids) == 2 and all(uuid.UUID(i) for i in ids)
+    assert data["delivery_id"] == first.headers[DELIVERY_HEADER.lower()] and data["schema_version"] == 2
     assert notifier.close(5) is True
     assert h.delivered() == 2 and h.dead() == []
 
@@ -260,7 +272,7 @@ def test_server_down_then_up_delivers_exactly_once(h: Harness) -> None:
     (req,) = srv.wait_for(1)
     assert notifier.close(5) is True
     assert len(srv.received) == 1 and h.delivered() == 1 and h.dead() == []
-    assert verify_signature(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()])
+    assert verified(req)
 
 
 def test_500_twice_then_200_is_retried_with_the_same_delivery_id(h: Harness) -> None:
@@ -272,7 +284,7 @@ def test_500_twice_then_200_is_retried_with_the_same_delivery_id(h: Harness) -> 
     assert len(srv.received) == 3
     assert len({r.headers[DELIVERY_HEADER.lower()] for r in requests}) == 1
     for r in requests:
-        assert verify_signature(SECRET.encode(), r.body, r.headers[SIGNATURE_HEADER.lower()])
+        assert verified(r)
     assert without_sent_at(requests[0]) == without_sent_at(requests[2])
     assert h.delivered() == 1 and h.failed_attempts() == 2 and h.dead() == []
 
@@ -347,15 +359,15 @@ def test_close_timeout_dead_letters_what_is_left(h: Harness) -> None:
     notifier = h.notifier(srv.url, max_retries=100, backoff_base_s=30, backoff_cap_s=30)
     notifier.notify(alert(source="kiln"))
     notifier.notify(alert(source="mill"))
-    wait_until(lambda: h.failed_attempts() >= 1, "the first failed attempt")
+    wait_until(lambda: h.failed_attempts() >= 2, "the first failed attempts")
     started = time.monotonic()
     assert notifier.close(timeout=0.2) is False
     assert time.monotonic() - started < 3
     notifier.notify(alert(source="raw-mill"))  # after close: straight to the dead-letter file
     reasons = {d["payload"]["source"]: (d["reason"], d["attempts"]) for d in h.dead()}
-    assert reasons == {
+    assert reasons == {  # each record has its own schedule: both were tried once
         "kiln": ("notifier closed before delivery; last error: HTTP 500: ok", 1),
-        "mill": ("notifier closed before delivery", 0),
+        "mill": ("notifier closed before delivery; last error: HTTP 500: ok", 1),
         "raw-mill": ("notifier closed", 0),
     }
 
@@ -383,12 +395,15 @@ def test_pending_alerts_are_refused(h: Harness) -> None:
 
 def test_verify_signature_rejects_malformed_headers() -> None:
     body = b'{"a":1}'
-    good = sign(b"k", body)
-    assert verify_signature(b"k", body, good)
-    assert verify_signature(b"k", body, good.upper().replace("SHA256=", "sha256="))
+    now = int(time.time())
+    good = sign(b"k", body, now)
+    assert verify_signature(b"k", body, good, str(now))
+    assert verify_signature(b"k", body, good.upper().replace("SHA256=", "sha256="), str(now))
     digest = good[len("sha256="):]
     for header in ("", digest, "sha1=" + digest, "sha256=", "sha256=zz", "sha256=é", good + "0"):
-        assert not verify_signature(b"k", body, header), header
+        assert not verify_signature(b"k", body, header, str(now)), header
+    for ts in ("", "abc", "-1", f"{now}.5", "1" * 13, str(now - 3600)):
+        assert not verify_signature(b"k", body, good, ts), ts
 
 
 class Collecting:
