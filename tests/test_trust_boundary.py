@@ -423,3 +423,16 @@ def test_the_retention_of_an_influxdb2_bucket_is_read_and_a_configured_one_wins(
     # a store that does not answer: unknown, never an exception
     with InfluxStore(InfluxStoreConfig(type="influxdb", url=f"http://127.0.0.1:{free_port()}", timeout_ms=500)) as s:
         assert s.retention_ms() is None
+
+
+def test_unknown_meters_are_logged_once_per_id(caplog: pytest.LogCaptureFixture) -> None:
+    proc = Processor(_plant(), ListStore())
+    t = now_ms() - 60_000
+    caplog.set_level(logging.WARNING, logger="energymon.processors.processor")
+    for seq, ghosts in enumerate((["g1", "g2"], ["g1", "g3"], ["g1", "g2", "g3"], ["g2"]), 1):
+        pts = [point("kiln_drive", 1.0 + seq, t + seq)] + [point(g, 1.0, t + seq) for g in ghosts]
+        proc.handle(Message(TOPIC, batch(pts, seq), lambda: None))
+    lines = [r.getMessage() for r in caplog.records if "(unknown_meter)" in r.getMessage()]
+    assert len(lines) == 2 and "g1, g2" in lines[0] and "g1, g3" in lines[1]
+    assert proc.metrics.registry.get_sample_value(
+        "energymon_dropped_total", {"stage": "processor", "reason": "unknown_meter"}) == 8
