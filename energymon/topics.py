@@ -12,6 +12,11 @@ topic                                                      content
 
 ``alerts`` is therefore a reserved word and cannot be a gateway id. Processors subscribe to
 :func:`readings_filter`, optionally through an MQTT v5 shared subscription (``$share/{group}/...``).
+
+The topic is the identity: the broker's ACL lets a gateway publish only on its own readings and status topics
+(deploy/mosquitto/acl), so the processor takes the enterprise and gateway of a batch from
+:func:`parse_readings_topic` and sets aside a batch whose own fields say otherwise (docs/ARCHITECTURE.md,
+"Trust boundary").
 """
 
 from __future__ import annotations

@@ -366,7 +366,7 @@ class Processor:
                 reason = "unknown_enterprise" if wire["enterprise"] != self.enterprise else "unknown_gateway"
                 n = len(wire["points"])
                 self.stage.received(n)
-                self._set_aside(reason, wire["gateway"], f"in-process batch of {wire['enterprise']!r}/"
+                self._set_aside(reason, [wire["gateway"]], f"in-process batch of {wire['enterprise']!r}/"
                                 f"{wire['gateway']!r}", n, {"gateway": wire["gateway"], "seq": wire["seq"],
                                                             "points": wire["points"]})
                 return
@@ -438,21 +438,23 @@ class Processor:
                               for p in pts})
                 detail = f"{len(pts)} point(s) of {'meter' if reason == 'unknown_meter' else 'quantity'} " + \
                     ", ".join(ids[:10]) + (f" (+{len(ids) - 10} more)" if len(ids) > 10 else "")
-                ident = ids[0]
+                idents = ids
             else:
                 first, last = min(p["ts_ms"] for p in pts), max(p["ts_ms"] for p in pts)
                 bound = latest if reason == "future_timestamp" else earliest
                 detail = (f"{len(pts)} point(s) stamped {_iso(first)} .. {_iso(last)}, "
                           f"{'after' if reason == 'future_timestamp' else 'before'} {_iso(bound)}")
-                ident = gateway
+                idents = [gateway]
             record = {"topic": topic, "enterprise": batch["enterprise"], "gateway": gateway, "seq": batch["seq"],
                       "points": pts}
-            if not self._set_aside(reason, ident, f"gateway {gateway!r} seq {batch['seq']}: {detail}", len(pts),
+            if not self._set_aside(reason, idents, f"gateway {gateway!r} seq {batch['seq']}: {detail}", len(pts),
                                    record):
                 return None
         return kept
 
-    def _set_aside(self, reason: str, ident: str, detail: str, n_points: int, record: dict[str, Any]) -> bool:
+    def _set_aside(
+        self, reason: str, idents: Sequence[str], detail: str, n_points: int, record: dict[str, Any]
+    ) -> bool:
         """Write a dead-letter record, count and log it; False if the record could not be written."""
         if self.dead_letters is not None:
             try:
@@ -465,7 +467,9 @@ class Processor:
                 return False
             self.stage.dead_letter(reason)
         self.stage.dropped(reason, n_points)
-        quiet = self._log_gate.check(reason, ident)
+        # logged when any of the ids is new in this period (every id is counted towards its own period)
+        checks = [self._log_gate.check(reason, ident) for ident in idents]
+        quiet = max((q for q in checks if q is not None), default=None)
         if quiet is not None:
             more = f" (and {quiet} more since the last line)" if quiet else ""
             log.warning("set aside (%s): %s%s", reason, detail, more)

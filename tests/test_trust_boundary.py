@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from plants import USCC, modbus_plant
@@ -25,16 +27,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from services import Mosquitto, VictoriaMetrics, free_port
 
 from energymon.clock import WallClock
-from energymon.config import ProcessorLimits, parse_plant
+from energymon.config import InfluxStoreConfig, ProcessorLimits, parse_plant
 from energymon.deadletter import DeadLetterFile, read_dead_letters
 from energymon.errors import ConfigError, PayloadTooLargeError, SchemaError
 from energymon.interfaces import Message
 from energymon.metrics import PipelineMetrics
 from energymon.processors.processor import SET_ASIDE_REASONS, Processor
-from energymon.processors.store import _vm_duration_ms
+from energymon.processors.store import InfluxStore, _vm_duration_ms
 from energymon.runtime import ProcessorService
 from energymon.schema import decode_batch, decode_wire
-from energymon.topics import readings_topic
+from energymon.topics import readings_topic, status_topic
 from energymon.transport import open_transport
 
 GATEWAY = "gw-a"
@@ -169,6 +171,11 @@ def test_unknown_gateways_meters_and_quantities_create_no_series_and_no_labels(
         point("ghost-meter", 1.0, t),
         point("kiln_drive", 2.0, t, quantity="ghost_quantity"),
     ], 1))
+    # the retained status of an unknown gateway is ignored too; gw-a's, published after it, is taken
+    centre.publish(status_topic(USCC, "ghost-0"), b"online")
+    centre.publish(status_topic(USCC, GATEWAY), b"online")
+    wait("gw-a's status", lambda: centre.metrics.registry.get_sample_value(
+        "energymon_gateway_up", {"gateway": GATEWAY}) == 1)
     wait("the known point stored", lambda: centre.samples(KILN) != [])
     wait("every ghost message counted", lambda: centre.dropped("unknown_gateway") == 100)
     assert centre.dropped("unknown_meter") == 1 and centre.dropped("unknown_quantity") == 1
@@ -365,3 +372,67 @@ def test_a_gateway_batch_larger_than_the_processor_takes_is_a_config_error() -> 
                                             ("100y", 36_500)])
 def test_victoriametrics_retention_values(text: str, days: float) -> None:
     assert _vm_duration_ms(text) == days * DAY_MS
+
+
+class _Influx2(BaseHTTPRequestHandler):
+    """Answers like InfluxDB 2: Prometheus metrics without VictoriaMetrics' flags, and one bucket."""
+
+    every_seconds = 7 * 86_400
+    seen_auth: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/metrics"):
+            body = b"# HELP go_goroutines x\ngo_goroutines 12\n"
+        elif self.path.startswith("/api/v2/buckets?name=plant&org=acme"):
+            _Influx2.seen_auth.append(self.headers.get("Authorization", ""))
+            rules = [{"type": "expire", "everySeconds": self.every_seconds}]
+            body = json.dumps({"buckets": [{"name": "plant", "retentionRules": rules}]}).encode()
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_retention_of_an_influxdb2_bucket_is_read_and_a_configured_one_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_INFLUX_TOKEN", "s3cret")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Influx2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        cfg = InfluxStoreConfig(type="influxdb", url=url, org="acme", bucket="plant", token_env="TEST_INFLUX_TOKEN")
+        with InfluxStore(cfg) as store:
+            assert store.retention_ms() == 7 * DAY_MS
+        assert _Influx2.seen_auth == ["Token s3cret"]
+        _Influx2.every_seconds = 0  # infinite retention
+        with InfluxStore(cfg) as store:
+            assert store.retention_ms() is None
+        with InfluxStore(cfg.model_copy(update={"retention_days": 90.0})) as store:
+            assert store.retention_ms() == 90 * DAY_MS
+    finally:
+        server.shutdown()
+        server.server_close()
+    # a store that does not answer: unknown, never an exception
+    with InfluxStore(InfluxStoreConfig(type="influxdb", url=f"http://127.0.0.1:{free_port()}", timeout_ms=500)) as s:
+        assert s.retention_ms() is None
+
+
+def test_unknown_meters_are_logged_once_per_id(caplog: pytest.LogCaptureFixture) -> None:
+    proc = Processor(_plant(), ListStore())
+    t = now_ms() - 60_000
+    caplog.set_level(logging.WARNING, logger="energymon.processors.processor")
+    for seq, ghosts in enumerate((["g1", "g2"], ["g1", "g3"], ["g1", "g2", "g3"], ["g2"]), 1):
+        pts = [point("kiln_drive", 1.0 + seq, t + seq)] + [point(g, 1.0, t + seq) for g in ghosts]
+        proc.handle(Message(TOPIC, batch(pts, seq), lambda: None))
+    lines = [r.getMessage() for r in caplog.records if "(unknown_meter)" in r.getMessage()]
+    assert len(lines) == 2 and "g1, g2" in lines[0] and "g1, g3" in lines[1]
+    assert proc.metrics.registry.get_sample_value(
+        "energymon_dropped_total", {"stage": "processor", "reason": "unknown_meter"}) == 8
