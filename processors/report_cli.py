@@ -20,7 +20,7 @@ from pathlib import Path
 
 __all__ = ["HELP", "add_arguments", "main"]
 
-HELP = "recompute a period (day, month, year, range) from the readings; write JSON, CSV and HTML reports"
+HELP = "recompute a period (day, month, year, range) from the readings; write 报表 as JSON, CSV, Excel, HTML, PDF"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--store-file", type=Path, metavar="SQLITE", help="read an SQLite store file")
     src.add_argument("--store-url", metavar="URL", help="read VictoriaMetrics / InfluxDB at this URL")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: report-<period>)")
-    parser.add_argument("--format", default="json,csv,html", help="comma-separated: json, csv, html")
+    parser.add_argument("--format", default="json,csv,xlsx,html",
+                        help="comma-separated, any of json, csv, xlsx, html, pdf (pdf prints the HTML with headless "
+                        "Chromium; default json,csv,xlsx,html)")
     parser.add_argument("--write-store", action="store_true",
                         help="write the recomputed periods (acct_* measurements) to the store")
     parser.add_argument("--lookback-hours", type=float, default=48.0,
