@@ -127,6 +127,13 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
+def _short(v: float) -> str:
+    """A reference value for a label: thousands separators, at most 2 decimals, no trailing zeros."""
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:,.2f}".rstrip("0").rstrip(".")
+
+
 def _tick_label(v: float, step: float) -> str:
     decimals = 0 if step >= 1 else min(6, max(0, -math.floor(math.log10(step)) + (1 if step * 10 % 1 else 0)))
     return f"{v:,.{decimals}f}"
@@ -187,7 +194,7 @@ def svg_chart(values: Sequence[float | None], labels: Sequence[str], title: str,
     for value, (key, names) in sorted(merged.items(), key=lambda kv: -kv[0]):
         cls = _LINE_CLASS.get(key, "r1")
         parts.append(f'<line x1="{left}" y1="{y(value):.1f}" x2="{w - right}" y2="{y(value):.1f}" class="{cls}"/>')
-        placed.append((y(value) + 3.5, f"{' / '.join(names)} {value:,.4g}", cls))
+        placed.append((y(value) + 3.5, f"{' / '.join(names)} {_short(value)}", cls))
     gap = 12.0
     for k in range(1, len(placed)):
         if placed[k][0] - placed[k - 1][0] < gap:

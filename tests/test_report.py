@@ -127,7 +127,7 @@ def test_cli_report_from_the_store_writes_files_and_acct_rows(plant: PlantConfig
                               "--out", str(out), "--write-store"])
     printed = io.StringIO()
     assert main_report(args, printed) == 0
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "daily.csv", "report.html"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "daily.csv", "report.xlsx", "report.html"}
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["period"]["label"] == "2026-03" and "wrote" in printed.getvalue()
     assert (out / "daily.csv").read_bytes().startswith(b"\xef\xbb\xbf")  # BOM: Excel reads it as UTF-8
