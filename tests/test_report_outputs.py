@@ -105,16 +105,17 @@ def test_workbook_holds_every_figure_of_the_json(tmp_path: Path) -> None:
     assert code == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     book = openpyxl.load_workbook(out / "report.xlsx")
-    assert book.sheetnames == ["综合", "产品日报", "计量日报", "产品月报", "计量月报", "数据质量", "折标系数", "计量器具",
-                               "说明"]
+    assert book.sheetnames == ["综合", "产品日报", "计量日报", "产品月报", "计量月报", "数据质量", "折标系数",
+                               "计量器具", "说明"]
     names = report["names"]
     compared = 0
     # ---- summary
     s = sheet_rows(book["综合"])
     tot, ytd = report["totals"], report["totals"]["ytd"]
-    for label, key in (("综合能耗（当量值）", "tce"), ("综合能耗（等价值）", "tce_equal"), ("原料用能", "tce_feedstock"),
-                       ("能耗双控口径（不含原料用能）", "tce_dual_control"), ("外供/输出（已扣除）", "tce_exported"),
-                       ("余热余能回收利用（不重复计入）", "tce_recovered"), ("CO2 排放", "co2_t")):
+    for label, key in (("综合能耗（当量值）", "tce"), ("综合能耗（等价值）", "tce_equal"),
+                       ("原料用能", "tce_feedstock"), ("能耗双控口径（不含原料用能）", "tce_dual_control"),
+                       ("外供/输出（已扣除）", "tce_exported"), ("余热余能回收利用（不重复计入）", "tce_recovered"),
+                       ("CO2 排放", "co2_t")):
         r = row_where(s, 0, label)
         assert same(r[1], tot.get(key)) and same(r[2], ytd.get(key)), (label, r)
         compared += 2
