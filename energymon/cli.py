@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a plant file and report every problem with file, line and key")
     p.add_argument("plant", type=Path, help="plant YAML file")
 
+    p = sub.add_parser("schema", help="print the plant file's JSON Schema (for editors' YAML completion and checks)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="write it to FILE instead of stdout")
+
     p = sub.add_parser("demo", help="run a simulated cement plant through the whole pipeline, no server needed")
     p.add_argument("--speed", type=_positive, default=60.0, help="simulated seconds per real second (default 60)")
     p.add_argument(
@@ -93,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="start",
         metavar="ISO",
         default=None,
-        help="first period start, ISO 8601, plant local time unless it has an offset (default: 7 days back)",
+        help="first period shown, included: a day (YYYY-MM-DD) or a period start (YYYY-MM-DDTHH:MM); plant "
+        "local time unless it has an offset (default: 7 days back)",
     )
-    p.add_argument("--to", dest="end", metavar="ISO", default=None, help="end, exclusive (default: now)")
+    p.add_argument("--to", dest="end", metavar="ISO", default=None,
+                   help="last period shown, included: a day (its whole day) or a period start (that period); "
+                   "default: now")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     from energymon.alerts.cli import add_alerts_parser
     from energymon.processors import report_cli
@@ -118,6 +124,20 @@ def _validate(path: Path) -> int:
         f"{path}: OK — {plant.enterprise.name}: {len(plant.meters)} meters on {len(plant.buses)} buses, "
         f"{len(plant.products)} products, {len(plant.alerts.rules)} alert rules"
     )
+    return 0
+
+
+def _schema(out: Path | None) -> int:
+    import json
+
+    from energymon.plant_schema import plant_json_schema
+
+    text = json.dumps(plant_json_schema(), ensure_ascii=False, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -214,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args.plant)
+        if args.command == "schema":
+            return _schema(args.out)
         if args.command == "demo":
             from energymon.demo import run_demo
 

@@ -117,6 +117,21 @@ class ReportPeriod:
             return ReportPeriod("range", a, b)
         raise ValueError(f"unknown period kind {kind!r} (one of {', '.join(_PERIOD_KINDS)})")
 
+    @staticmethod
+    def days(first: str, last: str) -> ReportPeriod:
+        """The days ``first`` to ``last``, both included (what ``--from``/``--to`` name on the command line).
+
+        Raises:
+            ValueError: a date does not parse, or ``last`` is before ``first``.
+        """
+        try:
+            a, b = date.fromisoformat(first), date.fromisoformat(last)
+        except ValueError as exc:
+            raise ValueError(f"not a date YYYY-MM-DD: {exc}") from None
+        if b < a:
+            raise ValueError(f"--to {b} is before --from {a}")
+        return ReportPeriod("range", a, b + timedelta(days=1))
+
     def bounds_ms(self, tz: ZoneInfo) -> tuple[int, int]:
         """[start, end) in ms, local midnights."""
         def ms(d: date) -> int:
@@ -946,7 +961,7 @@ def _period_from_args(args: argparse.Namespace) -> ReportPeriod:
         return ReportPeriod.parse("year", args.year)
     if not args.date_to:
         raise ValueError("--from needs --to")
-    return ReportPeriod.parse("range", args.date_from, args.date_to)
+    return ReportPeriod.days(args.date_from, args.date_to)
 
 
 #: What ``--format`` accepts.

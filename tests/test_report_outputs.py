@@ -278,3 +278,29 @@ def test_pdf_prints_through_headless_chromium(tmp_path: Path) -> None:
 
 def test_plant_config_fixture_is_valid(tmp_path: Path) -> None:
     assert isinstance(load_plant(plant_file(tmp_path)), PlantConfig)
+
+
+def test_from_and_to_are_both_included_and_say_so_in_help(tmp_path: Path) -> None:
+    plant_path = plant_file(tmp_path)
+    db = tmp_path / "plant.sqlite"
+    with SqliteStore(SqliteStoreConfig(type="sqlite", path=db)) as store:
+        store.write(reading_rows(load_plant(plant_path), month_readings()))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", str(plant_path), "--store-file", str(db), "--from", "2026-03-01",
+                              "--to", "2026-03-15", "--out", str(tmp_path / "r"), "--format", "json"])
+    assert main_report(args, io.StringIO()) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    assert report["daily"]["dates"][0] == "2026-03-01" and report["daily"]["dates"][-1] == "2026-03-15"
+    assert report["period"]["label"] == "2026-03-01_2026-03-15"
+    args = parser.parse_args(["--config", str(plant_path), "--store-file", str(db), "--from", "2026-03-05",
+                              "--to", "2026-03-04", "--out", str(tmp_path / "bad")])
+    assert main_report(args, io.StringIO()) == 2 and not (tmp_path / "bad").exists()
+    from energymon.cli import build_parser
+
+    helps = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for command in ("report", "history"):
+        text = helps[command].format_help()
+        assert "included" in text, command
+    uplink = helps["uplink"]._subparsers._group_actions[0].choices["send"].format_help()  # type: ignore[union-attr]
+    assert "inclusive" in uplink or "included" in uplink
