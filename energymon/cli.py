@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     uplink_cli.add_parser(sub)
     provincial_platform.add_parser(sub)
+    from energymon import probe
+
+    probe.add_parser(sub)
     return parser
 
 
@@ -234,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args.plant)
+        if args.command == "probe":
+            from energymon import probe
+
+            return probe.main(args)
         if args.command == "schema":
             return _schema(args.out)
         if args.command == "demo":
