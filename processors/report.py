@@ -1047,9 +1047,11 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
         if "pdf" in formats:
             from energymon.processors.report_pdf import print_pdf
 
-            written.append(print_pdf(out_dir / "report.html", out_dir / "report.pdf"))
-            if "html" not in formats:
-                (out_dir / "report.html").unlink()
+            try:
+                written.append(print_pdf(out_dir / "report.html", out_dir / "report.pdf"))
+            finally:
+                if "html" not in formats:
+                    (out_dir / "report.html").unlink()
         if args.write_store:
             target = store if store is not None else _open_source_store(
                 argparse.Namespace(store_file=None, store_url=None), plant)

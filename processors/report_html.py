@@ -357,11 +357,10 @@ def _quality_section(report: Mapping[str, Any]) -> list[str]:
                       [[meter_name(report, m), c["days"], c["incomplete_days"], c["min_pct"], c["mean_pct"],
                         ts.get(m, {}).get("days_off")] for m, c in comp.items()],
                       ["yellow" if c["incomplete_days"] else "" for c in comp.values()]))
-    bad = [[meter_name(report, m), d["day"], d["readings"], d["expected"], d["completeness_pct"]]
-           for m, c in comp.items() for d in c.get("incomplete_detail", [])]
+    bad = [[meter_name(report, m), *run] for m, c in comp.items() for run in _day_runs(c.get("incomplete_detail", []))]
     if bad:
         out.append("<h3>" + _h("不完整的日", "Incomplete days") + "</h3>")
-        out.append(_table(["计量点", "日期", "读数", "应有读数", "完整率 (%)"], bad, text_cols=(0, 1)))
+        out.append(_table(["计量点", "日期", "天数", "读数", "应有读数", "最低完整率 (%)"], bad, text_cols=(0, 1)))
     gaps = dq.get("gaps", [])
     if gaps:
         out.append("<h3>" + _h("缺测区间及估算量", "Gaps and the amount estimated across them") + "</h3>")
@@ -378,6 +377,27 @@ def _quality_section(report: Mapping[str, Any]) -> list[str]:
         out.append(_table(["计量点", "月份", "日累计", "表计月差", "偏差 (%)", "一致性"], cons,
                           ["red" if r[5] else "" for r in cons], text_cols=(0, 1)))
     return out
+
+
+def _day_runs(days: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Consecutive incomplete days as one row each: dates, number of days, readings, expected, lowest %."""
+    from datetime import date, timedelta
+
+    runs: list[list[Any]] = []
+    last: date | None = None
+    for d in days:
+        day = date.fromisoformat(d["day"])
+        if runs and last is not None and day == last + timedelta(days=1):
+            run = runs[-1]
+            run[1] += 1
+            run[2] += d["readings"]
+            run[3] += d["expected"]
+            run[4] = min(run[4], d["completeness_pct"])
+            run[5] = d["day"]
+        else:
+            runs.append([d["day"], 1, d["readings"], d["expected"], d["completeness_pct"], d["day"]])
+        last = day
+    return [[r[0] if r[0] == r[5] else f"{r[0]} 至 {r[5]}", *r[1:5]] for r in runs]
 
 
 def _meters_section(report: Mapping[str, Any]) -> list[str]:

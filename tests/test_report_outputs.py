@@ -304,3 +304,19 @@ def test_from_and_to_are_both_included_and_say_so_in_help(tmp_path: Path) -> Non
         assert "included" in text, command
     uplink = helps["uplink"]._subparsers._group_actions[0].choices["send"].format_help()  # type: ignore[union-attr]
     assert "inclusive" in uplink or "included" in uplink
+
+
+def test_pdf_without_a_browser_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from energymon.cli import main
+
+    monkeypatch.setenv("ENERGYMON_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    plant_path = plant_file(tmp_path)
+    db = tmp_path / "plant.sqlite"
+    with SqliteStore(SqliteStoreConfig(type="sqlite", path=db)) as store:
+        store.write(reading_rows(load_plant(plant_path), month_readings()))
+    out = tmp_path / "out"
+    code = main(["report", "--config", str(plant_path), "--store-file", str(db), "--day", "2026-03-02",
+                 "--format", "pdf", "--out", str(out)])
+    assert code == 1 and "ENERGYMON_CHROMIUM" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no half-written files left behind
