@@ -1066,7 +1066,7 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
     tot = report["totals"]
     print(f"{plant.enterprise.name} {period.label}: 综合能耗 {tot.get('tce')} tce (当量值)"
           + (f", {tot['tce_equal']} tce (等价值)" if tot.get("tce_equal") is not None else "")
-          + (f"; budget {report['budget']['status']}" if report.get("budget") else ""), file=stream)
+          + (f"; 用能预算 budget {report['budget']['status']}" if report.get("budget") else ""), file=stream)
     for p in written:
         print(f"  {p}", file=stream)
     return 0
