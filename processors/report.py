@@ -275,12 +275,12 @@ def _grade_block(rec: Mapping[str, Any], unit: str, complete: bool) -> dict[str,
     out: dict[str, Any] = {"unit": unit, "value": _round(value, unit), "complete": complete}
     if value is None:
         out["judgement"] = "不完整"
-        out["reason"] = "no output in the period"
+        out["reason"] = "本期无产量 (no output in the period)"
         return out
     levels = {name: rec[name] for name in LEVEL_NAMES if name in rec}
     if "rule" not in rec or rec.get("rule") is None:
         out["judgement"] = "不适用"
-        out["reason"] = "no level in the reference data for this indicator and date"
+        out["reason"] = "基础数据中无该指标在此日期的等级 (no level in the reference data for this indicator and date)"
         return out
     quota = rec.get("quota_grade")
     quota_label = "不适用" if quota is None else ("未达标" if int(quota) == 4 else f"{int(quota)}级")

@@ -320,3 +320,15 @@ def test_pdf_without_a_browser_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
                  "--format", "pdf", "--out", str(out)])
     assert code == 1 and "ENERGYMON_CHROMIUM" in capsys.readouterr().err
     assert list(out.iterdir()) == []  # no half-written files left behind
+
+
+def test_a_missing_indicator_says_why(tmp_path: Path) -> None:
+    plant = load_plant(plant_file(tmp_path))
+    data = month_readings(gap=False)
+    del data["clinker_scale"]  # no output counted
+    _rc, report = run_report(plant, ReportPeriod.parse("day", "2026-03-02"), as_readings(data))
+    ind = report["products"]["clinker"]["indicators"]["cement_clinker"]
+    assert ind["value"] is None and ind["reason"].startswith("本期无产量")
+    page = render_html(report)
+    assert "水泥熟料单位产品综合能耗：— kgce/t" in page and "本期无产量" in page
+    assert "meter clinker_scale: no readings" in page  # the note says which meter is silent
