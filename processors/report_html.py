@@ -45,7 +45,7 @@ table{border-collapse:collapse;margin:6px 0 10px}td,th{border:1px solid #ccc;pad
   vertical-align:top}th{background:#f1f3f6;font-weight:600}td.k,th.k{text-align:left}td.src{text-align:left;
   color:#555;font-size:.85em;max-width:380px}td.why{text-align:left;color:#8a5a00;font-size:.85em;max-width:420px}
 .muted{color:#777}.green{background:#dff2df}.yellow{background:#fff4c8}.red{background:#f9d5d2}
-table.wide{font-size:11px}table.wide td,table.wide th{padding:1px 4px}
+table.wide{font-size:11px}table.wide td,table.wide th{padding:1px 4px}table.wide td.k{white-space:nowrap}
 svg{max-width:100%;height:auto;display:block;margin:6px 0}svg text{font-family:inherit}
 svg .t{font-size:13px;font-weight:600}svg .l{font-size:10px;fill:#444}svg .ax{stroke:#999}svg .g{stroke:#e3e3e3}
 svg .b{fill:#4a7fb5}svg .ln{fill:none;stroke:#4a7fb5;stroke-width:1.6}svg .pt{fill:#4a7fb5}
@@ -235,7 +235,7 @@ def _energy_section(report: Mapping[str, Any]) -> list[str]:
         info = carriers.get(c, {})
         coef = _num(info.get("kgce_per_unit"))
         if info.get("measured"):
-            coef += f"（实测；参考值 {_num(info.get('default_kgce_per_unit'))}）"
+            coef += f"（实测；参考值 {_num(info.get('default_kgce_per_unit'))} kgce/{info.get('default_unit', '')}）"
         share = None if not total_kgce else round(100.0 * (v.get("kgce") or 0.0) / total_kgce, 2)
         co2 = v.get("co2_t")
         crow.append([f"{carrier_name(report, c)} ({c})", v.get("consumed"), v.get("unit"), coef, v.get("kgce"), share,
