@@ -146,8 +146,10 @@ class IndicatorRule(RuleBase):
 class Escalation(Strict):
     """The regulator's repair clock: an alert older than N working days escalates.
 
-    Working days are Monday to Friday in the plant's time zone, less ``holidays``, plus ``workdays``
-    (weekend days made working days, 调休).
+    Working days (plant local time) come from the China calendar of the ``holidays`` package: public holidays,
+    days off moved onto weekdays and weekend days worked instead (调休). ``holidays`` and ``workdays`` override
+    it (a plant's shutdown days, or a year's schedule the installed package does not know yet; a warning is
+    logged once for such a year).
     """
 
     after_working_days: float = Field(default=3, gt=0)
@@ -157,9 +159,9 @@ class Escalation(Strict):
     audience: tuple[Audience, ...] = ("energy_manager", "regulator")
     """audience once escalated"""
     holidays: list[date] = Field(default_factory=list)
-    """public holidays that fall on weekdays"""
+    """extra days off (overrides the China calendar: never a working day)"""
     workdays: list[date] = Field(default_factory=list)
-    """weekend days that are working days (调休)"""
+    """extra working days (overrides the China calendar: always a working day, e.g. an unlisted 调休 Saturday)"""
 
 
 class OfflineRule(RuleBase):

@@ -40,6 +40,8 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
                "energymon.gateway.provincial.cli", "add_parser"),
     "simulate-platform": ("run a simulated provincial online-monitoring platform over HTTP",
                           "energymon.simulators.provincial_platform", "add_parser"),
+    "probe": ("read one meter (or every meter of a bus) once: values, units, quality, raw registers or frames, "
+              "the request plan", "energymon.probe", "add_parser"),
 }
 
 
@@ -71,6 +73,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a plant file and report every problem with file, line and key")
     p.add_argument("plant", type=Path, help="plant YAML file")
+
+    p = sub.add_parser("schema", help="print the plant file's JSON Schema (for editors' YAML completion and checks)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="write it to FILE instead of stdout")
 
     p = sub.add_parser("demo", help="run a simulated cement plant through the whole pipeline, no server needed")
     p.add_argument("--speed", type=_positive, default=60.0, help="simulated seconds per real second (default 60)")
@@ -126,9 +131,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         dest="start",
         metavar="ISO",
         default=None,
-        help="first period start, ISO 8601, plant local time unless it has an offset (default: 7 days back)",
+        help="first period shown, included: a day (YYYY-MM-DD) or a period start (YYYY-MM-DDTHH:MM); plant "
+        "local time unless it has an offset (default: 7 days back)",
     )
-    p.add_argument("--to", dest="end", metavar="ISO", default=None, help="end, exclusive (default: now)")
+    p.add_argument("--to", dest="end", metavar="ISO", default=None,
+                   help="last period shown, included: a day (its whole day) or a period start (that period); "
+                   "default: now")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     from energymon.processors import report_cli  # the arguments only: the report's imports come with main()
 
@@ -153,6 +161,20 @@ def _validate(path: Path) -> int:
     )
     for key, message in plant_warnings(plant):
         print(f"{path}: warning: {key}: {message}")
+    return 0
+
+
+def _schema(out: Path | None) -> int:
+    import json
+
+    from energymon.plant_schema import plant_json_schema
+
+    text = json.dumps(plant_json_schema(), ensure_ascii=False, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -264,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args.plant)
+        if args.command == "probe":
+            from energymon import probe
+
+            return probe.main(args)
+        if args.command == "schema":
+            return _schema(args.out)
         import asyncio  # the commands below run event loops
 
         if args.command == "demo":

@@ -34,7 +34,7 @@ import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
@@ -423,6 +423,19 @@ def _parse_time(text: str, tz: ZoneInfo, name: str) -> int:
     return round(dt.timestamp() * 1000)
 
 
+def _parse_time_to(text: str, tz: ZoneInfo) -> int:
+    """``--to`` is included: a date means through the end of that local day, a time includes the period that
+    starts at it (the bound returned is exclusive)."""
+    if len(text.strip()) == 10:  # YYYY-MM-DD
+        try:
+            day = date.fromisoformat(text.strip())
+        except ValueError:
+            raise ValueError(f"--to {text!r} is not an ISO 8601 date or time (e.g. 2025-03-01 or 2025-03-01T08:00)"
+                             ) from None
+        return round(datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=tz).timestamp() * 1000)
+    return _parse_time(text, tz, "--to") + 1
+
+
 def history_command(
     config: Path, data_dir: Path, meter: str, quantity: str, period: str, start: str | None, end: str | None,
     fmt: str, out: TextIO | None = None,
@@ -447,7 +460,7 @@ def history_command(
         print(f"error: meter {meter!r} has no quantity {quantity!r} (it has {known})", file=sys.stderr)
         return 2
     try:
-        to_ms = _parse_time(end, tz, "--to") if end else round(datetime.now(UTC).timestamp() * 1000)
+        to_ms = _parse_time_to(end, tz) if end else round(datetime.now(UTC).timestamp() * 1000)
         from_ms = _parse_time(start, tz, "--from") if start else to_ms - 7 * 86_400_000
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

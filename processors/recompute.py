@@ -249,7 +249,9 @@ class Recomputation:
     * ``balance``: group, carrier, unit, period (day, month, report), start, parents, children, loss, loss_pct,
       flagged, max_loss_pct;
     * ``budget``: period (day, report), start, year, annual_tce, prorated_tce, ytd_tce, ratio_pct, status
-      (green, yellow, red), projected_tce.
+      (green, yellow, red), projected_tce;
+    * ``gaps``: meter, start, end, amount (counter units): the intervals longer than the meter's gap threshold
+      that touch the window, whose amount was estimated (spread over the gap, or booked where it ends).
     """
 
     rules: PlantRules
@@ -268,6 +270,7 @@ class Recomputation:
     budget: pd.DataFrame
     carrier_units: dict[str, str]
     missing: list[str] = field(default_factory=list)  # meters without readings, factors not found...
+    gaps: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------- column builder
@@ -542,6 +545,7 @@ def recompute(
     meter_cols = _Cols()
     qday_cols = _Cols()
     qmonth_cols = _Cols()
+    gap_cols = _Cols()
     meter_day_consumed: dict[str, F64] = {}
     by_output: list[tuple[str, _Parts]] = []  # meters shared by output: split once outputs are known
     month_spans = _period_spans(grid, "month")
@@ -557,6 +561,9 @@ def recompute(
         gap_ms = rules.acc.gap_secs(meter_id) * 1000
         booked = _intervals(rules, meter_id, r)
         s, e, a, codes, rejected = booked.starts, booked.ends, booked.amounts, booked.codes, booked.rejected
+        long = ((e - s) > gap_ms) & (e > start_ms) & (s < end_ms)
+        if long.any():
+            gap_cols.add(int(long.sum()), meter=meter_id, start=s[long], end=e[long], amount=a[long])
         slots = np.diff(_curve(s, e, a, gap_ms, gap_at_end, grid.edges))
         meter_day_consumed[meter_id] = grid.sums(slots, "day")
         flags_day = _flag_counts(grid, s, e, codes, gap_ms, gap_at_end)
@@ -630,6 +637,7 @@ def recompute(
         budget=_budget(rules, grid, eacc, start_ms, end_ms),
         carrier_units=carrier_units,
         missing=missing,
+        gaps=gap_cols.frame(),
     )
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import html
 import io
 import json
 import math
@@ -47,13 +46,18 @@ from energymon.processors.rules import PlantRules
 
 __all__ = [
     "DECIMALS",
+    "FORMATS",
+    "LEVEL_ZH",
+    "ROLE_ZH",
     "ReportPeriod",
     "add_arguments",
     "alert_rows",
     "build_report",
+    "daily_csv",
     "load_readings_csv",
     "load_readings_store",
     "main_report",
+    "parse_formats",
     "render_csv",
     "render_html",
     "report_rows",
@@ -77,6 +81,7 @@ DECIMALS: dict[str, int] = {
     "kgce/weight_case": 3,
     "kgoe/(t*energy_factor)": 3,
     "ratio": 3,
+    "ratio6": 6,  # conversion factors (kgce per unit...)
     "offset_s": 1,
 }
 
@@ -111,6 +116,21 @@ class ReportPeriod:
                 raise ValueError(f"range end {b} is not after its start {a}")
             return ReportPeriod("range", a, b)
         raise ValueError(f"unknown period kind {kind!r} (one of {', '.join(_PERIOD_KINDS)})")
+
+    @staticmethod
+    def days(first: str, last: str) -> ReportPeriod:
+        """The days ``first`` to ``last``, both included (what ``--from``/``--to`` name on the command line).
+
+        Raises:
+            ValueError: a date does not parse, or ``last`` is before ``first``.
+        """
+        try:
+            a, b = date.fromisoformat(first), date.fromisoformat(last)
+        except ValueError as exc:
+            raise ValueError(f"not a date YYYY-MM-DD: {exc}") from None
+        if b < a:
+            raise ValueError(f"--to {b} is before --from {a}")
+        return ReportPeriod("range", a, b + timedelta(days=1))
 
     def bounds_ms(self, tz: ZoneInfo) -> tuple[int, int]:
         """[start, end) in ms, local midnights."""
@@ -255,12 +275,12 @@ def _grade_block(rec: Mapping[str, Any], unit: str, complete: bool) -> dict[str,
     out: dict[str, Any] = {"unit": unit, "value": _round(value, unit), "complete": complete}
     if value is None:
         out["judgement"] = "不完整"
-        out["reason"] = "no output in the period"
+        out["reason"] = "本期无产量 (no output in the period)"
         return out
     levels = {name: rec[name] for name in LEVEL_NAMES if name in rec}
     if "rule" not in rec or rec.get("rule") is None:
         out["judgement"] = "不适用"
-        out["reason"] = "no level in the reference data for this indicator and date"
+        out["reason"] = "基础数据中无该指标在此日期的等级 (no level in the reference data for this indicator and date)"
         return out
     quota = rec.get("quota_grade")
     quota_label = "不适用" if quota is None else ("未达标" if int(quota) == 4 else f"{int(quota)}级")
@@ -363,8 +383,110 @@ def build_report(rc: Recomputation, period: ReportPeriod) -> dict[str, Any]:
     report["data_quality"] = _quality_block(rc)
     report["meters"] = _meters_block(rc)
     report["daily"] = _daily_block(rc)
+    report["monthly"] = _monthly_block(rc)
+    report["carriers"] = _carriers_block(rc)
+    report["names"] = _names_block(rc)
+    totals["missing"] = _missing_reasons(totals, report["carriers"], by_carrier)
+    for block in products.values():
+        block["missing"] = _missing_reasons(block, report["carriers"], block["energy_by_carrier"])
     report["notes"] = list(rc.missing)
     return report
+
+
+#: Chinese names of the levels a value is graded against (GB quota grades, policy 标杆/基准).
+LEVEL_ZH: dict[str, str] = {"grade_1": "1级", "grade_2": "2级", "grade_3": "3级（限额）", "benchmark": "标杆",
+                            "baseline": "基准"}
+#: Chinese names of meter roles in the accounting (``production``: a product's output counter).
+ROLE_ZH: dict[str, str] = {"consumption": "消耗", "export": "外供", "recovered": "余热余能回收",
+                           "in_house_medium": "自产耗能工质", "feedstock": "原料用能", "production": "产量计量"}
+_BLOCK_ZH = {"tce_equal": "综合能耗 等价值", "co2_t": "CO2 排放"}
+
+
+def _carrier_name(rules: PlantRules, carrier: str) -> str:
+    names = [c.name_zh for c in rules.ref.coefficients if c.carrier == carrier]
+    names += [r.name_zh for r in rules.ref.coefficient_ranges if r.carrier == carrier]
+    if not names:
+        return carrier
+    return str(names[0]).removesuffix("（当量值）")
+
+
+def _names_block(rc: Recomputation) -> dict[str, Any]:
+    """Display names: levels, carriers, indicators, meters, roles and products in Chinese."""
+    from energymon.refdata import ReferenceDataError
+
+    rules = rc.rules
+    indicators: dict[str, str] = {}
+    for pid in rules.products:
+        for ind, _c in rules.indicators(pid):
+            try:
+                indicators[ind] = str(rules.ref.indicator(ind).name_zh)
+            except ReferenceDataError:
+                indicators[ind] = ind
+    carriers = sorted({i.meter.carrier for i in rules.meters.values() if i.meter.carrier is not None})
+    return {
+        "levels": dict(LEVEL_ZH),
+        "roles": dict(ROLE_ZH),
+        "carriers": {c: _carrier_name(rules, c) for c in carriers},
+        "indicators": indicators,
+        "meters": {m.id: m.name or m.id for m in rules.plant.meters},
+        "processes": {p.id: p.name or p.id for p in rules.plant.processes},
+    }
+
+
+def _carriers_block(rc: Recomputation) -> dict[str, Any]:
+    """Per carrier, the factors used on the window's last day per carrier unit, and where each comes from.
+
+    ``kgce_per_unit`` is 当量值 (a plant's measured LHV when one is configured, then ``default_*`` is the
+    reference value it replaces); ``equal_kgce_per_unit`` 等价值; ``co2_kg_per_unit``; a ``*_source`` for each
+    (for a missing factor: why it is missing).
+    """
+    from energymon.refdata import ReferenceDataError
+
+    rules = rc.rules
+    day = rules.local_date(rc.end_ms - 1)
+    out: dict[str, Any] = {}
+    for carrier, unit in rc.carrier_units.items():
+        meter_id = next((m for m, i in rules.meters.items() if i.meter.carrier == carrier and i.unit == unit), None)
+        if meter_id is None:
+            continue
+        block: dict[str, Any] = {"name_zh": _carrier_name(rules, carrier), "unit": unit, "as_of": day.isoformat()}
+        try:
+            f = rules.factors(meter_id, day)
+        except ReferenceDataError as exc:
+            block.update(kgce_per_unit=None, kgce_source=f"缺少折标系数 (no coefficient): {exc}",
+                         equal_kgce_per_unit=None, equal_source="缺少折标系数", co2_kg_per_unit=None,
+                         co2_source="缺少折标系数")
+            out[carrier] = block
+            continue
+        block.update(kgce_per_unit=_round(f.kgce, "ratio6"), kgce_source=f.kgce_source,
+                     measured=any(ov.carrier == carrier and ov.effective_from <= day <= (ov.effective_to or date.max)
+                                  for ov in rules.acc.coefficient_overrides),
+                     equal_kgce_per_unit=_round(f.kgce_equal, "ratio6"), equal_source=f.equal_source,
+                     co2_kg_per_unit=_round(f.co2_kg, "ratio6"), co2_source=f.co2_source)
+        if block["measured"]:
+            try:
+                ref = rules.ref.coefficient(carrier, on=day)
+                block.update(default_kgce_per_unit=_round(ref.kgce_per_unit, "ratio6"), default_unit=ref.unit,
+                             default_source=f"{ref.source} ({ref.confidence})")
+            except ReferenceDataError as exc:
+                block.update(default_kgce_per_unit=None, default_source=str(exc))
+        out[carrier] = block
+    return out
+
+
+def _missing_reasons(block: Mapping[str, Any], carriers: Mapping[str, Any],
+                     used: Mapping[str, Any]) -> dict[str, str]:
+    """Why 等价值 or CO2 is not given for a scope (the carriers whose factor is missing, and what to set)."""
+    out: dict[str, str] = {}
+    checks = (("tce_equal", "equal_kgce_per_unit", "equal_source"), ("co2_t", "co2_kg_per_unit", "co2_source"))
+    for key, factor, source in checks:
+        if block.get(key) is not None or block.get("tce") is None:
+            continue
+        lacking = [f"{carriers[c]['name_zh']}: {carriers[c][source]}" for c in used
+                   if c in carriers and carriers[c].get(factor) is None]
+        out[key] = (f"{_BLOCK_ZH[key]}缺少系数 — " + "; ".join(lacking)) if lacking else \
+            f"{_BLOCK_ZH[key]}: 部分日期缺少系数 (a factor is missing on some days; see notes)"
+    return out
 
 
 _COMPARE = {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b,
@@ -439,6 +561,10 @@ def _quality_block(rc: Recomputation) -> dict[str, Any]:
                 "min_pct": _round(g["completeness_pct"].min(), "pct"),
                 "mean_pct": _round(g["completeness_pct"].mean(), "pct"),
                 "incomplete": [_day(int(s), tz) for s in bad["start"]],
+                "incomplete_detail": [
+                    {"day": _day(int(r["start"]), tz), "readings": int(r["readings"]), "expected": int(r["expected"]),
+                     "completeness_pct": _round(r["completeness_pct"], "pct")}
+                    for r in bad.to_dict("records")],
             }
             out["timestamps"][str(meter)] = {
                 "days_off": len(off), "off": [_day(int(s), tz) for s in off["start"]],
@@ -466,6 +592,7 @@ def _quality_block(rc: Recomputation) -> dict[str, Any]:
                 "note": "计数器复位或更换未登记，跨越处未计能耗；请在 accounting.replacements 中登记后重算 "
                         "(counter reset or swapped without a recorded replacement; nothing booked across it)",
             }
+    out["gaps"] = _gaps_block(rc)
     comp = out["completeness"]
     cons = out["consistency"]
     out["summary"] = {
@@ -475,7 +602,37 @@ def _quality_block(rc: Recomputation) -> dict[str, Any]:
         "incomplete_item_days": sum(v["incomplete_days"] for v in comp.values()),
         "inconsistent_item_months": sum(1 for m in cons.values() for v in m.values() if not v["consistent"]),
         "timestamp_item_days_off": sum(v["days_off"] for v in out["timestamps"].values()),
+        "gaps": len(out["gaps"]),
     }
+    return out
+
+
+def _gaps_block(rc: Recomputation) -> list[dict[str, Any]]:
+    """Each estimated gap: meter, local start and end, hours, the amount booked across it, and how it was booked.
+
+    ``amount`` is the whole interval's counter increase; ``in_window`` is the part of it booked inside the
+    report's window (spread in proportion to time, or, under gap policy ``flag``, in the slot where it ends).
+    """
+    gaps = rc.gaps
+    if gaps.empty:
+        return []
+    rules = rc.rules
+    tz = rules.tz
+    flag = rules.acc.gap_policy.mode == "flag"
+    out = []
+    for rec in gaps.sort_values(["meter", "start"]).to_dict("records"):
+        s, e, amount = int(rec["start"]), int(rec["end"]), float(rec["amount"])
+        if flag:
+            inside = amount if rc.start_ms < e <= rc.end_ms else 0.0
+        else:
+            overlap = max(0, min(e, rc.end_ms) - max(s, rc.start_ms))
+            inside = amount * overlap / (e - s) if e > s else 0.0
+        info = rules.meters[str(rec["meter"])]
+        out.append({"meter": str(rec["meter"]), "start": _iso(s, tz), "end": _iso(e, tz),
+                    "start_day": _day(s, tz), "end_day": _day(e - 1, tz),
+                    "hours": _round((e - s) / 3_600_000, "pct"), "amount": _round(amount, "consumed"),
+                    "in_window": _round(inside, "consumed"), "unit": info.unit,
+                    "booked": "flag" if flag else "spread"})
     return out
 
 
@@ -484,14 +641,63 @@ def _meters_block(rc: Recomputation) -> dict[str, Any]:
     rules = rc.rules
     for rec in _rows(rc.meters, period="report").to_dict("records"):
         info = rules.meters[rec["meter"]]
-        block: dict[str, Any] = {"carrier": info.meter.carrier, "role": info.role.value, "unit": rec["unit"],
-                                 "consumed": _round(rec["consumed"], "consumed")}
+        role = "production" if info.meter.carrier is None and rec["meter"] in rules.output_meters \
+            else info.role.value
+        block: dict[str, Any] = {"name": info.meter.name or rec["meter"], "carrier": info.meter.carrier,
+                                 "role": role, "process": info.meter.process, "level": info.meter.level,
+                                 "unit": rec["unit"], "consumed": _round(rec["consumed"], "consumed")}
+        if role == "production":
+            block["products"] = list(rules.output_meters[rec["meter"]])
         for key, kind in (("kgce", "kgce"), ("kgce_equal", "kgce"), ("co2_kg", "co2_kg")):
             if key in rec and isinstance(rec[key], float) and math.isfinite(rec[key]):
                 block[key] = _round(rec[key], kind)
         block["flags"] = {name: int(rec.get(f"n_{name}", 0) or 0) for name in FLAG_NAMES}
         block["rejected_readings"] = int(rec.get("n_rejected", 0) or 0)
         out[rec["meter"]] = block
+    return out
+
+
+def _int_or_none(x: Any) -> int | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if math.isfinite(f) else None
+
+
+def _monthly_block(rc: Recomputation) -> dict[str, Any]:
+    """Month by month (the months that start inside the window, so a year report's 月报 rows): enterprise kgce,
+    per product output, kgce, indicator value and grade, per meter consumption."""
+    tz = rc.rules.tz
+
+    def inside(f: pd.DataFrame) -> pd.DataFrame:
+        f = _rows(f, period="month")
+        return f[(f["start"] >= rc.start_ms) & (f["start"] < rc.end_ms)] if not f.empty else f
+
+    ent = inside(rc.enterprise)
+    out: dict[str, Any] = {
+        "months": [datetime.fromtimestamp(int(x) / 1000, tz).strftime("%Y-%m") for x in ent["start"]]
+        if not ent.empty else [],
+        "enterprise_kgce": [_round(x, "kgce") for x in ent["kgce"]] if not ent.empty else [],
+        "products": {}, "meters": {},
+    }
+    if not out["months"]:
+        return out
+    for pid, product in rc.rules.products.items():
+        rows = inside(_rows(rc.products, product=pid, indicator=product.indicator))
+        if rows.empty:
+            continue
+        unit = rc.rules.indicator_unit(product.indicator)
+        out["products"][pid] = {
+            "indicator": product.indicator, "unit": unit,
+            "output": [_round(x, "output") for x in rows["output"]],
+            "kgce": [_round(x, "kgce") for x in rows["kgce"]],
+            "value": [_round(x, unit) for x in rows["value"]],
+            "quota_grade": [_int_or_none(x) for x in rows.get("quota_grade", pd.Series([None] * len(rows)))],
+        }
+    for meter, g in inside(rc.meters).groupby("meter", sort=False):
+        out["meters"][str(meter)] = {"unit": str(g["unit"].iloc[0]),
+                                     "consumed": [_round(x, "consumed") for x in g["consumed"]]}
     return out
 
 
@@ -515,9 +721,22 @@ def _daily_block(rc: Recomputation) -> dict[str, Any]:
             "output": [_round(x, "output") for x in rows["output"]],
             "kgce": [_round(x, "kgce") for x in rows["kgce"]],
             "value": [_round(x, unit) for x in rows["value"]],
-            "levels": {name: _round(rows[name].iloc[-1], unit) for name in ("benchmark", "baseline", "grade_3")
+            "quota_grade": [_int_or_none(x) for x in rows.get("quota_grade", pd.Series([None] * len(rows)))],
+            "status": [_int_or_none(x) for x in rows.get("status", pd.Series([None] * len(rows)))],
+            "levels": {name: _round(rows[name].iloc[-1], unit) for name in LEVEL_NAMES
                        if name in rows.columns and pd.notna(rows[name].iloc[-1])},
         }
+    meters = _rows(rc.meters, period="day")
+    out["meters"] = {}
+    if not meters.empty:
+        meters = meters[(meters["start"] >= rc.start_ms) & (meters["start"] < rc.end_ms)]
+        for meter, g in meters.groupby("meter", sort=False):
+            out["meters"][str(meter)] = {
+                "unit": str(g["unit"].iloc[0]),
+                "consumed": [_round(x, "consumed") for x in g["consumed"]],
+                **({"kgce": [_round(x, "kgce") for x in g["kgce"]]}
+                   if "kgce" in g.columns and g["kgce"].notna().all() else {}),
+            }
     bud = _rows(rc.budget, period="day") if not rc.budget.empty else rc.budget
     if not bud.empty and "ratio_pct" in bud.columns:
         out["budget_ratio_pct"] = [_round(x, "pct") for x in bud["ratio_pct"]]
@@ -562,204 +781,28 @@ def render_csv(report: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def daily_csv(rc: Recomputation) -> str:
-    """One row per local day and product: output, kgce, indicator value and grade, plus the enterprise total."""
-    tz = rc.rules.tz
-    rows = rc.products
-    if rows.empty:
-        return "date,product,indicator,output,kgce,value,quota_grade,status\n"
-    day = rows[(rows["period"] == "day") & (rows["start"] >= rc.start_ms) & (rows["start"] < rc.end_ms)]
-    out = pd.DataFrame({
-        "date": [_day(int(s), tz) for s in day["start"]],
-        "product": day["product"], "indicator": day["indicator"],
-        "output": day["output"].round(DECIMALS["output"]), "kgce": day["kgce"].round(DECIMALS["kgce"]),
-        "value": day["value"].round(3),
-        "quota_grade": day.get("quota_grade", pd.Series(np.nan, index=day.index)),
-        "status": day.get("status", pd.Series(np.nan, index=day.index)),
-    })
-    text: str = out.to_csv(index=False, lineterminator="\n")
-    return text
+def daily_csv(report: Mapping[str, Any]) -> str:
+    """The 日报 as one row per local day: 企业综合能耗, per product 产量 / 综合能耗 / indicator / 等级, then every
+    meter's consumption (or output) in its unit. Headers are Chinese with units; grades are labels (``1级``)."""
+    from energymon.processors.report_tables import combined, meter_table, product_table
+
+    table = combined([product_table(report, "day"), meter_table(report, "day")])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table.headers)
+    for row in table.rows():
+        w.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- HTML
 
 
-def _svg_bars(values: Sequence[float | None], labels: Sequence[str], title: str, unit: str,
-              lines: Mapping[str, float] | None = None, kind: str = "bar") -> str:
-    """A small inline SVG chart: bars or a line, with optional horizontal reference lines."""
-    w, h, left, bottom, top = 720, 220, 60, 30, 24
-    pts = [(i, float(v)) for i, v in enumerate(values) if v is not None and math.isfinite(float(v))]
-    refs = dict(lines or {})
-    if not pts:
-        return f'<p class="muted">{html.escape(title)}: no data</p>'
-    ys = [v for _, v in pts] + list(refs.values())
-    lo, hi = min(0.0, *ys), max(ys)
-    if hi == lo:
-        hi = lo + 1.0
-    n = max(len(values), 1)
-    pw, ph = w - left - 10, h - bottom - top
-
-    def x(i: float) -> float:
-        return left + (i + 0.5) * pw / n
-
-    def y(v: float) -> float:
-        return top + ph * (hi - v) / (hi - lo)
-
-    parts = [f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{left}" y="16" class="t">{html.escape(title)} ({html.escape(unit)})</text>',
-             f'<line x1="{left}" y1="{y(0):.1f}" x2="{w - 10}" y2="{y(0):.1f}" class="ax"/>']
-    for frac in (0.0, 0.5, 1.0):
-        v = lo + frac * (hi - lo)
-        parts.append(f'<text x="{left - 4}" y="{y(v) + 4:.1f}" class="l" text-anchor="end">{v:,.4g}</text>')
-    bw = max(pw / n * 0.7, 1.0)
-    if kind == "bar":
-        for i, v in pts:
-            y0, y1 = sorted((y(0), y(v)))
-            parts.append(f'<rect x="{x(i) - bw / 2:.1f}" y="{y0:.1f}" width="{bw:.1f}" height="{max(y1 - y0, 0.5):.1f}"'
-                         f' class="b"><title>{html.escape(labels[i])}: {v:,.2f}</title></rect>')
-    else:
-        path = " ".join(f"{'M' if k == 0 else 'L'}{x(i):.1f},{y(v):.1f}" for k, (i, v) in enumerate(pts))
-        parts.append(f'<path d="{path}" class="ln"/>')
-        for i, v in pts:
-            parts.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" class="pt">'
-                         f'<title>{html.escape(labels[i])}: {v:,.3f}</title></circle>')
-    for k, (name, v) in enumerate(refs.items()):
-        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{w - 10}" y2="{y(v):.1f}" class="r{k % 3}"/>'
-                     f'<text x="{w - 12}" y="{y(v) - 3:.1f}" class="l" text-anchor="end">'
-                     f"{html.escape(name)} {v:g}</text>")
-    step = max(1, n // 8)
-    for i in range(0, n, step):
-        parts.append(f'<text x="{x(i):.1f}" y="{h - 10}" class="l" text-anchor="middle">'
-                     f"{html.escape(labels[i][5:])}</text>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-_CSS = """body{font-family:system-ui,"Noto Sans CJK SC",sans-serif;margin:24px;color:#222;max-width:1100px}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f4f4f4}td.k,th.k{text-align:left}.muted{color:#888}
-.green{background:#d8f0d8}.yellow{background:#fff3c4}.red{background:#f8d0d0}
-svg .t{font-size:13px;font-weight:600}svg .l{font-size:10px;fill:#555}svg .ax{stroke:#999}
-svg .b{fill:#4a7fb5}svg .ln{fill:none;stroke:#4a7fb5;stroke-width:1.5}svg .pt{fill:#4a7fb5}
-svg .r0{stroke:#2a9d3a;stroke-dasharray:4 3}svg .r1{stroke:#d08a00;stroke-dasharray:4 3}
-svg .r2{stroke:#c0392b;stroke-dasharray:4 3}"""
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "—"
-    return f"{v:,}" if isinstance(v, float) else str(v)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] | None = None) -> str:
-    head = "".join(f'<th class="{"k" if i == 0 else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(header))
-    body = []
-    for r_i, row in enumerate(rows):
-        cls = f' class="{classes[r_i]}"' if classes and classes[r_i] else ""
-        cells = "".join(f'<td class="{"k" if i == 0 else ""}">{html.escape(_cell(v))}</td>' for i, v in enumerate(row))
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
 def render_html(report: Mapping[str, Any]) -> str:
-    """A self-contained HTML page (inline CSS and SVG, no network assets)."""
-    ent = report["enterprise"]
-    per = report["period"]
-    tot = report["totals"]
-    parts = [f"<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\"><title>{html.escape(ent['name'])} "
-             f"{html.escape(per['label'])}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(ent['name'])} · 能源统计报告 {html.escape(per['label'])}</h1>",
-             f"<p class=\"muted\">{html.escape(ent['uscc'])} · {html.escape(per['start'])} – {html.escape(per['end'])}"
-             f" · reference data {html.escape(str(report['rules'].get('ref_version')))}</p>"]
-    parts.append("<h2>综合能耗 (enterprise)</h2>")
-    rows = [["综合能耗 当量值 (tce)", tot.get("tce"), tot.get("ytd", {}).get("tce")],
-            ["综合能耗 等价值 (tce)", tot.get("tce_equal"), tot.get("ytd", {}).get("tce_equal")],
-            ["原料用能 (tce)", tot.get("tce_feedstock"), tot.get("ytd", {}).get("tce_feedstock")],
-            ["能耗双控口径 (tce, 不含原料用能)", tot.get("tce_dual_control"),
-             tot.get("ytd", {}).get("tce_dual_control")],
-            ["外供/输出 (tce, 已扣除)", tot.get("tce_exported"), tot.get("ytd", {}).get("tce_exported")],
-            ["余热回收利用 (tce, 不重复计入)", tot.get("tce_recovered"), tot.get("ytd", {}).get("tce_recovered")],
-            ["CO2 (t)", tot.get("co2_t"), tot.get("ytd", {}).get("co2_t")]]
-    parts.append(_table(["", "period", "year to date"], rows))
-    parts.append(_table(["carrier", "consumed", "unit", "kgce"],
-                        [[c, v.get("consumed"), v.get("unit"), v.get("kgce")] for c, v in tot["by_carrier"].items()]))
-    daily = report.get("daily", {})
-    if daily.get("dates"):
-        parts.append(_svg_bars(daily["enterprise_kgce"], daily["dates"], "综合能耗 per day", "kgce"))
-    parts.append("<h2>Products</h2>")
-    for pid, p in report["products"].items():
-        parts.append(f"<h3>{html.escape(p.get('name') or pid)} ({html.escape(pid)})</h3>")
-        parts.append(_table(["output", "kgce", "kgce 等价值", "原料用能 kgce", "exported kgce", "kWh"],
-                            [[f"{p.get('output')} {p.get('unit')}", p.get("kgce"), p.get("kgce_equal"),
-                              p.get("kgce_feedstock"), p.get("kgce_exported"), p.get("electricity_kwh")]]))
-        parts.append(_table(["carrier", "consumed", "unit", "kgce"],
-                            [[c, v["consumed"], v["unit"], v["kgce"]] for c, v in p["energy_by_carrier"].items()]))
-        for ind_id, ind in p["indicators"].items():
-            lv = ind.get("levels", {})
-            gaps = ind.get("gaps", {})
-            parts.append(f"<p><b>{html.escape(ind_id)}</b>: {ind.get('value')} {html.escape(ind['unit'])} → "
-                         f"<b>{html.escape(str(ind.get('judgement')))}</b>"
-                         + (f" · {html.escape(ind['status_label'])}" if ind.get("status_label") else "")
-                         + (f" · YTD {ind['ytd'].get('value')} → {html.escape(str(ind['ytd'].get('judgement')))}"
-                            if "ytd" in ind else "") + "</p>")
-            if lv:
-                parts.append(_table(["level", "value", "gap", "gap %"],
-                                    [[k, lv[k], gaps.get(k, {}).get("units"), gaps.get(k, {}).get("pct")] for k in lv]))
-                rule = ind.get("rule", {})
-                parts.append(f"<p class=\"muted\">rule: {html.escape(str(rule.get('quota')))} · "
-                             f"{html.escape(str(rule.get('policy')))} · "
-                             f"band {html.escape(str(rule.get('band') or '—'))}"
-                             f" · corrections {html.escape('; '.join(rule.get('corrections', [])) or '—')}"
-                             f" · ref {html.escape(str(rule.get('ref_version')))}</p>")
-        dp = daily.get("products", {}).get(pid)
-        if dp:
-            parts.append(_svg_bars(dp["value"], daily["dates"], f"{dp['indicator']} per day", dp["unit"],
-                                   dp.get("levels"), kind="line"))
-    bud = report.get("budget")
-    parts.append("<h2>Energy budget (用能预算)</h2>")
-    if bud:
-        parts.append(_table(["year", "annual tce", "pro-rated tce", "YTD tce", "ratio %", "status", "projected tce"],
-                            [[bud.get("year"), bud.get("annual_tce"), bud.get("prorated_tce"), bud.get("ytd_tce"),
-                              bud.get("ratio_pct"), bud.get("status"), bud.get("projected_tce")]],
-                            [str(bud.get("status") or "")]))
-        if daily.get("budget_ratio_pct"):
-            parts.append(_svg_bars(daily["budget_ratio_pct"], daily["dates"], "YTD use / pro-rated budget", "%",
-                                   {"yellow": bud["yellow_above_pct"], "red": bud["red_above_pct"]}, kind="line"))
-    else:
-        parts.append('<p class="muted">no budget configured</p>')
-    parts.append("<h2>Energy balance (一级 vs Σ二级)</h2>")
-    bal = report.get("balance", {})
-    parts.append(_table(["group", "carrier", "parents", "children", "loss", "loss %", "max %", "flagged"],
-                        [[g, b["carrier"], b["parents"], b["children"], b["loss"], b["loss_pct"], b["max_loss_pct"],
-                          "yes" if b["flagged"] else ""] for g, b in bal.items()],
-                        ["red" if b["flagged"] else "" for b in bal.values()]) if bal
-                 else '<p class="muted">no balance group</p>')
-    dq = report["data_quality"]
-    parts.append("<h2>Data quality</h2>")
-    parts.append(_table(["meter", "days", "incomplete days", "min %", "mean %", "timestamp days off"],
-                        [[m, c["days"], c["incomplete_days"], c["min_pct"], c["mean_pct"],
-                          dq["timestamps"].get(m, {}).get("days_off")] for m, c in dq["completeness"].items()],
-                        ["yellow" if c["incomplete_days"] else "" for c in dq["completeness"].values()]))
-    cons_rows = [[m, k, v["daily_sum"], v["monthly_span"], v["diff_pct"], "" if v["consistent"] else "no"]
-                 for m, months in dq["consistency"].items() for k, v in months.items()]
-    parts.append(_table(["meter", "month", "Σ daily", "counter span", "diff %", "consistent"], cons_rows,
-                        ["" if r[5] == "" else "red" for r in cons_rows]))
-    resets = dq.get("counter_resets") or {}
-    if resets:
-        parts.append("<h3>计数器复位或更换未登记 (counter resets without a replacement record)</h3>")
-        parts.append(_table(["meter", "resets", "days", "note"],
-                            [[m, r["resets"], ", ".join(r["days"]), r["note"]] for m, r in resets.items()],
-                            ["red" for _ in resets]))
-    parts.append("<h2>Meters</h2>")
-    parts.append(_table(["meter", "carrier", "role", "consumed", "unit", "kgce", "flags", "rejected"],
-                        [[m, v["carrier"], v["role"], v["consumed"], v["unit"], v.get("kgce"),
-                          ", ".join(f"{k} {n}" for k, n in v["flags"].items() if n), v["rejected_readings"]]
-                         for m, v in report["meters"].items()]))
-    if report.get("notes"):
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"]) + "</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    """The report as a self-contained HTML document (see :mod:`.report_html`)."""
+    from energymon.processors.report_html import render_html as render
+
+    return render(report)
 
 
 # --------------------------------------------------------------------------- store rows
@@ -931,7 +974,27 @@ def _period_from_args(args: argparse.Namespace) -> ReportPeriod:
         return ReportPeriod.parse("year", args.year)
     if not args.date_to:
         raise ValueError("--from needs --to")
-    return ReportPeriod.parse("range", args.date_from, args.date_to)
+    return ReportPeriod.days(args.date_from, args.date_to)
+
+
+#: What ``--format`` accepts.
+FORMATS = ("json", "csv", "xlsx", "html", "pdf")
+
+
+def parse_formats(text: str) -> set[str]:
+    """``json,csv,xlsx`` → the set of formats.
+
+    Raises:
+        ValueError: an unknown format, or none at all.
+    """
+    formats = {f.strip().lower() for f in text.split(",") if f.strip()}
+    unknown = sorted(formats - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown --format {', '.join(unknown)} (one or more of {', '.join(FORMATS)}, "
+                         "comma-separated)")
+    if not formats:
+        raise ValueError(f"--format names no format (one or more of {', '.join(FORMATS)})")
+    return formats
 
 
 def _open_source_store(args: argparse.Namespace, plant: PlantConfig) -> Any:
@@ -955,6 +1018,7 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
     plant = load_plant(args.config)
     try:
         period = _period_from_args(args)
+        parse_formats(args.format)
     except ValueError as exc:
         print(f"energymon report: {exc}", file=sys.stderr)
         return 2
@@ -972,7 +1036,7 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
         rc, report = run_report(plant, period, readings)
         out_dir = args.out or Path(f"report-{period.label}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        formats = {f.strip() for f in args.format.split(",") if f.strip()}
+        formats = parse_formats(args.format)
         written: list[Path] = []
         if "json" in formats:
             p = out_dir / "report.json"
@@ -980,14 +1044,27 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
             written.append(p)
         if "csv" in formats:
             p = out_dir / "report.csv"
-            p.write_text(render_csv(report), encoding="utf-8")
+            p.write_text(render_csv(report), encoding="utf-8-sig")  # the BOM: Excel on Chinese Windows reads UTF-8
             d = out_dir / "daily.csv"
-            d.write_text(daily_csv(rc), encoding="utf-8")
+            d.write_text(daily_csv(report), encoding="utf-8-sig")
             written += [p, d]
-        if "html" in formats:
+        if "xlsx" in formats:
+            from energymon.processors.report_xlsx import write_xlsx
+
+            written.append(write_xlsx(report, out_dir / "report.xlsx"))
+        if "html" in formats or "pdf" in formats:
             p = out_dir / "report.html"
             p.write_text(render_html(report), encoding="utf-8")
-            written.append(p)
+            if "html" in formats:
+                written.append(p)
+        if "pdf" in formats:
+            from energymon.processors.report_pdf import print_pdf
+
+            try:
+                written.append(print_pdf(out_dir / "report.html", out_dir / "report.pdf"))
+            finally:
+                if "html" not in formats:
+                    (out_dir / "report.html").unlink()
         if args.write_store:
             target = store if store is not None else _open_source_store(
                 argparse.Namespace(store_file=None, store_url=None), plant)
@@ -1002,7 +1079,7 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
     tot = report["totals"]
     print(f"{plant.enterprise.name} {period.label}: 综合能耗 {tot.get('tce')} tce (当量值)"
           + (f", {tot['tce_equal']} tce (等价值)" if tot.get("tce_equal") is not None else "")
-          + (f"; budget {report['budget']['status']}" if report.get("budget") else ""), file=stream)
+          + (f"; 用能预算 budget {report['budget']['status']}" if report.get("budget") else ""), file=stream)
     for p in written:
         print(f"  {p}", file=stream)
     return 0

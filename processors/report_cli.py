@@ -18,26 +18,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["HELP", "add_arguments", "main"]
+__all__ = ["HELP", "PERIODS", "add_arguments", "main"]
 
-HELP = "recompute a period (day, month, year, range) from the readings; write JSON, CSV and HTML reports"
+HELP = "recompute a period (day, month, year, range) from the readings; write 报表 as JSON, CSV, Excel, HTML, PDF"
+
+
+PERIODS = ("Periods are whole local days in the plant's time zone; --from and --to are both included "
+           "(the days a 日报/月报 names).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``energymon report`` (call on the subcommand's parser)."""
+    parser.description = f"{HELP}. {PERIODS}"
     parser.add_argument("--config", type=Path, required=True, help="plant file")
     when = parser.add_mutually_exclusive_group(required=True)
     when.add_argument("--day", metavar="YYYY-MM-DD", help="report one local day")
     when.add_argument("--month", metavar="YYYY-MM", help="report one month")
     when.add_argument("--year", metavar="YYYY", help="report one year")
-    when.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="report from this day (with --to)")
-    parser.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="end day, exclusive (with --from)")
+    when.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD",
+                      help="first local day reported, included (with --to)")
+    parser.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD",
+                        help="last local day reported, included (with --from): --from 2026-03-01 --to 2026-03-15 "
+                        "is 15 days")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--readings", type=Path, metavar="CSV", help="readings CSV: ts,meter_id,value")
     src.add_argument("--store-file", type=Path, metavar="SQLITE", help="read an SQLite store file")
     src.add_argument("--store-url", metavar="URL", help="read VictoriaMetrics / InfluxDB at this URL")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: report-<period>)")
-    parser.add_argument("--format", default="json,csv,html", help="comma-separated: json, csv, html")
+    parser.add_argument("--format", default="json,csv,xlsx,html",
+                        help="comma-separated, any of json, csv, xlsx, html, pdf (pdf prints the HTML with headless "
+                        "Chromium; default json,csv,xlsx,html)")
     parser.add_argument("--write-store", action="store_true",
                         help="write the recomputed periods (acct_* measurements) to the store")
     parser.add_argument("--lookback-hours", type=float, default=48.0,

@@ -127,11 +127,15 @@ def test_cli_report_from_the_store_writes_files_and_acct_rows(plant: PlantConfig
                               "--out", str(out), "--write-store"])
     printed = io.StringIO()
     assert main_report(args, printed) == 0
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "daily.csv", "report.html"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "daily.csv", "report.xlsx", "report.html"}
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["period"]["label"] == "2026-03" and "wrote" in printed.getvalue()
-    daily = pd.read_csv(out / "daily.csv")
-    assert len(daily) == 31 and set(daily["product"]) == {"clinker"}
+    assert (out / "daily.csv").read_bytes().startswith(b"\xef\xbb\xbf")  # BOM: Excel reads it as UTF-8
+    assert (out / "report.csv").read_bytes().startswith(b"\xef\xbb\xbfsection,item,field,value")
+    daily = pd.read_csv(out / "daily.csv", encoding="utf-8-sig")
+    assert len(daily) == 31 and daily["日期"].iloc[0] == "2026-03-01"
+    assert set(daily["水泥熟料 等级"]) <= {"1级", "2级", "3级", "未达标"}  # labels, never 1.0
+    assert daily["熟料产量计量 [clinker_scale] (t)"].sum() == pytest.approx(report["products"]["clinker"]["output"])
     with SqliteStore(SqliteStoreConfig(type="sqlite", path=db)) as store:
         month = store.query("acct_product", "value", tags={"product": "clinker", "period": "month"})
         value = report["products"]["clinker"]["indicators"]["cement_clinker"]["value"]

@@ -46,7 +46,7 @@ _ALERT_KEYS = ("id", "rule_id", "source", "state", "severity", "summary", "value
                "fired_ms", "acked_ms", "acked_by")
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 _INDICATOR_FIELDS = ["value", "energy_kgce", "output", "status", "benchmark", "baseline", "limit",
-                     "gap_to_benchmark_pct", "provisional"]
+                     "gap_to_benchmark_pct", "provisional", "quota_grade"]
 #: Label of a provisional period (its data do not cover the whole period yet): shown instead of a grade.
 PROVISIONAL_LABEL = ("暂估（时段未完整，不分级）", "provisional: period not complete, not graded")
 _HOUR_MS = 3_600_000
@@ -132,6 +132,11 @@ class Overview:
             m.id: plant.quantities(m)[m.counter][0] for m in plant.meters if m.counter is not None
         }
         self._indicator_units = {p.id: rules.indicator_unit(p.indicator) for p in plant.products}
+        self._all_carrier_names = names
+        self._process_names = {p.id: p.name or p.id for p in plant.processes}
+        self._process_meters = _process_meters(plant)
+        self._rules_by_id = {r.id: r for r in plant.alerts.rules}
+        self._meters_by_id = {m.id: m for m in plant.meters}
         self._live: list[tuple[str, str, str]] = []  # (meter, quantity, unit) shown live
         for meter in plant.meters:
             quantities = plant.quantities(meter)
@@ -176,6 +181,7 @@ class Overview:
             out["power"] = self._power(now)
             out.update(self._energy(day_start, now))
             out["indicators"] = self._indicators(now)
+            out["trends"] = self._trends(now, day_start)
             out["quality"] = self._quality(now)
         except StoreError as exc:
             log.warning("overview: %s", exc)
@@ -184,7 +190,7 @@ class Overview:
         out["alerts"] = None
         if self.alerts is not None:
             try:
-                out["alerts"] = self.alerts()
+                out["alerts"] = [{**a, "unit": self._alert_unit(a)} for a in self.alerts()]
             except Exception as exc:  # a locked or damaged state file must not take the page down
                 log.warning("overview: alerts: %s", exc)
                 out["alerts_error"] = f"{self.alerts_from}: {exc}"
@@ -235,7 +241,68 @@ class Overview:
                 "unit": units.pop() if len(units) == 1 else "",
                 "kgce": sum(kgce.get(m, 0.0) for m in meters),
             })
-        return {"energy_today": rows, "kgce_today": sum(r["kgce"] for r in rows)}
+        return {"energy_today": rows, "kgce_today": sum(r["kgce"] for r in rows),
+                "processes_today": self._processes(consumed, kgce)}
+
+    def _processes(self, consumed: dict[str, float], kgce: dict[str, float]) -> list[dict[str, Any]]:
+        """Today's energy per top-level process (工序): per carrier its top metering level present, like the
+        enterprise, so a process's sub-meters are not added to its own meter."""
+        out: list[dict[str, Any]] = []
+        for process, meters in self._process_meters.items():
+            carriers: list[dict[str, Any]] = []
+            for carrier, ids in meters.items():
+                units = {self._counter_unit.get(m, "") for m in ids}
+                carriers.append({"carrier": carrier, "name": self._carrier_name(carrier), "meters": ids,
+                                 "consumed": sum(consumed.get(m, 0.0) for m in ids),
+                                 "unit": units.pop() if len(units) == 1 else "",
+                                 "kgce": sum(kgce.get(m, 0.0) for m in ids)})
+            out.append({"process": process, "name": self._process_names.get(process, process),
+                        "kgce": sum(c["kgce"] for c in carriers), "carriers": carriers})
+        return out
+
+    def _trends(self, now: int, day_start: int) -> list[dict[str, Any]]:
+        """Per product, its indicator today hour by hour and this month day by day, with the levels."""
+        month_start = period_start(now, "month", self.tz)
+        ends = {"hours": period_start(day_start + 36 * _HOUR_MS, "day", self.tz),
+                "days": period_start(month_start + 32 * _DAY_MS, "month", self.tz)}
+        out: list[dict[str, Any]] = []
+        for product in self.plant.products:
+            item: dict[str, Any] = {"product": product.id, "name": product.name or product.id,
+                                    "unit": self._indicator_units[product.id]}
+            for key, period, start in (("hours", "hour", day_start), ("days", "day", month_start)):
+                tags = {"product": product.id, "indicator": product.indicator, "period": period}
+                pairs: list[tuple[int, float]] = []
+                for _tags, samples in self.reader.samples("indicator", "value", tags, start_ms=start - 1,
+                                                          end_ms=now):
+                    pairs += [(t, v) for t, v in samples if start <= t <= now]
+                item[key] = [[t, v] for t, v in sorted(pairs)]
+                item[f"{key}_start_ms"] = start
+                item[f"{key}_end_ms"] = ends[key]
+            out.append(item)
+        return out
+
+    def _carrier_name(self, carrier: str) -> str:
+        return self._carrier_names.get(carrier) or self._all_carrier_names.get(carrier, carrier)
+
+    def _alert_unit(self, alert: dict[str, Any]) -> str:
+        """The unit of an alert's value and threshold (from its rule and source)."""
+        rule = self._rules_by_id.get(str(alert.get("rule_id")))
+        source = str(alert.get("source") or "")
+        kind = getattr(rule, "kind", None)
+        if kind == "threshold":
+            meter = self._meters_by_id.get(getattr(rule, "meter", ""))
+            quantity = getattr(rule, "quantity", "")
+            return self.plant.quantities(meter)[quantity][0] if meter is not None else ""
+        if kind == "indicator":
+            return self._indicator_units.get(source, "")
+        if kind in ("completeness", "budget"):
+            return "%"
+        if kind == "range":
+            meter_id, _, quantity = source.partition(".")
+            meter = self._meters_by_id.get(meter_id)
+            if meter is not None and quantity in self.plant.quantities(meter):
+                return self.plant.quantities(meter)[quantity][0]
+        return ""
 
     def _indicators(self, now: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -278,10 +345,13 @@ class Overview:
         provisional = bool(fields.get("provisional")) or now < next_period_start(start_ms, period, self.tz)
         if provisional:
             labels = PROVISIONAL_LABEL
+        quota = int(fields["quota_grade"]) if "quota_grade" in fields and not provisional else None
         return {
+            "quota_grade": quota,
+            "quota_label": None if quota is None else ("未达标" if quota == 4 else f"{quota}级"),
             "start_ms": start_ms,
             "start_local": datetime.fromtimestamp(start_ms / 1000, self.tz).isoformat(timespec="minutes"),
-            **{f: fields.get(f) for f in _INDICATOR_FIELDS if f not in ("status", "provisional")},
+            **{f: fields.get(f) for f in _INDICATOR_FIELDS if f not in ("status", "provisional", "quota_grade")},
             "status": None if provisional else status,
             "provisional": provisional,
             "grade": labels[0] if labels else None,
@@ -318,6 +388,35 @@ class Overview:
             "latest_reading_ms": newest,
             "readings_last_5min": self.reader.count("reading", "value", start_ms=now - 300_000, end_ms=now),
         }
+
+
+def _process_meters(plant: PlantConfig) -> dict[str, dict[str, list[str]]]:
+    """Top-level process → carrier → the meters at the top metering level present for it in the process (and
+    the units inside it)."""
+    parent = {p.id: p.parent for p in plant.processes}
+
+    def root(process: str) -> str:
+        seen = set()
+        while parent.get(process) and process not in seen:
+            seen.add(process)
+            process = str(parent[process])
+        return process
+
+    grouped: dict[str, dict[str, list[tuple[int, str]]]] = {}
+    for meter in plant.meters:
+        if meter.process is None or meter.carrier is None or meter.counter is None:
+            continue
+        level = int(meter.level) if meter.level is not None else 3
+        grouped.setdefault(root(meter.process), {}).setdefault(meter.carrier, []).append((level, meter.id))
+    out: dict[str, dict[str, list[str]]] = {}
+    for p in plant.processes:
+        if p.id not in grouped:
+            continue
+        out[p.id] = {}
+        for carrier, entries in sorted(grouped[p.id].items()):
+            top = min(level for level, _ in entries)
+            out[p.id][carrier] = [m for level, m in entries if level == top]
+    return out
 
 
 def _downsample(pairs: list[tuple[int, float]], start: int, end: int, buckets: int) -> list[tuple[int, float]]:

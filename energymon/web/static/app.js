@@ -62,6 +62,40 @@ function sparkline(history, startMs, endMs) {
   return box;
 }
 
+function sparkBox(history, startMs, endMs) {
+  // the sparkline with its scale (lowest and highest value shown) and its time span
+  const wrap = el("div", { class: "spark-box" }, sparkline(history, startMs, endMs));
+  if (history && history.length >= 2) {
+    const values = history.map((p) => p[1]);
+    const lo = Math.min(...values), hi = Math.max(...values);
+    wrap.append(el("div", { class: "spark-y" },
+      el("span", { class: "spark-max", "data-scale": hi }, fmt(hi, 1)),
+      el("span", { class: "spark-min", "data-scale": lo }, fmt(lo, 1))));
+  }
+  const minutes = Math.round((endMs - startMs) / 60000);
+  wrap.append(el("div", { class: "spark-x", "data-span-min": minutes },
+    el("span", {}, fmtTime(startMs).slice(0, 5)), el("span", {}, `${minutes} min`), el("span", {}, fmtTime(endMs).slice(0, 5))));
+  return wrap;
+}
+
+function placeLabels(items, minGap) {
+  // items: [{x, text}] sorted by x; equal values share one label, close ones go to a second row
+  const merged = [];
+  for (const it of items) {
+    const same = merged.find((m) => Math.abs(m.value - it.value) < 1e-9);
+    if (same) { same.names.push(it.name); continue; }
+    merged.push({ ...it, names: [it.name] });
+  }
+  merged.sort((a, b) => a.x - b.x);
+  let lastX = -Infinity, row = 0;
+  for (const m of merged) {
+    row = m.x - lastX < minGap ? 1 - row : 0;
+    m.row = row;
+    lastX = m.x;
+  }
+  return merged;
+}
+
 function renderPower() {
   const box = $("power");
   box.replaceChildren();
@@ -71,7 +105,7 @@ function renderPower() {
     const tile = el("div", { class: "tile", "data-meter": m.meter },
       el("div", { class: "name", title: `${m.name} (${m.meter})` }, m.name, " ", el("span", { class: "muted" }, m.meter)),
       val,
-      sparkline(m.history, snap.now_ms - 3600000, snap.now_ms),
+      sparkBox(m.history, snap.now_ms - 3600000, snap.now_ms),
       el("div", { class: "muted" }, m.ts_ms ? `${fmtTime(m.ts_ms)} · ${m.quantity}` : "无数据 no data"));
     box.append(tile);
   }
@@ -100,7 +134,7 @@ function renderEnergy() {
 }
 
 function gauge(p) {
-  const w = 400, h = 58, top = 14, bandH = 18;
+  const w = 400, h = 72, top = 14, bandH = 18;
   const box = svg("svg", { viewBox: `0 0 ${w} ${h}`, class: "gauge" });
   const levels = [p.benchmark, p.baseline, p.limit].filter((v) => v !== null && v !== undefined);
   if (p.value === null || p.value === undefined || levels.length === 0) return box;
@@ -115,10 +149,16 @@ function gauge(p) {
   for (const [cls, a, b] of zones) {
     box.append(svg("rect", { class: cls, x: x(a).toFixed(1), y: top, width: Math.max(0, x(b) - x(a)).toFixed(1), height: bandH }));
   }
+  const marks = [];
   for (const [label, v] of [["标杆", p.benchmark], ["基准", p.baseline], ["限额", p.limit]]) {
     if (v === null || v === undefined) continue;
     box.append(svg("line", { x1: x(v), x2: x(v), y1: top, y2: top + bandH, stroke: "#6b7280" }));
-    box.append(svg("text", { class: "tick", x: x(v), y: top + bandH + 13, "text-anchor": "middle" }, `${label} ${fmt(v, 0)}`));
+    marks.push({ x: x(v), value: v, name: label });
+  }
+  for (const m of placeLabels(marks, 70)) {
+    const anchor = m.x < 40 ? "start" : m.x > w - 40 ? "end" : "middle";
+    box.append(svg("text", { class: "tick level-label", x: m.x, y: top + bandH + 13 + 13 * m.row, "text-anchor": anchor },
+      `${m.names.join(" / ")} ${fmt(m.value, m.value % 1 ? 1 : 0)}`));
   }
   const mx = x(p.value);
   box.append(svg("polygon", { class: "marker", points: `${mx - 6},0 ${mx + 6},0 ${mx},${top + 4}` }));
@@ -139,8 +179,9 @@ function renderIndicators() {
     }
     const value = el("span", { class: "value" });
     setNumber(value, p.value, 1);
-    const grade = el("span", { class: `grade grade-${p.status ?? "none"}`, "data-status": p.status ?? "" },
-      p.grade ? `${p.grade} · ${p.grade_en}` : "无分级 not graded");
+    const gradeText = [p.quota_label, p.grade ? `${p.grade} · ${p.grade_en}` : null].filter((t) => t).join(" · ");
+    const grade = el("span", { class: `grade grade-${p.status ?? "none"}`, "data-status": p.status ?? "",
+      "data-quota": p.quota_grade ?? "" }, gradeText || "无分级 not graded");
     card.append(el("div", { class: "head" },
       el("span", {}, el("b", {}, ind.name), " ", el("span", { class: "muted" }, `${ind.hour ? "本小时 hour from" : "今日 day"} ${p.start_local.slice(11, 16)}`)),
       el("span", {}, value, " ", el("small", { class: "muted" }, ind.unit), " ", grade)));
@@ -158,8 +199,83 @@ function renderIndicators() {
         el("span", { class: `grade grade-${last.status ?? "none"}`, "data-status": last.status ?? "" },
           last.grade ? `${last.grade} · ${last.grade_en}` : "无分级 not graded")));
     }
+    const trend = (snap.trends || []).find((t) => t.product === ind.product);
+    if (trend) {
+      const levels = { benchmark: p.benchmark, baseline: p.baseline, limit: p.limit };
+      card.append(el("div", { class: "trends" },
+        trendChart(trend.hours, trend.hours_start_ms, trend.hours_end_ms, 3600000, levels, ind.unit,
+          "今日逐时 today, by hour", "hour"),
+        trendChart(trend.days, trend.days_start_ms, trend.days_end_ms, 86400000, levels, ind.unit,
+          "本月逐日 this month, by day", "day")));
+    }
     box.append(card);
   }
+}
+
+function trendChart(points, startMs, endMs, stepMs, levels, unit, title, period) {
+  // the indicator's values per period against 标杆 / 基准 / 限额 lines, with its scale and time span
+  const w = 400, h = 150, left = 44, right = 86, top = 18, bottom = 20;
+  const box = svg("svg", { viewBox: `0 0 ${w} ${h}`, class: "trend", "data-period": period, "data-points": points.length });
+  box.append(svg("text", { class: "tick", x: left, y: 11 }, `${title} (${unit})`));
+  const lv = [["标杆", levels.benchmark, "lv-good"], ["基准", levels.baseline, "lv-mid"], ["限额", levels.limit, "lv-bad"]]
+    .filter((l) => l[1] !== null && l[1] !== undefined);
+  const values = points.map((q) => q[1]).concat(lv.map((l) => l[1]));
+  if (points.length === 0) {
+    box.append(svg("text", { class: "tick", x: left, y: h / 2 }, "尚无数据 no values yet"));
+    return box;
+  }
+  let lo = Math.min(...values), hi = Math.max(...values);
+  const pad = (hi - lo) * 0.08 || Math.abs(hi) * 0.05 || 1;
+  lo -= pad; hi += pad;
+  const pw = w - left - right, ph = h - top - bottom;
+  const x = (t) => left + ((t - startMs + stepMs / 2) / (endMs - startMs)) * pw;
+  const y = (v) => top + ((hi - v) / (hi - lo)) * ph;
+  box.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: top + ph }));
+  box.append(svg("line", { class: "axis", x1: left, x2: left + pw, y1: top + ph, y2: top + ph }));
+  for (const v of [lo + pad, (lo + hi) / 2, hi - pad]) {
+    box.append(svg("text", { class: "tick axis-label", x: left - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v, 0)));
+  }
+  const marks = [];
+  for (const [name, v, cls] of lv) {
+    box.append(svg("line", { class: `level ${cls}`, x1: left, x2: left + pw, y1: y(v), y2: y(v) }));
+    marks.push({ x: y(v), value: v, name, cls });
+  }
+  let lastY = -Infinity;
+  for (const m of placeLabels(marks, 0).sort((a, b) => a.x - b.x)) {
+    const ty = Math.max(m.x + 4, lastY + 12);
+    lastY = ty;
+    box.append(svg("text", { class: `tick level-label ${m.cls}`, x: left + pw + 4, y: ty },
+      `${m.names.join(" / ")} ${fmt(m.value, m.value % 1 ? 1 : 0)}`));
+  }
+  const pts = points.map((q) => `${x(q[0]).toFixed(1)},${y(q[1]).toFixed(1)}`);
+  box.append(svg("polyline", { class: "trend-line", points: pts.join(" ") }));
+  for (const q of points) {
+    const dot = svg("circle", { class: "trend-pt", cx: x(q[0]).toFixed(1), cy: y(q[1]).toFixed(1), r: 2.5,
+      "data-ts": q[0], "data-v": q[1] });
+    dot.append(svg("title", {}, `${fmtTime(q[0], true).slice(0, 16)}  ${fmt(q[1], 2)} ${unit}`));
+    box.append(dot);
+  }
+  const first = fmtTime(startMs, true), last = fmtTime(endMs - stepMs, true);
+  const label = period === "hour" ? [first.slice(11, 16), last.slice(11, 16)] : [first.slice(5, 10), last.slice(5, 10)];
+  box.append(svg("text", { class: "tick", x: left, y: h - 5 }, label[0]));
+  box.append(svg("text", { class: "tick", x: left + pw, y: h - 5, "text-anchor": "end" }, label[1]));
+  return box;
+}
+
+function renderProcesses() {
+  const body = $("processes").querySelector("tbody");
+  body.replaceChildren();
+  const rows = snap.processes_today || [];
+  const total = rows.reduce((a, r) => a + r.kgce, 0);
+  for (const r of rows) {
+    const kgce = el("td", { class: "num pkgce" });
+    setNumber(kgce, r.kgce, 1);
+    const share = el("td", { class: "num" }, total > 0 ? `${fmt((100 * r.kgce) / total, 1)} %` : "–");
+    const detail = r.carriers.map((c) => `${c.name} ${fmt(c.consumed, 1)} ${c.unit}`).join(" · ");
+    body.append(el("tr", { "data-process": r.process },
+      el("td", {}, r.name, " ", el("span", { class: "muted" }, r.process)), el("td", { class: "muted" }, detail), kgce, share));
+  }
+  if (rows.length === 0) body.append(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "未定义工序计量 no process meters")));
 }
 
 function renderQuality() {
@@ -211,11 +327,14 @@ function renderAlerts() {
   for (const a of snap.alerts) {
     body.append(el("tr", { "data-alert-id": a.id },
       el("td", {}, el("span", { class: `sev sev-${a.severity}` }, a.severity)),
-      el("td", {}, a.state), el("td", {}, a.id), el("td", {}, fmtTime(a.fired_ms || a.started_ms, true)),
+      el("td", {}, a.state), el("td", {}, a.id),
+      el("td", { class: "num alert-value", "data-v": a.value ?? "" }, a.value === null || a.value === undefined ? "–" : `${fmt(a.value, 1)} ${a.unit || ""}`),
+      el("td", { class: "num alert-threshold", "data-v": a.threshold ?? "" }, a.threshold === null || a.threshold === undefined ? "–" : `${fmt(a.threshold, 1)} ${a.unit || ""}`),
+      el("td", {}, fmtTime(a.fired_ms || a.started_ms, true)),
       el("td", {}, a.summary || "")));
   }
   box.append(el("table", { id: "alert-table" },
-    el("thead", {}, el("tr", {}, ...["级别 Severity", "状态 State", "告警 Alert", "开始 Since", "说明 Summary"].map((t) => el("th", {}, t)))),
+    el("thead", {}, el("tr", {}, ...["级别 Severity", "状态 State", "告警 Alert", "值 Value", "阈值 Threshold", "开始 Since", "说明 Summary"].map((t) => el("th", {}, t)))),
     body));
 }
 
@@ -225,7 +344,8 @@ function render(next) {
     $("plant-name").textContent = snap.plant.name;
     document.title = `${snap.plant.name} · 能源在线监测`;
   }
-  $("store").textContent = snap.store ? `· ${snap.store}` : "";
+  $("store").textContent = snap.store ? `数据源 store ${snap.store}` : "";
+  if (snap.plant) $("plant-meta").textContent = `统一社会信用代码 ${snap.plant.uscc} · ${snap.plant.timezone}`;
   $("now-local").textContent = snap.now_local ? snap.now_local.replace("T", " ").slice(0, 19) : "–";
   $("now-local").dataset.ms = snap.now_ms ?? "";
   const err = $("error");
@@ -236,6 +356,7 @@ function render(next) {
   if (snap.plant) {
     renderPower();
     renderEnergy();
+    renderProcesses();
     renderIndicators();
     renderQuality();
     renderAlerts();
