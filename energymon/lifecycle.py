@@ -12,12 +12,15 @@ delivered when :func:`install` unblocks it, so it is not lost either.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio  # imported where a loop runs: the light commands start without it
 
 __all__ = ["asyncio_stop", "install", "on_stop", "restore_defaults", "stop_requested", "threading_stop"]
 
@@ -71,6 +74,8 @@ def on_stop(callback: Callable[[], None]) -> Iterator[None]:
 
 def asyncio_stop(stop: asyncio.Event) -> contextlib.AbstractContextManager[None]:
     """:func:`on_stop` that sets an asyncio event of the running loop (safely, from the handler)."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
 
     def wake() -> None:
