@@ -9,6 +9,7 @@ delivery id). The worker sends the rows that are due through the subclass's
 retrying. Each row has its own schedule: retry ``n`` of a row waits uniform(0, min(``backoff_cap_s``,
 ``backoff_base_s`` × 2^(n-1))) seconds (a server's ``Retry-After`` instead, up to ``retry_after_max_s``), so one
 record's back-off holds no other; per alert id the rows go in order (a resolution never overtakes its firing).
+Attempts are made one at a time, each bounded by the notifier's timeout.
 A row is given up on (dead-lettered) when the failure is final, when it has waited ``retry_for_s`` (6 hours by
 default), or after ``max_retries`` retries if that is set. A dead letter stays in the outbox (``energymon alerts
 replay`` sends it again) and is appended to the dead-letter file (one JSON line: notifier, reason, attempts,
@@ -317,6 +318,12 @@ class BackgroundNotifier:
             except Exception:
                 log.exception("%s %s: cannot read the outbox", self.kind, self._id)
                 rows = []
+            if self._idle_interval_s is not None and time.monotonic() - self._last_idle >= self._idle_interval_s:
+                self._last_idle = time.monotonic()  # periodic work runs on time even under a steady stream
+                try:
+                    self._idle()
+                except Exception:
+                    log.exception("%s %s: periodic work failed", self.kind, self._id)
             if rows:
                 for row in rows:
                     if self._abort.is_set():
@@ -325,12 +332,6 @@ class BackgroundNotifier:
                 continue
             if closing and (self.outbox.durable or self.pending == 0):
                 return
-            if self._idle_interval_s is not None and time.monotonic() - self._last_idle >= self._idle_interval_s:
-                self._last_idle = time.monotonic()
-                try:
-                    self._idle()
-                except Exception:
-                    log.exception("%s %s: periodic work failed", self.kind, self._id)
             wait = _POLL_S
             next_ms = self.outbox.next_due_ms(self._id)
             if next_ms is not None:

@@ -24,6 +24,7 @@ from energymon.alerts.delivery import BackgroundNotifier, DeliveryError
 from energymon.alerts.engine import Alert
 from energymon.alerts.payload import PayloadContext, alert_payload
 from energymon.alerts_config import MqttNotifier as MqttConfig
+from energymon.errors import EnergymonError
 from energymon.interfaces import Transport
 from energymon.metrics import PipelineMetrics
 from energymon.topics import alert_topic
@@ -99,8 +100,9 @@ class MqttNotifier(BackgroundNotifier):
             self._loop.run_until_complete(self._publish(alert, delivery_id))
         except DeliveryError:
             raise
-        except Exception as exc:  # TransportError, a broker that refused us: retried
-            raise DeliveryError(f"{type(exc).__name__}: {exc}", retriable=True) from None
+        except Exception as exc:  # TransportError (retriable), a broker that refused the message
+            retriable = exc.retriable if isinstance(exc, EnergymonError) else True
+            raise DeliveryError(f"{type(exc).__name__}: {exc}", retriable=retriable) from None
 
     async def _publish(self, alert: Alert, delivery_id: str) -> None:
         if self._transport is None:

@@ -245,3 +245,14 @@ class DeliveryOutbox:
                 db.execute("UPDATE deliveries SET dead_ms = NULL, attempts = 0, next_ms = ?, created_ms = ?,"
                            " last_error = '' WHERE seq = ? AND dead_ms IS NOT NULL", (now_ms, now_ms, r.seq))
         return targets
+
+    def drop(self, *, notifier: str | None = None, delivery_ids: Sequence[str] = ()) -> list[OutboxRow]:
+        """Forget dead-lettered rows (their dead-letter file keeps them); returns them."""
+        targets = self.rows(notifier=notifier, dead=True)
+        if delivery_ids:
+            wanted = set(delivery_ids)
+            targets = [r for r in targets if r.delivery_id in wanted]
+        with self._tx() as db:
+            for r in targets:
+                db.execute("DELETE FROM deliveries WHERE seq = ? AND dead_ms IS NOT NULL", (r.seq,))
+        return targets

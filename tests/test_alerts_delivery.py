@@ -188,6 +188,13 @@ def test_the_retry_window_ends_in_dead_letters_that_replay_sends_again_in_order(
         assert [r.json()["state"] for r in accepted] == ["firing", "resolved"]
         assert [r.headers[DELIVERY_HEADER.lower()] for r in accepted] == [d["delivery_id"] for d in dead]
         assert cli(data_dir, "replay")[0] == 1  # nothing left to replay
+        with srv._cond:
+            srv.replies.append(Reply(400))
+        n.notify(alert(source="mill_drive"))
+        wait_until(lambda: n.pending == 0, "a final answer")
+        (left,) = DeliveryOutbox(outbox).rows(dead=True)
+        rc, out = cli(data_dir, "drop", left.delivery_id)
+        assert rc == 0 and out.startswith(f"dropped {left.delivery_id}") and DeliveryOutbox(outbox).rows() == []
     finally:
         n.close(5)
 

@@ -149,10 +149,8 @@ def test_twenty_five_kill_9_during_delivery_lose_no_firing_or_resolution(tmp_pat
                 while len(receiver.requests) < want and not log_has_done(log, finished_early):
                     receiver.cond.wait(0.01)
             time.sleep(rng.uniform(0, 0.03))  # and a random moment after that one
-            try:
+            with contextlib.suppress(ProcessLookupError):  # a run that ended is reaped below
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:  # a zombie of a run that ended: reaped below
-                pass
             status = command(f"wait {pid}")
             pid = 0
             if os.WIFEXITED(status):
