@@ -167,10 +167,14 @@ class DeliveryOutbox:
         return [_row(r) for r in rows]
 
     def next_due_ms(self, notifier: str) -> int | None:
-        """The earliest ``next_ms`` of a waiting row (None: nothing waits)."""
+        """The earliest ``next_ms`` of a row that is the oldest waiting row of its alert (None: nothing waits).
+
+        A row waiting behind another of its alert is not due before that one is done, whatever its own time."""
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_ms) FROM deliveries WHERE notifier = ? AND dead_ms IS NULL",
-                                   (notifier,)).fetchone()
+            row = self._db.execute(
+                "SELECT MIN(next_ms) FROM deliveries d WHERE notifier = ? AND dead_ms IS NULL"
+                " AND seq = (SELECT MIN(seq) FROM deliveries h WHERE h.notifier = d.notifier"
+                " AND h.alert_id = d.alert_id AND h.dead_ms IS NULL)", (notifier,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def pending(self, notifier: str) -> tuple[int, int | None]:

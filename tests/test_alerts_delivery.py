@@ -285,3 +285,18 @@ def test_mqtt_broker_down_for_many_more_attempts_than_the_old_budget_publishes_t
         assert not (tmp_path / "dead.jsonl").exists()
     finally:
         n.close(5)
+
+
+def test_a_record_waiting_behind_its_alert_s_firing_is_not_due_before_it() -> None:
+    outbox = DeliveryOutbox(None)
+    firing, resolved = alert().to_record(), alert(AlertState.RESOLVED, version=3).to_record()
+    outbox.add("n", firing, 1_000)
+    outbox.add("n", resolved, 1_000)
+    (head,) = outbox.due("n", 1_000)
+    outbox.retry_at(head.seq, attempts=1, next_ms=60_000, error="HTTP 503")
+    # the resolution's own time has come, but it waits for its firing: the worker sleeps until 60 s
+    assert outbox.due("n", 2_000) == [] and outbox.next_due_ms("n") == 60_000
+    assert [r.event for r in outbox.due("n", 60_000)] == ["firing"]
+    outbox.delivered(head.seq)
+    assert [r.event for r in outbox.due("n", 60_000)] == ["resolved"]
+    outbox.close()
