@@ -220,7 +220,15 @@ class BackgroundNotifier:
                 reason = f"queue full ({self._queue_max} alerts waiting)"
             record = alert.to_record()
             if reason is None:
-                _, new = self.outbox.add(self._id, record, _now_ms(), supersede=self.supersede)
+                try:
+                    _, new = self.outbox.add(self._id, record, _now_ms(), supersede=self.supersede)
+                except Exception as exc:  # a full disk, a broken file: the dead-letter file is the last resort
+                    log.exception("%s %s: cannot write alert %s to the outbox %s", self.kind, self._id, alert.id,
+                                  self.outbox.path)
+                    if self._stage is not None:
+                        self._stage.error(exc)
+                    self.dead_letter_record(alert, delivery_id(self._id, record), f"outbox write failed: {exc}", 0)
+                    return
                 if new:
                     self._waiting = self.outbox.pending(self._id)[0] if self.supersede else self._waiting + 1
                     self._kicked = True
