@@ -95,7 +95,8 @@ class BackgroundNotifier:
     Args:
         notifier_id: the notifier id (rules route by it).
         severities, audiences: routing filters (empty = all).
-        dead_letter_path: JSON-lines file for records that could not be delivered.
+        dead_letter_path: JSON-lines file for records that could not be delivered (None: they are logged only,
+            and kept in a durable outbox).
         max_retries: retries after the first attempt (None: no count limit, ``retry_for_s`` decides).
         metrics: stage ``notify``: ``received`` per record handed to :meth:`notify`, ``sent`` per delivered
             record, ``errors{error_type="NotifyError"}`` per failed attempt, ``dropped{reason="dead_letter"}``
@@ -121,7 +122,7 @@ class BackgroundNotifier:
         *,
         severities: Sequence[str] = (),
         audiences: Sequence[str] = (),
-        dead_letter_path: Path,
+        dead_letter_path: Path | None,
         max_retries: int | None = None,
         metrics: PipelineMetrics | None = None,
         queue_max: int = 10_000,
@@ -135,7 +136,7 @@ class BackgroundNotifier:
         self._id = notifier_id
         self._severities = tuple(severities)
         self._audiences = tuple(audiences)
-        self.dead_letter_path = Path(dead_letter_path)
+        self.dead_letter_path = None if dead_letter_path is None else Path(dead_letter_path)
         self._max_retries = max_retries
         self._metrics = metrics
         self._stage: StageMetrics | None = metrics.stage(STAGE) if metrics is not None else None
@@ -435,10 +436,14 @@ class BackgroundNotifier:
             "payload": self._payload(alert, delivery_id),
         }
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        log.error("%s %s: alert %s %s not delivered (%s); written to %s", self.kind, self.id, alert.id,
-                  alert.state.value, reason, self.dead_letter_path)
         if self._stage is not None:
             self._stage.dropped("dead_letter")
+        if self.dead_letter_path is None:
+            log.error("%s %s: alert %s %s not delivered (%s): %s", self.kind, self.id, alert.id, alert.state.value,
+                      reason, line.strip())
+            return
+        log.error("%s %s: alert %s %s not delivered (%s); written to %s", self.kind, self.id, alert.id,
+                  alert.state.value, reason, self.dead_letter_path)
         try:
             with self._dl_lock:
                 self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)

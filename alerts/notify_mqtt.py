@@ -47,8 +47,8 @@ class MqttNotifier(BackgroundNotifier):
         transport_factory: builds the transport (called once, on the notifier's thread); the runtime passes
             one for the uplink broker or ``config.url``.
         metrics: ``sent`` per published record, ``errors{error_type="NotifyError"}`` per failed attempt.
-        dead_letter_path: JSON-lines file for records given up on (default: none is expected; ``mqtt-<id>``
-            beside the outbox, or the working directory).
+        dead_letter_path: JSON-lines file for records given up on (default: ``dead-letter-<id>.jsonl`` beside the
+            outbox; without an outbox they are only logged).
         context: what the payload says about the plant.
         **kw: outbox and back-off settings of :class:`~energymon.alerts.delivery.BackgroundNotifier`.
     """
@@ -70,9 +70,8 @@ class MqttNotifier(BackgroundNotifier):
         kw.setdefault("retry_for_s", 30 * 86400.0)
         kw.setdefault("backoff_cap_s", 30.0)
         outbox_path = kw.get("outbox_path")
-        if dead_letter_path is None:
-            base = Path(outbox_path).parent if outbox_path is not None else Path(".")
-            dead_letter_path = base / f"dead-letter-{config.id}.jsonl"
+        if dead_letter_path is None and outbox_path is not None:
+            dead_letter_path = Path(outbox_path).parent / f"dead-letter-{config.id}.jsonl"
         super().__init__(config.id, severities=config.severities, audiences=config.audiences,
                          dead_letter_path=dead_letter_path, metrics=metrics, **kw)
         self.config = config
