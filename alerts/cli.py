@@ -66,7 +66,7 @@ def add_alerts_parser(sub: Any) -> argparse.ArgumentParser:
                         help="the processor's data directory (holds alerts.sqlite)")
     common.add_argument("--json", action="store_true", help="one JSON object per line")
     parser: argparse.ArgumentParser = sub.add_parser(
-        "alerts", help="list, acknowledge and silence alerts (state file in the data directory)")
+        "alerts", help="list, acknowledge and silence alerts; deliveries and dead letters (state file in the data dir)")
     cmds = parser.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
 
     p = cmds.add_parser("list", parents=[common], help="active alerts (default) or the history")
