@@ -38,6 +38,12 @@ def plant_info(plant: PlantConfig) -> dict[str, Any]:
         sources.add(m.id)
         sources.update(f"{m.id}.{q}" for q in plant.quantities(m))
     sources.update(p.id for p in plant.products)
+    sources.update(p.id for p in plant.processes)  # budget scopes
+    for rule in plant.alerts.rules:  # sources a rule names itself (gateway ids, a budget scope)
+        sources.update(getattr(rule, "ids", None) or ())
+        scope = getattr(rule, "scope", None)
+        if isinstance(scope, str):
+            sources.add(scope)
     return {
         "enterprise": plant.enterprise.uscc,
         "tz": plant.enterprise.tz.key,

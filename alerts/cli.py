@@ -66,7 +66,7 @@ def add_alerts_parser(sub: Any) -> argparse.ArgumentParser:
                         help="the processor's data directory (holds alerts.sqlite)")
     common.add_argument("--json", action="store_true", help="one JSON object per line")
     parser: argparse.ArgumentParser = sub.add_parser(
-        "alerts", help="list, acknowledge and silence alerts (state file in the data directory)")
+        "alerts", help="list, acknowledge and silence alerts; deliveries and dead letters (state file in the data dir)")
     cmds = parser.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
 
     p = cmds.add_parser("list", parents=[common], help="active alerts (default) or the history")
@@ -103,6 +103,11 @@ def add_alerts_parser(sub: Any) -> argparse.ArgumentParser:
 
     p = cmds.add_parser("replay", parents=[common],
                         help="send dead-lettered records again (the running processor picks them up)")
+    p.add_argument("--notifier", help="only this notifier id")
+    p.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID", help="only these deliveries (default: all)")
+
+    p = cmds.add_parser("drop", parents=[common],
+                        help="forget dead letters (the dead-letter file keeps them)")
     p.add_argument("--notifier", help="only this notifier id")
     p.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID", help="only these deliveries (default: all)")
     return parser
@@ -220,7 +225,7 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
                 return 1
             print(f"silence {args.silence_id} ended", file=out)
             return 0
-        if command in ("deliveries", "replay"):
+        if command in ("deliveries", "replay", "drop"):
             return _deliveries(path, args, out, now)
         print(f"error: unknown alerts action {command!r}", file=sys.stderr)
         return 2
@@ -231,20 +236,26 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 def _deliveries(path: Path, args: argparse.Namespace, out: TextIO, now: int) -> int:
     outbox = DeliveryOutbox(path)
     try:
-        if args.alerts_command == "replay":
-            rows = outbox.replay(now, notifier=args.notifier, delivery_ids=args.delivery_ids)
+        if args.alerts_command in ("replay", "drop"):
+            replay = args.alerts_command == "replay"
+            if replay:
+                rows = outbox.replay(now, notifier=args.notifier, delivery_ids=args.delivery_ids)
+            else:
+                rows = outbox.drop(notifier=args.notifier, delivery_ids=args.delivery_ids)
             missing = set(args.delivery_ids) - {r.delivery_id for r in rows}
             for did in sorted(missing):
                 print(f"error: no dead letter {did}", file=sys.stderr)
             for r in rows:
                 if args.json:
-                    print(json.dumps({"replayed": r.delivery_id, "notifier": r.notifier, "alert_id": r.alert_id,
-                                      "event": r.event, "version": r.version}, ensure_ascii=False), file=out)
+                    print(json.dumps({"replayed" if replay else "dropped": r.delivery_id, "notifier": r.notifier,
+                                      "alert_id": r.alert_id, "event": r.event, "version": r.version},
+                                     ensure_ascii=False), file=out)
                 else:
-                    print(f"replaying {r.delivery_id}: {r.notifier} {r.alert_id} {r.event} v{r.version}", file=out)
+                    print(f"{'replaying' if replay else 'dropped'} {r.delivery_id}: {r.notifier} {r.alert_id} "
+                          f"{r.event} v{r.version}", file=out)
             if not rows:
-                print("nothing to replay: no dead letters" + (f" for {args.notifier}" if args.notifier else ""),
-                      file=sys.stderr)
+                print(f"nothing to {args.alerts_command}: no dead letters"
+                      + (f" for {args.notifier}" if args.notifier else ""), file=sys.stderr)
                 return 1
             return 1 if missing else 0
         rows = outbox.rows(notifier=args.notifier, dead=True if args.dead else None)

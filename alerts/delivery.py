@@ -9,6 +9,7 @@ delivery id). The worker sends the rows that are due through the subclass's
 retrying. Each row has its own schedule: retry ``n`` of a row waits uniform(0, min(``backoff_cap_s``,
 ``backoff_base_s`` × 2^(n-1))) seconds (a server's ``Retry-After`` instead, up to ``retry_after_max_s``), so one
 record's back-off holds no other; per alert id the rows go in order (a resolution never overtakes its firing).
+Attempts are made one at a time, each bounded by the notifier's timeout.
 A row is given up on (dead-lettered) when the failure is final, when it has waited ``retry_for_s`` (6 hours by
 default), or after ``max_retries`` retries if that is set. A dead letter stays in the outbox (``energymon alerts
 replay`` sends it again) and is appended to the dead-letter file (one JSON line: notifier, reason, attempts,
@@ -94,7 +95,8 @@ class BackgroundNotifier:
     Args:
         notifier_id: the notifier id (rules route by it).
         severities, audiences: routing filters (empty = all).
-        dead_letter_path: JSON-lines file for records that could not be delivered.
+        dead_letter_path: JSON-lines file for records that could not be delivered (None: they are logged only,
+            and kept in a durable outbox).
         max_retries: retries after the first attempt (None: no count limit, ``retry_for_s`` decides).
         metrics: stage ``notify``: ``received`` per record handed to :meth:`notify`, ``sent`` per delivered
             record, ``errors{error_type="NotifyError"}`` per failed attempt, ``dropped{reason="dead_letter"}``
@@ -120,7 +122,7 @@ class BackgroundNotifier:
         *,
         severities: Sequence[str] = (),
         audiences: Sequence[str] = (),
-        dead_letter_path: Path,
+        dead_letter_path: Path | None,
         max_retries: int | None = None,
         metrics: PipelineMetrics | None = None,
         queue_max: int = 10_000,
@@ -134,7 +136,7 @@ class BackgroundNotifier:
         self._id = notifier_id
         self._severities = tuple(severities)
         self._audiences = tuple(audiences)
-        self.dead_letter_path = Path(dead_letter_path)
+        self.dead_letter_path = None if dead_letter_path is None else Path(dead_letter_path)
         self._max_retries = max_retries
         self._metrics = metrics
         self._stage: StageMetrics | None = metrics.stage(STAGE) if metrics is not None else None
@@ -219,7 +221,15 @@ class BackgroundNotifier:
                 reason = f"queue full ({self._queue_max} alerts waiting)"
             record = alert.to_record()
             if reason is None:
-                _, new = self.outbox.add(self._id, record, _now_ms(), supersede=self.supersede)
+                try:
+                    _, new = self.outbox.add(self._id, record, _now_ms(), supersede=self.supersede)
+                except Exception as exc:  # a full disk, a broken file: the dead-letter file is the last resort
+                    log.exception("%s %s: cannot write alert %s to the outbox %s", self.kind, self._id, alert.id,
+                                  self.outbox.path)
+                    if self._stage is not None:
+                        self._stage.error(exc)
+                    self.dead_letter_record(alert, delivery_id(self._id, record), f"outbox write failed: {exc}", 0)
+                    return
                 if new:
                     self._waiting = self.outbox.pending(self._id)[0] if self.supersede else self._waiting + 1
                     self._kicked = True
@@ -317,6 +327,12 @@ class BackgroundNotifier:
             except Exception:
                 log.exception("%s %s: cannot read the outbox", self.kind, self._id)
                 rows = []
+            if self._idle_interval_s is not None and time.monotonic() - self._last_idle >= self._idle_interval_s:
+                self._last_idle = time.monotonic()  # periodic work runs on time even under a steady stream
+                try:
+                    self._idle()
+                except Exception:
+                    log.exception("%s %s: periodic work failed", self.kind, self._id)
             if rows:
                 for row in rows:
                     if self._abort.is_set():
@@ -325,12 +341,6 @@ class BackgroundNotifier:
                 continue
             if closing and (self.outbox.durable or self.pending == 0):
                 return
-            if self._idle_interval_s is not None and time.monotonic() - self._last_idle >= self._idle_interval_s:
-                self._last_idle = time.monotonic()
-                try:
-                    self._idle()
-                except Exception:
-                    log.exception("%s %s: periodic work failed", self.kind, self._id)
             wait = _POLL_S
             next_ms = self.outbox.next_due_ms(self._id)
             if next_ms is not None:
@@ -426,10 +436,14 @@ class BackgroundNotifier:
             "payload": self._payload(alert, delivery_id),
         }
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        log.error("%s %s: alert %s %s not delivered (%s); written to %s", self.kind, self.id, alert.id,
-                  alert.state.value, reason, self.dead_letter_path)
         if self._stage is not None:
             self._stage.dropped("dead_letter")
+        if self.dead_letter_path is None:
+            log.error("%s %s: alert %s %s not delivered (%s): %s", self.kind, self.id, alert.id, alert.state.value,
+                      reason, line.strip())
+            return
+        log.error("%s %s: alert %s %s not delivered (%s); written to %s", self.kind, self.id, alert.id,
+                  alert.state.value, reason, self.dead_letter_path)
         try:
             with self._dl_lock:
                 self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,9 @@ _STATUS_ZH = {"firing": "告警", "resolved": "恢复", "escalated": "升级", "
               "rule_removed": "规则已删除"}
 
 
+_HANDLING_ZH = {"open": "未处理", "acknowledged": "已确认", "resolved": "已恢复"}
+
+
 def _amount(value: Any, unit: Any) -> str:
     if value is None:
         return "-"
@@ -79,8 +82,7 @@ def render_email(alert: Alert, *, from_addr: str, to: list[str], subject_prefix:
         return f"{p[f'{name}_local'][:19]} ({p['timezone']}) / {utc}" if local and p[f"{name}_local"] else utc
 
     lines = [
-        f"{zh}：{alert.summary}",
-        f"{status}: {alert.summary}",
+        f"{zh} {status}：{alert.summary}",
         "",
         f"类别 category:    {p['category_name']} ({p['category']})",
         f"企业 enterprise:  {p['enterprise_name'] or '-'} ({ctx.enterprise_code or '-'})",
@@ -104,7 +106,7 @@ def render_email(alert: Alert, *, from_addr: str, to: list[str], subject_prefix:
         prov = p["provincial"]
         items = ", ".join(f"{i['id']} {i['name']}" for i in prov["data_items"]) or "-"
         lines.append(f"省平台 provincial: 计量器具 {', '.join(prov['gauges']) or '-'}; 采集项 {items}")
-    lines.append(f"处理 handling:    {p['handling']}")
+    lines.append(f"处理 handling:    {_HANDLING_ZH.get(p['handling'], p['handling'])} ({p['handling']})")
     if alert.acked_by is not None:
         lines.append(f"确认 acknowledged by {alert.acked_by or '-'} at {when('acked')}: {alert.ack_comment}")
     lines += ["", f"version {alert.version}; schema {p['schema_version']}; delivery {delivery_id or '-'};"

@@ -24,6 +24,7 @@ from energymon.alerts.delivery import BackgroundNotifier, DeliveryError
 from energymon.alerts.engine import Alert
 from energymon.alerts.payload import PayloadContext, alert_payload
 from energymon.alerts_config import MqttNotifier as MqttConfig
+from energymon.errors import EnergymonError
 from energymon.interfaces import Transport
 from energymon.metrics import PipelineMetrics
 from energymon.topics import alert_topic
@@ -46,8 +47,8 @@ class MqttNotifier(BackgroundNotifier):
         transport_factory: builds the transport (called once, on the notifier's thread); the runtime passes
             one for the uplink broker or ``config.url``.
         metrics: ``sent`` per published record, ``errors{error_type="NotifyError"}`` per failed attempt.
-        dead_letter_path: JSON-lines file for records given up on (default: none is expected; ``mqtt-<id>``
-            beside the outbox, or the working directory).
+        dead_letter_path: JSON-lines file for records given up on (default: ``dead-letter-<id>.jsonl`` beside the
+            outbox; without an outbox they are only logged).
         context: what the payload says about the plant.
         **kw: outbox and back-off settings of :class:`~energymon.alerts.delivery.BackgroundNotifier`.
     """
@@ -69,9 +70,8 @@ class MqttNotifier(BackgroundNotifier):
         kw.setdefault("retry_for_s", 30 * 86400.0)
         kw.setdefault("backoff_cap_s", 30.0)
         outbox_path = kw.get("outbox_path")
-        if dead_letter_path is None:
-            base = Path(outbox_path).parent if outbox_path is not None else Path(".")
-            dead_letter_path = base / f"dead-letter-{config.id}.jsonl"
+        if dead_letter_path is None and outbox_path is not None:
+            dead_letter_path = Path(outbox_path).parent / f"dead-letter-{config.id}.jsonl"
         super().__init__(config.id, severities=config.severities, audiences=config.audiences,
                          dead_letter_path=dead_letter_path, metrics=metrics, **kw)
         self.config = config
@@ -99,8 +99,9 @@ class MqttNotifier(BackgroundNotifier):
             self._loop.run_until_complete(self._publish(alert, delivery_id))
         except DeliveryError:
             raise
-        except Exception as exc:  # TransportError, a broker that refused us: retried
-            raise DeliveryError(f"{type(exc).__name__}: {exc}", retriable=True) from None
+        except Exception as exc:  # TransportError (retriable), a broker that refused the message
+            retriable = exc.retriable if isinstance(exc, EnergymonError) else True
+            raise DeliveryError(f"{type(exc).__name__}: {exc}", retriable=retriable) from None
 
     async def _publish(self, alert: Alert, delivery_id: str) -> None:
         if self._transport is None:

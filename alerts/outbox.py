@@ -167,10 +167,14 @@ class DeliveryOutbox:
         return [_row(r) for r in rows]
 
     def next_due_ms(self, notifier: str) -> int | None:
-        """The earliest ``next_ms`` of a waiting row (None: nothing waits)."""
+        """The earliest ``next_ms`` of a row that is the oldest waiting row of its alert (None: nothing waits).
+
+        A row waiting behind another of its alert is not due before that one is done, whatever its own time."""
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_ms) FROM deliveries WHERE notifier = ? AND dead_ms IS NULL",
-                                   (notifier,)).fetchone()
+            row = self._db.execute(
+                "SELECT MIN(next_ms) FROM deliveries d WHERE notifier = ? AND dead_ms IS NULL"
+                " AND seq = (SELECT MIN(seq) FROM deliveries h WHERE h.notifier = d.notifier"
+                " AND h.alert_id = d.alert_id AND h.dead_ms IS NULL)", (notifier,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def pending(self, notifier: str) -> tuple[int, int | None]:
@@ -244,4 +248,15 @@ class DeliveryOutbox:
             for r in targets:
                 db.execute("UPDATE deliveries SET dead_ms = NULL, attempts = 0, next_ms = ?, created_ms = ?,"
                            " last_error = '' WHERE seq = ? AND dead_ms IS NOT NULL", (now_ms, now_ms, r.seq))
+        return targets
+
+    def drop(self, *, notifier: str | None = None, delivery_ids: Sequence[str] = ()) -> list[OutboxRow]:
+        """Forget dead-lettered rows (their dead-letter file keeps them); returns them."""
+        targets = self.rows(notifier=notifier, dead=True)
+        if delivery_ids:
+            wanted = set(delivery_ids)
+            targets = [r for r in targets if r.delivery_id in wanted]
+        with self._tx() as db:
+            for r in targets:
+                db.execute("DELETE FROM deliveries WHERE seq = ? AND dead_ms IS NOT NULL", (r.seq,))
         return targets

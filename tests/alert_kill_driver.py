@@ -3,13 +3,20 @@
 
 Usage: ``python alert_kill_driver.py PLANT_YAML DATA_DIR STEPS``. Every run feeds the whole sequence from the
 start (points the persisted state has already seen are ignored as late, the others replay the same
-transitions with the same versions), then waits until the outbox is empty and prints ``DONE``.
+transitions with the same versions), then waits until the outbox is empty and exits 0.
+
+``python alert_kill_driver.py --fork-server LOG PLANT_YAML DATA_DIR STEPS`` imports energymon once and forks one
+such run per ``spawn`` line on stdin (printing its pid); ``wait PID`` reaps it and prints its wait status. A
+Python start costs seconds of imports on a loaded machine; a fork costs milliseconds, and the child is still a
+separate process with its own connections and file handles.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -35,9 +42,9 @@ def points(step: int) -> list[Point]:
             for i, m in enumerate(METERS)]
 
 
-def main() -> int:
-    plant = load_plant(Path(sys.argv[1]))
-    data_dir, steps = Path(sys.argv[2]), int(sys.argv[3])
+def main(argv: list[str]) -> int:
+    plant = load_plant(Path(argv[0]))
+    data_dir, steps = Path(argv[1]), int(argv[2])
     engine, notifiers = build_alerting(
         plant, clock=WallClock(), metrics=PipelineMetrics(CollectorRegistry()), data_dir=data_dir,
         notifier_options={"backoff_base_s": 0.01, "backoff_cap_s": 0.05})
@@ -53,5 +60,35 @@ def main() -> int:
     return 0
 
 
+def serve(log: str, argv: list[str]) -> None:
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "spawn":
+            pid = os.fork()
+            if pid == 0:
+                fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                try:
+                    code = main(argv)
+                except BaseException:
+                    traceback.print_exc()
+                    code = 99
+                sys.stdout.flush()
+                os._exit(code)
+            print(pid, flush=True)
+        elif cmd[0] == "wait":
+            _, status = os.waitpid(int(cmd[1]), 0)
+            print(status, flush=True)
+        else:
+            break
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1] == "--fork-server":
+        serve(sys.argv[2], sys.argv[3:])
+    else:
+        sys.exit(main(sys.argv[1:]))

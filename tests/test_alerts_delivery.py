@@ -188,6 +188,13 @@ def test_the_retry_window_ends_in_dead_letters_that_replay_sends_again_in_order(
         assert [r.json()["state"] for r in accepted] == ["firing", "resolved"]
         assert [r.headers[DELIVERY_HEADER.lower()] for r in accepted] == [d["delivery_id"] for d in dead]
         assert cli(data_dir, "replay")[0] == 1  # nothing left to replay
+        with srv._cond:
+            srv.replies.append(Reply(400))
+        n.notify(alert(source="mill_drive"))
+        wait_until(lambda: n.pending == 0, "a final answer")
+        (left,) = DeliveryOutbox(outbox).rows(dead=True)
+        rc, out = cli(data_dir, "drop", left.delivery_id)
+        assert rc == 0 and out.startswith(f"dropped {left.delivery_id}") and DeliveryOutbox(outbox).rows() == []
     finally:
         n.close(5)
 
@@ -278,3 +285,18 @@ def test_mqtt_broker_down_for_many_more_attempts_than_the_old_budget_publishes_t
         assert not (tmp_path / "dead.jsonl").exists()
     finally:
         n.close(5)
+
+
+def test_a_record_waiting_behind_its_alert_s_firing_is_not_due_before_it() -> None:
+    outbox = DeliveryOutbox(None)
+    firing, resolved = alert().to_record(), alert(AlertState.RESOLVED, version=3).to_record()
+    outbox.add("n", firing, 1_000)
+    outbox.add("n", resolved, 1_000)
+    (head,) = outbox.due("n", 1_000)
+    outbox.retry_at(head.seq, attempts=1, next_ms=60_000, error="HTTP 503")
+    # the resolution's own time has come, but it waits for its firing: the worker sleeps until 60 s
+    assert outbox.due("n", 2_000) == [] and outbox.next_due_ms("n") == 60_000
+    assert [r.event for r in outbox.due("n", 60_000)] == ["firing"]
+    outbox.delivered(head.seq)
+    assert [r.event for r in outbox.due("n", 60_000)] == ["resolved"]
+    outbox.close()

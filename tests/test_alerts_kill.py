@@ -1,5 +1,6 @@
 """kill -9 during alert delivery: a real alert process (``alert_kill_driver.py``: ``build_alerting``'s engine,
-state file and webhook notifier with its on-disk outbox) is SIGKILLed at random (seeded) moments 25 times while
+state file and webhook notifier with its on-disk outbox, forked from a server that imported energymon once) is
+SIGKILLed at random (seeded) moments 25 times while
 it raises and resolves alerts and delivers them to a counting HTTP receiver that answers 500 to about a third
 of the requests, and restarted after each kill. At the end, with a last run left to finish:
 
@@ -11,6 +12,7 @@ of the requests, and restarted after each kill. At the end, with a last run left
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -114,37 +116,63 @@ def expected_records() -> list[tuple[str, int, str]]:
     return [(a.id, a.version, a.event) for a in got]
 
 
+def log_has_done(log: Path, runs_done: int) -> bool:
+    """True once the log holds one more ``DONE`` than the runs already counted as finished."""
+    return log.exists() and log.read_text(encoding="utf-8").count("DONE") > runs_done
+
+
 def test_twenty_five_kill_9_during_delivery_lose_no_firing_or_resolution(tmp_path: Path) -> None:
     rng = random.Random(1307)
     receiver = CountingReceiver(seed=20261207)
     plant = plant_file(tmp_path, receiver.url)
     data_dir = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(DRIVER.parent), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "driver.log"
+    server = subprocess.Popen([sys.executable, str(DRIVER), "--fork-server", str(log), str(plant), str(data_dir),
+                               str(STEPS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert server.stdin is not None and server.stdout is not None
+    stdin, stdout = server.stdin, server.stdout
 
-    def spawn() -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, str(DRIVER), str(plant), str(data_dir), str(STEPS)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    def command(text: str) -> int:
+        stdin.write(text + "\n")
+        stdin.flush()
+        return int(stdout.readline())
 
     finished_early = 0
+    pid = 0
     try:
+        assert stdout.readline().strip() == "ready"
         for _ in range(KILLS):
-            proc = spawn()
-            before = receiver.count()
-            want = before + rng.randint(1, 6)
+            pid = command("spawn")
+            want = receiver.count() + rng.randint(1, 6)
             with receiver.cond:  # a kill after some progress: the receiver saw more requests, or the run ended
-                while len(receiver.requests) < want and proc.poll() is None:
+                while len(receiver.requests) < want and not log_has_done(log, finished_early):
                     receiver.cond.wait(0.01)
             time.sleep(rng.uniform(0, 0.03))  # and a random moment after that one
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            else:
+            with contextlib.suppress(ProcessLookupError):  # a run that ended is reaped below
+                os.kill(pid, signal.SIGKILL)
+            status = command(f"wait {pid}")
+            pid = 0
+            if os.WIFEXITED(status):
+                assert os.WEXITSTATUS(status) == 0, log.read_text()[-3000:]
                 finished_early += 1
-            proc.wait(60)
-            proc.stdout.close()  # type: ignore[union-attr]
-        proc = spawn()
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0 and "DONE" in out
+            else:
+                assert os.WTERMSIG(status) == signal.SIGKILL
+        pid = command("spawn")
+        status = command(f"wait {pid}")
+        pid = 0
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log.read_text()[-3000:]
     finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ValueError, OSError):
+                command(f"wait {pid}")
+        with contextlib.suppress(OSError):
+            stdin.write("quit\n")
+            stdin.close()
+        server.wait(60)
+        stdout.close()
         receiver.stop()
 
     expected = expected_records()

@@ -430,3 +430,15 @@ def test_route_sends_to_the_rules_notifiers_or_to_all() -> None:
     notify(alert(notifiers=()))
     notify(alert(notifiers=("nope",)))
     assert (len(a.alerts), len(b.alerts)) == (1, 2)
+
+
+def test_an_acknowledgement_goes_only_to_the_notifiers_that_heard_the_cycle() -> None:
+    heard, other = Collecting("heard"), Collecting("other")
+    notify = route([heard, other])
+    firing = alert()
+    ack = Alert(**{**{f: getattr(firing, f) for f in ("rule_id", "source", "state", "severity", "audience",
+                                                      "summary", "value", "threshold", "started_ms", "fired_ms")},
+                   "version": 3, "event": "acknowledged", "acked_by": "张工", "acked_ms": 1_740_816_100_000,
+                   "ack_comment": "风机已更换", "sent_to": ("heard",)})
+    assert notify(ack) == ["heard"]
+    assert heard.alerts[0].ack_comment == "风机已更换" and other.alerts == []
