@@ -262,6 +262,11 @@ def _grade_block(rec: Mapping[str, Any], unit: str, complete: bool) -> dict[str,
         out["judgement"] = "不适用"
         out["reason"] = "no level in the reference data for this indicator and date"
         return out
+    if not levels and rec["rule"].get("missing"):
+        out["judgement"] = "无数值"
+        out["reason"] = f"no figure: {rec['rule']['missing']}"
+        out["rule"] = rec["rule"]
+        return out
     quota = rec.get("quota_grade")
     quota_label = "不适用" if quota is None else ("未达标" if int(quota) == 4 else f"{int(quota)}级")
     status = rec.get("status")
@@ -308,6 +313,8 @@ def build_report(rc: Recomputation, period: ReportPeriod) -> dict[str, Any]:
         "rules": rules.describe(),
     }
     report["rules"].pop("generated_utc", None)
+    end_year = datetime.fromtimestamp((rc.end_ms - 1) / 1000, tz).year
+    report["rules"]["grid_co2_factor"] = rules.grid_factor_text(end_year)
     # ---- enterprise
     totals = _energy_block(_one(rc.enterprise, period="report"))
     by_carrier = {}
