@@ -77,6 +77,8 @@ DECIMALS: dict[str, int] = {
     "kgce/weight_case": 3,
     "kgoe/(t*energy_factor)": 3,
     "ratio": 3,
+    "kgce/m2": 3,
+    "kgce/100m": 3,
     "offset_s": 1,
 }
 

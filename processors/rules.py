@@ -104,7 +104,7 @@ def indicator_value(
 
     Args:
         unit: indicator unit (``kgce/t``, ``kgoe/t``, ``kgoe/(t*energy_factor)``, ``kWh/t``, ``ratio``,
-            ``kgce/weight_case``).
+            ``kgce/weight_case``, ``kgce/m2``, ``kgce/100m`` with output in metres).
         kgce: 综合能耗 of the boundary (当量值, export deducted).
         kwh: electricity of the boundary in kWh (export deducted).
         output: output in the product's unit (for ``ratio``: the IT energy in kWh).
@@ -125,6 +125,8 @@ def indicator_value(
         if not energy_factor:
             return None
         return oil / (output * energy_factor)
+    if unit == "kgce/100m":  # output in metres of fabric
+        return kgce / output * 100.0
     return kgce / output
 
 

@@ -599,3 +599,47 @@ def test_oil_equivalent_set_with_unknown_carrier_or_indicator_is_rejected(tmp_pa
     (tmp_path / "coefficients.yaml").write_text(bad, encoding="utf-8")
     with pytest.raises(ReferenceDataError, match="softened_water per kWh"):
         load_reference_data(tmp_path)
+
+
+AREAS_2021 = {"炼油", "煤制焦炭", "煤制甲醇", "煤制烯烃", "煤制乙二醇", "烧碱", "纯碱", "电石", "乙烯", "对二甲苯", "黄磷",
+              "合成氨", "磷酸一铵", "磷酸二铵", "水泥熟料", "平板玻璃", "建筑陶瓷", "卫生陶瓷", "炼铁", "炼钢", "铁合金",
+              "铜冶炼", "铅冶炼", "锌冶炼", "电解铝"}
+AREAS_2023 = {"乙二醇", "尿素", "钛白粉", "聚氯乙烯", "精对苯二甲酸", "子午线轮胎", "工业硅", "卫生纸原纸", "纸巾原纸",
+              "印染（机织物）", "印染（针织物）", "印染（纱线）", "粘胶短纤维"}
+
+
+def test_every_area_of_both_editions_has_an_indicator_under_its_edition(ref: ReferenceData) -> None:
+    areas: dict[str, set[str]] = {}
+    for ind in ref.indicators:
+        editions = {p.edition for p in ind.policy}
+        if ind.area_zh and editions:  # quota-only variants (褐煤合成氨) carry no policy set
+            areas.setdefault(ind.area_zh, set()).add(ind.id)
+            if ind.added_in == "benchmark_2023":
+                assert editions == {"benchmark_2023"}, ind.id  # not in force before 2023-07-04
+            else:
+                assert editions == {"benchmark_2021", "benchmark_2023"}, ind.id
+    assert set(areas) == AREAS_2021 | AREAS_2023
+    assert len(AREAS_2021) == 25
+    assert {ind.area_zh for ind in ref.indicators if ind.added_in == "benchmark_2023"} == AREAS_2023
+    # product variants where the area has them
+    assert len(areas["建筑陶瓷"]) == 3 and len(areas["钛白粉"]) == 2 and len(areas["子午线轮胎"]) == 2
+
+
+def test_an_area_without_a_figure_says_so_and_is_never_graded(ref: ReferenceData) -> None:
+    from energymon.processors.grading import levels_for
+
+    on = date(2026, 3, 1)
+    lv = ref.levels("copper_smelting", on)
+    assert lv.policy_status == "no_figure" and lv.policy is not None
+    assert lv.policy.benchmark is None and lv.policy.baseline is None
+    assert lv.policy.missing and "1609号" in lv.policy.missing
+    graded = levels_for(ref, "copper_smelting", on)
+    assert graded is not None and not graded.has_figures
+    assert "no transcription" in graded.missing and graded.rule()["missing"] == graded.missing
+    # a 2023 area before the 2023 edition: not yet in force
+    assert ref.levels("viscose_staple_fibre", date(2023, 1, 1)).policy_status == "not_yet_in_force"
+    assert ref.levels("viscose_staple_fibre", on).policy.document_no == "发改产业〔2023〕723号"  # type: ignore[union-attr]
+    # an area with a quota but no policy figure: graded on the quota, the missing policy figure named
+    eg = levels_for(ref, "coal_to_ethylene_glycol", on)
+    assert eg is not None and eg.has_figures and (eg.grade_1, eg.grade_2, eg.grade_3) == (2450, 2850, 3100)
+    assert eg.benchmark is None and "标杆/基准" in eg.missing

@@ -89,7 +89,7 @@ UNITS: dict[str, tuple[str, Decimal]] = {
 
 #: Units of indicator values (benchmarks.yaml).
 INDICATOR_UNITS = frozenset(
-    {"kgce/t", "kgoe/t", "kWh/t", "kgce/weight_case", "kgoe/(t*energy_factor)", "ratio"}
+    {"kgce/t", "kgoe/t", "kWh/t", "kgce/weight_case", "kgoe/(t*energy_factor)", "ratio", "kgce/m2", "kgce/100m"}
 )
 #: Units of capacity bands.
 BAND_UNITS = frozenset({"t/d", "t"})
