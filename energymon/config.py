@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from energymon import units
 from energymon.accounting_config import AccountingConfig
 from energymon.alerts_config import AlertsConfig, ThresholdRule, WebhookNotifier
+from energymon.building_config import BuildingConfig
 from energymon.errors import ConfigError, ConfigIssue
 from energymon.provincial_config import ProvincialConfig
 from energymon.schema import ID_PATTERN
@@ -113,6 +114,9 @@ class Enterprise(Strict):
     """IANA time zone; days, months and years are cut in it"""
     province: str | None = None
     """province key (selects the provincial 等价值 and grid factors)"""
+    kind: Literal["industrial", "public_building", "public_institution"] = "industrial"
+    """`industrial` (products graded per unit of output), `public_building` (公共建筑) or `public_institution`
+    (公共机构): graded per m² and per person from the `building` section"""
 
     @field_validator("uscc")
     @classmethod
@@ -741,6 +745,8 @@ class PlantConfig(Strict):
     """energy-accounting settings (see the `accounting` sections below)"""
     provincial: ProvincialConfig | None = None
     """upload to the provincial online-monitoring platform (see the `provincial` sections below); none = off"""
+    building: BuildingConfig | None = None
+    """the building of a public building or public institution (see the `building` sections below)"""
 
     def meter(self, meter_id: str) -> Meter:
         """Return a meter by id (KeyError if absent)."""

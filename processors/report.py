@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from energymon import units
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
 from energymon.interfaces import Row, series_key
 from energymon.processors.accounting import period_start
@@ -290,6 +291,35 @@ def _grade_block(rec: Mapping[str, Any], unit: str, complete: bool) -> dict[str,
     return out
 
 
+def _building_report(rc: Recomputation, building: Any, tz: Any) -> dict[str, Any]:
+    """Per-m² and per-person indicators of a public building over the report period (processors.building)."""
+    from energymon.processors.building import building_block
+
+    ent = _one(rc.enterprise, period="report") or {}
+    kwh = 0.0
+    for rec in _rows(rc.enterprise_carriers, period="report").to_dict("records"):
+        if rec["carrier"] == "electricity":
+            kwh += units.convert(float(rec["consumed"]), str(rec["unit"]), "kWh")
+    start = datetime.fromtimestamp(rc.start_ms / 1000, tz)
+    year_days = (date(start.year + 1, 1, 1) - date(start.year, 1, 1)).days
+    block = building_block(building, kgce=float(ent.get("kgce", 0.0)), electricity_kwh=kwh,
+                           days=(rc.end_ms - rc.start_ms) / 86_400_000, year_days=year_days)
+    rounded: dict[str, Any] = _round_tree(block)
+    return rounded
+
+
+def _round_tree(node: Any, key: str = "") -> Any:
+    """Round every number of a nested block: percentages to 2 decimals, kgce to 2, other figures to 4."""
+    if isinstance(node, dict):
+        return {k: _round_tree(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_round_tree(v, key) for v in node]
+    if isinstance(node, bool) or not isinstance(node, float):
+        return node
+    kind = "pct" if key.endswith("_pct") else ("kgce" if key in ("kgce", "electricity_kwh") else "")
+    return _round(node, kind)
+
+
 _REPORT_PERIODS = ("day", "month", "ytd", "report")
 
 
@@ -330,6 +360,8 @@ def build_report(rc: Recomputation, period: ReportPeriod) -> dict[str, Any]:
     ytd = _rows(rc.enterprise, period="ytd")
     totals["ytd"] = _energy_block(_one(ytd, start=int(ytd["start"].max())) if not ytd.empty else None)
     report["totals"] = totals
+    if plant.building is not None:
+        report["building"] = _building_report(rc, plant.building, tz)
     # ---- products
     products: dict[str, Any] = {}
     for pid, product in rules.products.items():
@@ -658,6 +690,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequen
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _building_html(b: Mapping[str, Any]) -> str:
+    """The 公共建筑 / 公共机构 section: per-m² and per-person indicators and their judgements."""
+    kind = html.escape(str(b["building_type_zh"]))
+    zone = html.escape(str(b["climate_zone_zh"]))
+    head = (f"<h2>建筑能耗 (building)</h2><p>{kind} · {html.escape(b['operation_class'])}类 · {zone}"
+            f" · 建筑面积 {b['floor_area_m2']} m² · 用能人数 {b['occupants']}"
+            f" · {b['days']} 天{'（全年）' if b['full_year'] else '（折算为年）'}</p>")
+    rows = []
+    for ind in b["indicators"].values():
+        g = ind.get("gbt51161") or {}
+        gb = "—" if not g else (f"{g['judgement']}" + (f"（约束值 {g['constraint']}，引导值 {g.get('guide')}）"
+                                                        if "constraint" in g else f"（{g.get('reason', '')}）"))
+        quotas = "; ".join(f"{q['kind_zh']} {q['value_per_year']}: {q['judgement']} ({q['use_pct']} % 已用)"
+                           for q in ind.get("quotas", [])) or "—"
+        rows.append([ind["name_zh"], ind["unit"], ind["period_value"], ind["annual_value"], gb, quotas])
+    return head + _table(["指标", "单位", "本期", "年化", "GB/T 51161", "定额/限额"], rows)
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """A self-contained HTML page (inline CSS and SVG, no network assets)."""
     ent = report["enterprise"]
@@ -683,6 +733,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     daily = report.get("daily", {})
     if daily.get("dates"):
         parts.append(_svg_bars(daily["enterprise_kgce"], daily["dates"], "综合能耗 per day", "kgce"))
+    if report.get("building"):
+        parts.append(_building_html(report["building"]))
     parts.append("<h2>Products</h2>")
     for pid, p in report["products"].items():
         parts.append(f"<h3>{html.escape(p.get('name') or pid)} ({html.escape(pid)})</h3>")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,8 @@ class Overview:
             out["power"] = self._power(now)
             out.update(self._energy(day_start, now))
             out["indicators"] = self._indicators(now)
+            if self.plant.building is not None:
+                out["building"] = self._building(now)
             out["quality"] = self._quality(now)
         except StoreError as exc:
             log.warning("overview: %s", exc)
@@ -258,6 +260,26 @@ class Overview:
                 }
             out.append(item)
         return out
+
+    def _building(self, now: int) -> dict[str, Any]:
+        """A public building's per-m² and per-person indicators for the year so far (processors.building)."""
+        from energymon import units
+        from energymon.processors.building import building_block
+
+        assert self.plant.building is not None
+        year_start = period_start(now, "year", self.tz)
+        kgce = self.reader.sum("energy", "kgce", "meter", start_ms=year_start, end_ms=now)
+        consumed = self.reader.sum("energy", "consumed", "meter", start_ms=year_start, end_ms=now)
+        kwh = sum(units.convert(consumed.get(m, 0.0), self._counter_unit.get(m, "kWh"), "kWh")
+                  for m in self._top_meters.get("electricity", []))
+        year = datetime.fromtimestamp(year_start / 1000, self.tz).year
+        year_days = (date(year + 1, 1, 1) - date(year, 1, 1)).days
+        block = building_block(
+            self.plant.building, kgce=sum(kgce.get(m, 0.0) for ms in self._top_meters.values() for m in ms),
+            electricity_kwh=kwh, days=max(now - year_start, 1) / _DAY_MS, year_days=year_days,
+        )
+        block["since_ms"] = year_start
+        return block
 
     def _quality(self, now: int) -> dict[str, Any]:
         good: dict[str, int] = {}

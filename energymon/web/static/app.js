@@ -153,6 +153,20 @@ function renderIndicators() {
     card.append(el("div", { class: "muted" }, lines.join(" · ")));
     box.append(card);
   }
+  const b = snap.building;
+  if (!b) return;
+  for (const [id, ind] of Object.entries(b.indicators)) {
+    const card = el("div", { class: "ind", "data-building-indicator": id });
+    const value = el("span", { class: "value" });
+    setNumber(value, ind.annual_value, 2);
+    const judged = [ind.gbt51161, ...(ind.quotas || [])].filter(Boolean).map((j) => j.judgement);
+    card.append(el("div", { class: "head" },
+      el("span", {}, el("b", {}, ind.name_zh), " ", el("span", { class: "muted" }, "本年折算 year to date, annualised")),
+      el("span", {}, value, " ", el("small", { class: "muted" }, ind.unit), " ",
+        el("span", { class: "grade" }, judged.join(" · ") || "无数值 no figure"))));
+    card.append(el("div", { class: "muted" }, `${b.building_type_zh} · ${b.climate_zone_zh} · ${fmt(b.floor_area_m2, 0)} m² · ${b.occupants} 人`));
+    box.append(card);
+  }
 }
 
 function renderQuality() {
