@@ -322,7 +322,7 @@ class QualityGate(Strict):
 class ProvincialConfig(Strict):
     """Upload to the provincial online-monitoring platform (接入端), with 补传 of missing periods."""
 
-    profile: str = Field(min_length=1, description="province profile: a shipped name (yunnan, sichuan, jiangxi) or a YAML path")
+    profile: str = Field(min_length=1, description="province profile: a shipped name (yunnan, sichuan) or a YAML path")
     base_url: str | None = Field(default=None, pattern=r"^https?://", description=(
         "the platform's base URL, e.g. https://host/YNEnergy/ (overrides the profile's)"))
     device_id: str = Field(min_length=1, description="端设备 id sent with every data upload")

@@ -109,7 +109,8 @@ def plant_text(tmp: Path, url: str, *, timeout: float = 5.0, backfill: int = 12,
     extra = PROVINCIAL.format(url=url, ledger=tmp / "ledger.sqlite", timeout=timeout, backfill=backfill,
                               elec_max=elec_max, gate_mode=gate_mode)
     if profile == "jiangxi":  # a unit in 南昌市东湖区 on the Jiangxi platform
-        extra = extra.replace("profile: yunnan", "profile: jiangxi").replace("region_code: 五华区", "region_code: 东湖区")
+        extra = extra.replace("profile: yunnan", "profile: jiangxi")
+        extra = extra.replace("region_code: 五华区", "region_code: 东湖区")
         extra = extra.replace("昆明市五华区示例路1号", "南昌市东湖区示例路1号").replace('"650000"', '"330000"')
     return base + textwrap.dedent(extra)
 
