@@ -233,11 +233,14 @@ def _to_levels(found: Any, inputs: Sequence[CorrectionInput]) -> Levels:
             applied.append(f"{corr.id}: {text}")
     notes += [f"{cid}: input given but the quota standard has no such correction" for cid in by_id]
     missing = ""
-    if policy is not None and policy.values_copied:
-        notes.insert(0, f"标杆/基准: {policy.document_no} in force; its table was not read, so the numbers are those of"
-                        f" {policy.values_document_no}")
     if policy is not None and policy.missing:
         missing = f"标杆/基准 ({policy.document_no}): {policy.missing}"
+        if policy.values_copied:
+            missing = (f"标杆/基准: {policy.document_no} in force, its table not read; {policy.values_document_no} is"
+                       f" used instead and has no figure either: {policy.missing}")
+    elif policy is not None and policy.values_copied:
+        notes.insert(0, f"标杆/基准: {policy.document_no} in force; its table was not read, so the numbers are those of"
+                        f" {policy.values_document_no}")
     band = policy.band if policy is not None and policy.band is not None else None
     if band is None and quota is not None:
         band = quota.band
