@@ -64,3 +64,52 @@ def test_building_section_is_strict_and_checked_against_the_unit() -> None:
         parse_plant(head + "accounting:\n" + tail, "b.yaml")
     with pytest.raises(ConfigError, match="引导值"):
         parse_plant(text.replace("guide_per_year: 60", "guide_per_year: 95"), "b.yaml")
+
+
+def test_live_page_shows_the_building_from_the_store(tmp_path: Path) -> None:
+    """The overview's ``building`` block: this year's energy from the store (the real processor wrote it)."""
+    from datetime import datetime
+    from importlib import resources
+
+    from energymon.clock import ManualClock
+    from energymon.config import SqliteStoreConfig, load_plant
+    from energymon.interfaces import Message
+    from energymon.processors.processor import Processor
+    from energymon.processors.store import SqliteStore
+    from energymon.schema import Batch, Point, encode_batch
+    from energymon.simulators.plant import PlantModel
+    from energymon.web import Overview, SqliteReader
+
+    plant = load_plant(Path(str(resources.files("energymon.examples").joinpath("jiangxi_public_building.yaml"))))
+    tz = plant.enterprise.tz
+    start = int(datetime(2026, 1, 2, 8, tzinfo=tz).timestamp() * 1000)
+    end = start + 2 * 3_600_000
+    store = SqliteStore(SqliteStoreConfig(type="sqlite", path=tmp_path / "store.sqlite"))
+    try:
+        model = PlantModel(plant, ManualClock(datetime.fromtimestamp(start / 1000, tz)))
+        proc = Processor(plant, store, max_pending_rows=10**9)
+        for seq, ts in enumerate(range(start, end + 1, 60_000), 1):
+            points = [Point(meter=m.id, quantity=q, value=model.value(m.id, q, ts), unit=u, ts_ms=ts)
+                      for m in plant.meters for q, (u, _, _) in plant.quantities(m).items()]
+            proc.handle(Message("t", encode_batch(Batch(enterprise=plant.enterprise.uscc, gateway="gw", seq=seq,
+                                                        sent_ms=ts, points=points)), lambda: None))
+        assert proc.flush() > 0
+        now = end
+        clock = ManualClock(datetime.fromtimestamp(now / 1000, tz))
+        snap = Overview(plant, SqliteReader(store), clock=clock).snapshot()
+        assert snap["error"] is None
+        b = snap["building"]
+        year_start = int(datetime(2026, 1, 1, tzinfo=tz).timestamp() * 1000)
+        kgce = sum(v for tags, ts, v in store.query("energy", "kgce")
+                   if tags["meter"] in ("incoming", "gas_main", "water_main") and year_start < ts <= now)
+        kwh = sum(v for tags, ts, v in store.query("energy", "consumed")
+                  if tags["meter"] == "incoming" and year_start < ts <= now)
+        assert kgce > 0 and kwh > 0
+        assert b["kgce"] == pytest.approx(kgce, rel=1e-9) and b["electricity_kwh"] == pytest.approx(kwh, rel=1e-9)
+        assert b["days"] == pytest.approx((now - year_start) / 86_400_000)
+        per_m2 = b["indicators"]["kgce_per_m2"]
+        assert per_m2["period_value"] == pytest.approx(kgce / 150000)
+        assert per_m2["quotas"][0]["judgement"] in ("定额内", "超出定额")
+        assert b["indicators"]["electricity_kwh_per_m2"]["gbt51161"]["judgement"] == "无数值"
+    finally:
+        store.close()
