@@ -150,12 +150,9 @@ class Co2Config(_Strict):
     grid_kind: Literal["average", "reporting_default", "average_excluding_market_non_fossil", "fossil"] = (
         "reporting_default"
     )
-    """`reporting_default` = the MEE reporting factor (0.5703 from 2022); `average` = the MEE/NBS yearly average
-    (national, regional, provincial: 江西 2021–2023 0.5835/0.5752/0.5836, 四川 0.1255/0.1404/0.1564);
-    `average_excluding_market_non_fossil` and `fossil` = the national variants of the same announcement"""
+    """`reporting_default` = the MEE reporting factor (0.5703 from 2022); `average` = the MEE/NBS yearly factor of the region (江西 2023: 0.5836); `average_excluding_market_non_fossil`, `fossil` = national variants"""  # noqa: E501
     grid_year: int | None = Field(default=None, ge=2000, le=2100)
-    """publication year of the factor to use for every period (e.g. 2023 = 公告2025年第47号); null = the
-    period's own year, or the latest earlier year published"""
+    """year of the factor used for every period (2023 = 公告2025年第47号); null = the period's year, else the latest earlier one"""  # noqa: E501
     overrides: list[Co2FactorOverride] = Field(default_factory=list)
     """plant CO2 factors by carrier (they win over the reference data)"""
 

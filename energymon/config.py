@@ -115,8 +115,7 @@ class Enterprise(Strict):
     province: str | None = None
     """province key (selects the provincial 等价值 and grid factors)"""
     kind: Literal["industrial", "public_building", "public_institution"] = "industrial"
-    """`industrial` (products graded per unit of output), `public_building` (公共建筑) or `public_institution`
-    (公共机构): graded per m² and per person from the `building` section"""
+    """`industrial` (graded per unit of product), `public_building` (公共建筑) or `public_institution` (公共机构)"""
 
     @field_validator("uscc")
     @classmethod
