@@ -578,7 +578,8 @@ def render_csv(report: Mapping[str, Any]) -> str:
         elif not isinstance(node, list):
             w.writerow([section, item, prefix, "" if node is None else node])
 
-    for section in ("period", "totals", "products", "budget", "balance", "data_quality", "meters", "daily"):
+    for section in ("period", "totals", "building", "products", "budget", "balance", "data_quality", "meters",
+                    "daily"):
         node = report.get(section)
         if isinstance(node, Mapping) and section in ("products", "balance", "meters"):
             for item, sub in node.items():

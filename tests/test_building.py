@@ -113,3 +113,16 @@ def test_live_page_shows_the_building_from_the_store(tmp_path: Path) -> None:
         assert b["indicators"]["electricity_kwh_per_m2"]["gbt51161"]["judgement"] == "无数值"
     finally:
         store.close()
+
+
+def test_report_csv_and_html_carry_the_building() -> None:
+    from energymon.config import load_plant
+    from energymon.processors.report import ReportPeriod, load_readings_csv, render_csv, render_html, run_report
+
+    plant = load_plant(CASE)
+    _rc, report = run_report(plant, ReportPeriod.parse("month", "2026-01", None),
+                             load_readings_csv(CASE.parent / "readings.csv", plant))
+    csv_text = render_csv(report)
+    assert "building,,indicators.kgce_per_m2.annual_value,14.4272" in csv_text
+    page = render_html(report)
+    assert "建筑能耗" in page and "超出定额" in page and "无数值" in page

@@ -638,7 +638,10 @@ def test_an_area_without_a_figure_says_so_and_is_never_graded(ref: ReferenceData
     assert "no transcription" in graded.missing and graded.rule()["missing"] == graded.missing
     # a 2023 area before the 2023 edition: not yet in force
     assert ref.levels("viscose_staple_fibre", date(2023, 1, 1)).policy_status == "not_yet_in_force"
-    assert ref.levels("viscose_staple_fibre", on).policy.document_no == "发改产业〔2023〕723号"  # type: ignore[union-attr]
+    viscose = ref.levels("viscose_staple_fibre", on).policy
+    assert viscose is not None and viscose.document_no == "发改产业〔2023〕723号"
+    assert viscose.retrofit_deadline == date(2026, 12, 31)  # the 11 new areas: end-2026; the original 25: end-2025
+    assert lv.policy.retrofit_deadline == date(2025, 12, 31)
     # an area with a quota but no policy figure: graded on the quota, the missing policy figure named
     eg = levels_for(ref, "coal_to_ethylene_glycol", on)
     assert eg is not None and eg.has_figures and (eg.grade_1, eg.grade_2, eg.grade_3) == (2450, 2850, 3100)

@@ -1281,13 +1281,13 @@ def _resolve_indicator(
             fields["missing"] = origin.missing
             values_edition = p.values_from
         values_doc = _document(editions, values_edition, "policy edition", raw.id)
+        document = _fields_of(ed, PolicyEdition, ("title", "document_no", "effective_from", "effective_to",
+                                                  "retrofit_deadline"))
+        if raw.added_in == p.edition and ed.retrofit_deadline_new_areas is not None:
+            document["retrofit_deadline"] = ed.retrofit_deadline_new_areas  # the areas this edition adds
         policy.append(
             PolicyLevelSet(
-                **fields,
-                values_edition=values_edition,
-                values_document_no=values_doc.document_no,
-                **_fields_of(ed, PolicyEdition, ("title", "document_no", "effective_from", "effective_to",
-                                                 "retrofit_deadline")),
+                **fields, values_edition=values_edition, values_document_no=values_doc.document_no, **document
             )
         )
     quota = [
