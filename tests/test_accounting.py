@@ -308,6 +308,16 @@ def test_grid_factor_follows_the_province_and_the_year_the_plant_file_selects() 
     assert any(k == "accounting.co2.grid_year" and "2021, 2022, 2023" in m for k, m in issues)
 
 
+def test_per_100_m_and_per_m2_indicators_agree_on_both_paths() -> None:
+    from energymon.processors.recompute import _values
+
+    one = np.ones(1)
+    for unit, expected in (("kgce/100m", 1250.0 / 5000.0 * 100), ("kgce/m2", 1250.0 / 5000.0)):
+        assert indicator_value(unit, 1250.0, 0.0, 5000.0) == pytest.approx(expected)
+        vec = _values(unit, one * 1250.0, one * 0.0, one * 5000.0, one * 0.0, None)
+        assert vec[0] == pytest.approx(expected), unit
+
+
 def test_gap_policy_on_the_live_path() -> None:
     m = meter("e", "electricity", "kWh") + meter("o", None, "t")
     prod = ("  - {id: x, unit: t, output: {meter: o, quantity: q}, indicator: cement_clinker,"
