@@ -111,6 +111,7 @@ def test_live_page_shows_the_building_from_the_store(tmp_path: Path) -> None:
         assert per_m2["period_value"] == pytest.approx(kgce / 150000)
         assert per_m2["quotas"][0]["judgement"] in ("定额内", "超出定额")
         assert b["indicators"]["electricity_kwh_per_m2"]["gbt51161"]["judgement"] == "无数值"
+        assert snap["indicators"] == []  # no products
     finally:
         store.close()
 

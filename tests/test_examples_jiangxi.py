@@ -95,3 +95,19 @@ def test_energymon_simulate_serves_the_example(name: str, tmp_path: Path, capsys
     path.write_text(text, encoding="utf-8")
     assert main(["simulate", "--config", str(path), "--duration", "0.5"]) == 0
     assert f"serving on 127.0.0.1:{port}" in capsys.readouterr().out
+
+
+def test_live_page_says_no_figure_for_the_copper_indicator(tmp_path: Path) -> None:
+    from energymon.config import SqliteStoreConfig
+    from energymon.processors.store import SqliteStore
+    from energymon.web import Overview, SqliteReader
+
+    plant = load_plant(example("jiangxi_copper_smelter"))
+    store = SqliteStore(SqliteStoreConfig(type="sqlite", path=tmp_path / "s.sqlite"))
+    try:
+        clock = ManualClock(datetime(2026, 3, 2, 12, tzinfo=plant.enterprise.tz))
+        snap = Overview(plant, SqliteReader(store), clock=clock).snapshot()
+        (item,) = snap["indicators"]
+        assert item["indicator"] == "copper_smelting" and "1609号" in item["no_figure"]
+    finally:
+        store.close()

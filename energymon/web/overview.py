@@ -120,6 +120,7 @@ class Overview:
         self.tz = plant.enterprise.tz
         ref = load_reference_data()
         rules = PlantRules(plant, ref)
+        self._rules = rules
         self._top_meters = rules.top_meters()
         names = {c.carrier: c.name_zh.split("（")[0] for c in ref.coefficients}
         self._carrier_names = {c: names.get(c, c) for c in self._top_meters}
@@ -240,6 +241,9 @@ class Overview:
                 "unit": self._indicator_units[product.id],
                 "product_unit": product.unit,
             }
+            levels = self._rules.levels(product.id, product.indicator, self._rules.local_date(now))
+            if levels is not None and not levels.has_figures:
+                item["no_figure"] = levels.missing  # 无数值: the area has no figure in the reference data
             for period, window in (("hour", 2 * _DAY_MS), ("day", 2 * _DAY_MS)):
                 tags = {"product": product.id, "indicator": product.indicator, "period": period}
                 found = self.reader.latest("indicator", "value", tags, at_ms=now, window_ms=window)

@@ -140,7 +140,8 @@ function renderIndicators() {
     const value = el("span", { class: "value" });
     setNumber(value, p.value, 1);
     const grade = el("span", { class: `grade grade-${p.status ?? "none"}`, "data-status": p.status ?? "" },
-      p.grade ? `${p.grade} · ${p.grade_en}` : "无分级 not graded");
+      p.grade ? `${p.grade} · ${p.grade_en}` : (ind.no_figure ? "无数值 no figure" : "无分级 not graded"));
+    if (ind.no_figure) grade.title = ind.no_figure;
     card.append(el("div", { class: "head" },
       el("span", {}, el("b", {}, ind.name), " ", el("span", { class: "muted" }, `${ind.hour ? "本小时 hour from" : "今日 day"} ${p.start_local.slice(11, 16)}`)),
       el("span", {}, value, " ", el("small", { class: "muted" }, ind.unit), " ", grade)));
