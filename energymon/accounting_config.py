@@ -150,8 +150,12 @@ class Co2Config(_Strict):
 
     grid_region: str | None = None
     """region of the grid factor; null = the enterprise's province if the data has it, else `national`"""
-    grid_kind: Literal["average", "reporting_default"] = "reporting_default"
-    """`reporting_default` = the MEE reporting factor (0.5703 from 2022); `average` = the yearly average"""
+    grid_kind: Literal["average", "reporting_default", "average_excluding_market_non_fossil", "fossil"] = (
+        "reporting_default"
+    )
+    """`reporting_default` = the MEE reporting factor (0.5703 from 2022); `average` = the MEE/NBS yearly factor of the region (江西 2023: 0.5836); `average_excluding_market_non_fossil`, `fossil` = national variants"""  # noqa: E501
+    grid_year: int | None = Field(default=None, ge=2000, le=2100)
+    """year of the factor used for every period (2023 = 公告2025年第47号); null = the period's year, else the latest earlier one"""  # noqa: E501
     overrides: list[Co2FactorOverride] = Field(default_factory=list)
     """plant CO2 factors by carrier (they win over the reference data)"""
 
@@ -405,6 +409,7 @@ def check_accounting(plant: PlantConfig) -> Iterator[tuple[str, str]]:
                 f"meter {meter_id!r} has no energy carrier; a {role.value} role needs one",
             )
     yield from _check_overrides(plant)
+    yield from _check_grid_factor(plant)
     yield from _check_allocations(plant, meters, products)
     yield from _check_products(plant, products)
     for meter_id in acc.data_quality.meter_interval_secs:
@@ -447,6 +452,33 @@ def _check_replacements(plant: PlantConfig, meters: dict[str, Meter]) -> Iterato
         if key in seen:
             yield f"{where}.at", f"meter {rep.meter!r} already has a replacement at {rep.at} ([{seen[key]}])"
         seen[key] = i
+
+
+def _check_grid_factor(plant: PlantConfig) -> Iterator[Issue]:
+    """The configured grid region and year must exist in the reference data (never a silent fallback)."""
+    co2 = plant.accounting.co2
+    if co2.grid_region is None and co2.grid_year is None:
+        return
+    ref = load_reference_data()
+    kind = co2.grid_kind
+    series = [g for g in ref.grid_factors if g.kind == kind]
+    if co2.grid_region is not None:
+        regions = sorted({g.region for g in series})
+        if co2.grid_region not in regions:
+            yield (
+                "accounting.co2.grid_region",
+                f"no {kind} grid factor for region {co2.grid_region!r} (regions with one: {', '.join(regions)})",
+            )
+            return
+    if co2.grid_year is not None:
+        region = co2.grid_region or plant.enterprise.province or "national"
+        in_region = [g for g in series if g.region == region] or [g for g in series if g.region == "national"]
+        if not any(g.covers(co2.grid_year) for g in in_region):
+            years = sorted({str(g.year_from) for g in in_region})
+            yield (
+                "accounting.co2.grid_year",
+                f"no {kind} grid factor for {region!r} in {co2.grid_year} (years published: {', '.join(years)})",
+            )
 
 
 def _check_overrides(plant: PlantConfig) -> Iterator[Issue]:

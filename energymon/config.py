@@ -30,6 +30,7 @@ from energymon import (
 )
 from energymon.accounting_config import AccountingConfig
 from energymon.alerts_config import AlertsConfig, ThresholdRule, WebhookNotifier
+from energymon.building_config import BuildingConfig
 from energymon.errors import ConfigError, ConfigIssue
 from energymon.provincial_config import ProvincialConfig
 from energymon.schema import ID_PATTERN
@@ -118,6 +119,8 @@ class Enterprise(Strict):
     """IANA time zone; days, months and years are cut in it"""
     province: str | None = None
     """province key (selects the provincial 等价值 and grid factors)"""
+    kind: Literal["industrial", "public_building", "public_institution"] = "industrial"
+    """`industrial` (graded per unit of product), `public_building` (公共建筑) or `public_institution` (公共机构)"""
 
     @field_validator("uscc")
     @classmethod
@@ -829,6 +832,8 @@ class PlantConfig(Strict):
     """energy-accounting settings (see the `accounting` sections below)"""
     provincial: ProvincialConfig | None = None
     """upload to the provincial online-monitoring platform (see the `provincial` sections below); none = off"""
+    building: BuildingConfig | None = None
+    """the building of a public building or public institution (see the `building` sections below)"""
 
     def meter(self, meter_id: str) -> Meter:
         """Return a meter by id (KeyError if absent)."""

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from energymon import accounting_config, alerts_config, config, provincial_config
+from energymon import accounting_config, alerts_config, building_config, config, provincial_config
 
 __all__ = ["render"]
 
@@ -49,6 +49,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("processor.store type: sqlite", config.SqliteStoreConfig),
     *alerts_config.REFERENCE_SECTIONS,
     *accounting_config.REFERENCE_SECTIONS,
+    *building_config.REFERENCE_SECTIONS,
     *provincial_config.REFERENCE_SECTIONS,
 ]
 

@@ -34,6 +34,11 @@ UNITS: dict[str, tuple[str, float]] = {
     "t": ("mass", 1.0),
     "kg/h": ("mass_rate", 0.001),
     "t/h": ("mass_rate", 1.0),
+    # area and length of output (ceramic tiles in m2, fabric in m), base m2 / m
+    "m2": ("area", 1.0),
+    "m2/h": ("area_rate", 1.0),
+    "m": ("length", 1.0),
+    "m/h": ("length_rate", 1.0),
     # heat, base GJ
     "kJ": ("heat", 1e-6),
     "MJ": ("heat", 0.001),

@@ -15,6 +15,7 @@ from datetime import date
 from energymon import units
 from energymon.accounting_config import check_accounting
 from energymon.alerts_config import check_alerts
+from energymon.building_config import check_building
 from energymon.config import (
     DataType,
     Dlt645SerialBus,
@@ -71,6 +72,7 @@ def check_plant(plant: PlantConfig) -> list[Issue]:
     issues += _check_products(plant)
     issues += _check_rules(plant)
     issues += check_accounting(plant)
+    issues += check_building(plant)
     return issues
 
 

@@ -327,7 +327,7 @@ class Accounting:
         if value is not None:
             fields["value"] = value
             levels = self.rules.levels(product_id, indicator, day)
-            if levels is not None:
+            if levels is not None and levels.has_figures:
                 fields.update(grade_value(value, levels).fields())
         return fields
 
@@ -393,5 +393,5 @@ class Accounting:
             kgce_other=b.kgce - b.carrier_kgce.get("electricity", 0.0),
             kgoe=self._kgoe(prod.indicator, unit, (), b, day, b.kgce),
         )
-        grade = grade_value(value, levels) if levels is not None and value is not None else None
+        grade = grade_value(value, levels) if levels is not None and levels.has_figures and value is not None else None
         return start, b.kgce, b.output, grade

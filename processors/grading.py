@@ -53,6 +53,11 @@ class Levels:
     quota_source: str  # the 能耗限额 standard
     version: str  # reference-data version
     policy_edition: str = ""
+    #: document number of the edition the 标杆/基准 numbers were read from; differs from ``policy_source``
+    #: when the edition in force (723号) was not read and the earlier edition's numbers (1609号) are used
+    policy_values_source: str = ""
+    #: why an edition or standard in force has no figure for this indicator ("" = figures present)
+    missing: str = ""
     band: str = ""  # the capacity band row used ("" = no bands)
     corrections: tuple[str, ...] = ()  # corrections applied, e.g. "clinker_ratio: +1.2 x 3"
     notes: tuple[str, ...] = ()  # corrections not applied, and why
@@ -62,6 +67,11 @@ class Levels:
         value: float | None = getattr(self, name)
         return value
 
+    @property
+    def has_figures(self) -> bool:
+        """True if at least one level has a number (otherwise a value gets "no figure", never a grade)."""
+        return any(self.level(name) is not None for name in LEVEL_NAMES)
+
     def rule(self) -> dict[str, Any]:
         """The rule snapshot stored with a result."""
         return {
@@ -69,6 +79,8 @@ class Levels:
             "unit": self.unit,
             "policy": self.policy_source,
             "policy_edition": self.policy_edition,
+            "policy_values_from": self.policy_values_source,
+            "missing": self.missing,
             "quota": self.quota_source,
             "band": self.band,
             "corrections": list(self.corrections),
@@ -151,7 +163,11 @@ class Grade:
 
 
 def grade_value(value: float, levels: Levels) -> Grade:
-    """Grade ``value`` (full precision, no rounding) against ``levels``."""
+    """Grade ``value`` (full precision, no rounding) against ``levels``.
+
+    Callers check :attr:`Levels.has_figures` first: levels without any number give "no figure" (无数值), not a
+    grade.
+    """
     gap_b = None if levels.benchmark is None else value - levels.benchmark
     gap_base = None if levels.baseline is None else value - levels.baseline
     gap_lim = None if levels.grade_3 is None else value - levels.grade_3
@@ -216,6 +232,15 @@ def _to_levels(found: Any, inputs: Sequence[CorrectionInput]) -> Levels:
         else:
             applied.append(f"{corr.id}: {text}")
     notes += [f"{cid}: input given but the quota standard has no such correction" for cid in by_id]
+    missing = ""
+    if policy is not None and policy.missing:
+        missing = f"标杆/基准 ({policy.document_no}): {policy.missing}"
+        if policy.values_copied:
+            missing = (f"标杆/基准: {policy.document_no} in force, its table not read; {policy.values_document_no} is"
+                       f" used instead and has no figure either: {policy.missing}")
+    elif policy is not None and policy.values_copied:
+        notes.insert(0, f"标杆/基准: {policy.document_no} in force; its table was not read, so the numbers are those of"
+                        f" {policy.values_document_no}")
     band = policy.band if policy is not None and policy.band is not None else None
     if band is None and quota is not None:
         band = quota.band
@@ -231,6 +256,8 @@ def _to_levels(found: Any, inputs: Sequence[CorrectionInput]) -> Levels:
         quota_source="" if quota is None else quota.standard,
         version=str(found.ref_version),
         policy_edition="" if policy is None else policy.edition,
+        policy_values_source="" if policy is None else policy.values_document_no,
+        missing=missing,
         band="" if band is None else band.label(),
         corrections=tuple(applied),
         notes=tuple(notes),

@@ -879,6 +879,8 @@ def _values(unit: str, kgce: F64, kwh: F64, output: F64, kgce_other: F64, energy
         if not energy_factor:
             return np.full(kgce.size, np.nan)
         num = oil / energy_factor
+    elif unit == "kgce/100m":  # output in metres of fabric
+        num = kgce * 100.0
     else:
         num = kgce
     with np.errstate(invalid="ignore", divide="ignore"):

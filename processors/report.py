@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from energymon import units
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
 from energymon.interfaces import Row, series_key
 from energymon.processors.accounting import period_start
@@ -82,6 +83,8 @@ DECIMALS: dict[str, int] = {
     "kgoe/(t*energy_factor)": 3,
     "ratio": 3,
     "ratio6": 6,  # conversion factors (kgce per unit...)
+    "kgce/m2": 3,
+    "kgce/100m": 3,
     "offset_s": 1,
 }
 
@@ -282,6 +285,11 @@ def _grade_block(rec: Mapping[str, Any], unit: str, complete: bool) -> dict[str,
         out["judgement"] = "不适用"
         out["reason"] = "基础数据中无该指标在此日期的等级 (no level in the reference data for this indicator and date)"
         return out
+    if not levels and rec["rule"].get("missing"):
+        out["judgement"] = "无数值"
+        out["reason"] = f"no figure: {rec['rule']['missing']}"
+        out["rule"] = rec["rule"]
+        return out
     quota = rec.get("quota_grade")
     quota_label = "不适用" if quota is None else ("未达标" if int(quota) == 4 else f"{int(quota)}级")
     status = rec.get("status")
@@ -301,6 +309,35 @@ def _grade_block(rec: Mapping[str, Any], unit: str, complete: bool) -> dict[str,
         rule=rec["rule"],
     )
     return out
+
+
+def _building_report(rc: Recomputation, building: Any, tz: Any) -> dict[str, Any]:
+    """Per-m² and per-person indicators of a public building over the report period (processors.building)."""
+    from energymon.processors.building import building_block
+
+    ent = _one(rc.enterprise, period="report") or {}
+    kwh = 0.0
+    for rec in _rows(rc.enterprise_carriers, period="report").to_dict("records"):
+        if rec["carrier"] == "electricity":
+            kwh += units.convert(float(rec["consumed"]), str(rec["unit"]), "kWh")
+    start = datetime.fromtimestamp(rc.start_ms / 1000, tz)
+    year_days = (date(start.year + 1, 1, 1) - date(start.year, 1, 1)).days
+    block = building_block(building, kgce=float(ent.get("kgce", 0.0)), electricity_kwh=kwh,
+                           days=(rc.end_ms - rc.start_ms) / 86_400_000, year_days=year_days)
+    rounded: dict[str, Any] = _round_tree(block)
+    return rounded
+
+
+def _round_tree(node: Any, key: str = "") -> Any:
+    """Round every number of a nested block: percentages to 2 decimals, kgce to 2, other figures to 4."""
+    if isinstance(node, dict):
+        return {k: _round_tree(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_round_tree(v, key) for v in node]
+    if isinstance(node, bool) or not isinstance(node, float):
+        return node
+    kind = "pct" if key.endswith("_pct") else ("kgce" if key in ("kgce", "electricity_kwh") else "")
+    return _round(node, kind)
 
 
 _REPORT_PERIODS = ("day", "month", "ytd", "report")
@@ -328,6 +365,8 @@ def build_report(rc: Recomputation, period: ReportPeriod) -> dict[str, Any]:
         "rules": rules.describe(),
     }
     report["rules"].pop("generated_utc", None)
+    end_year = datetime.fromtimestamp((rc.end_ms - 1) / 1000, tz).year
+    report["rules"]["grid_co2_factor"] = rules.grid_factor_text(end_year)
     # ---- enterprise
     totals = _energy_block(_one(rc.enterprise, period="report"))
     by_carrier = {}
@@ -341,6 +380,8 @@ def build_report(rc: Recomputation, period: ReportPeriod) -> dict[str, Any]:
     ytd = _rows(rc.enterprise, period="ytd")
     totals["ytd"] = _energy_block(_one(ytd, start=int(ytd["start"].max())) if not ytd.empty else None)
     report["totals"] = totals
+    if plant.building is not None:
+        report["building"] = _building_report(rc, plant.building, tz)
     # ---- products
     products: dict[str, Any] = {}
     for pid, product in rules.products.items():
@@ -769,7 +810,8 @@ def render_csv(report: Mapping[str, Any]) -> str:
         elif not isinstance(node, list):
             w.writerow([section, item, prefix, "" if node is None else node])
 
-    for section in ("period", "totals", "products", "budget", "balance", "data_quality", "meters", "daily"):
+    for section in ("period", "totals", "building", "products", "budget", "balance", "data_quality", "meters",
+                    "daily"):
         node = report.get(section)
         if isinstance(node, Mapping) and section in ("products", "balance", "meters"):
             for item, sub in node.items():

@@ -460,6 +460,26 @@ def _coefficients_section(report: Mapping[str, Any]) -> list[str]:
             _table(header, rows, text_cols=(0, 1, 2), cell_class={3: "src", 5: "src", 7: "src"}, wide=True)]
 
 
+def _building_section(report: Mapping[str, Any]) -> list[str]:
+    """The 公共建筑 / 公共机构 section: per-m² and per-person indicators and their judgements."""
+    b = report.get("building")
+    if not b:
+        return []
+    head = (f"<h2>{_h('建筑能耗', 'Building')}</h2><p>{html.escape(str(b['building_type_zh']))} · "
+            f"{html.escape(str(b['operation_class']))}类 · {html.escape(str(b['climate_zone_zh']))}"
+            f" · 建筑面积 {_e(b['floor_area_m2'])} m² · 用能人数 {_e(b['occupants'])}"
+            f" · {_e(b['days'])} 天{'（全年）' if b['full_year'] else '（折算为年）'}</p>")
+    rows = []
+    for ind in b["indicators"].values():
+        g = ind.get("gbt51161") or {}
+        gb = "—" if not g else (f"{g['judgement']}" + (f"（约束值 {g['constraint']}，引导值 {g.get('guide')}）"
+                                                        if "constraint" in g else f"（{g.get('reason', '')}）"))
+        quotas = "; ".join(f"{q['kind_zh']} {q['value_per_year']}: {q['judgement']} ({q['use_pct']} % 已用)"
+                           for q in ind.get("quotas", [])) or "—"
+        rows.append([ind["name_zh"], ind["unit"], ind["period_value"], ind["annual_value"], gb, quotas])
+    return [head, _table(["指标", "单位", "本期", "年化", "GB/T 51161", "定额/限额"], rows, text_cols=(0, 1, 4, 5))]
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report page (self-contained: inline CSS and SVG, no script, no network assets)."""
     ent, per = report["enterprise"], report["period"]
@@ -476,6 +496,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"{html.escape(str(report['rules'].get('ref_version')))}</div></div>",
     ]
     parts += _energy_section(report)
+    parts += _building_section(report)
     parts += _products_section(report)
     parts += _budget_section(report)
     parts += _balance_section(report)

@@ -104,7 +104,7 @@ def indicator_value(
 
     Args:
         unit: indicator unit (``kgce/t``, ``kgoe/t``, ``kgoe/(t*energy_factor)``, ``kWh/t``, ``ratio``,
-            ``kgce/weight_case``).
+            ``kgce/weight_case``, ``kgce/m2``, ``kgce/100m`` with output in metres).
         kgce: 综合能耗 of the boundary (当量值, export deducted).
         kwh: electricity of the boundary in kWh (export deducted).
         output: output in the product's unit (for ``ratio``: the IT energy in kWh).
@@ -125,6 +125,8 @@ def indicator_value(
         if not energy_factor:
             return None
         return oil / (output * energy_factor)
+    if unit == "kgce/100m":  # output in metres of fabric
+        return kgce / output * 100.0
     return kgce / output
 
 
@@ -360,22 +362,40 @@ class PlantRules:
         return coef.lhv_kj_per_unit / 1e6 * units.convert(1.0, info.unit, _energymon_unit(coef.unit))
 
     def _grid_factor(self, year: int) -> tuple[float, str] | None:
-        kind = self.acc.co2.grid_kind
-        regions = [self.acc.co2.grid_region] if self.acc.co2.grid_region else [self.region, "national"]
+        """(kgCO2/kWh, which factor was used) for a period of ``year``.
+
+        The plant file may fix the region (``accounting.co2.grid_region``) and the factor's year
+        (``grid_year``); otherwise the enterprise's province is tried, then ``national``, with the period's own
+        year or, if that year is not published yet, the latest earlier one. The text names region, series,
+        year, value, source and confidence, so a report says which factor it used.
+        """
+        co2 = self.acc.co2
+        kind = co2.grid_kind
+        wanted = co2.grid_year if co2.grid_year is not None else year
+        regions = [co2.grid_region] if co2.grid_region else [self.region, "national"]
         for region in dict.fromkeys(regions):
             candidates = [g for g in self.ref.grid_factors if g.region == region and g.kind == kind]
-            exact = [g for g in candidates if g.covers(year)]
+            exact = [g for g in candidates if g.covers(wanted)]
             if exact:
                 g = exact[0]
-                return g.value, f"grid {region}/{kind} {year}: {g.value} kgCO2/kWh ({g.confidence})"
-            earlier = sorted((g for g in candidates if g.year_from <= year), key=lambda g: g.year_from)
-            if earlier:
+                how = f"factor year {wanted} set in the plant file" if co2.grid_year is not None else f"{year}"
+                return g.value, (
+                    f"grid {region}/{kind} {how}: {g.value} kgCO2/kWh, {g.name_zh}"
+                    f" ({_short_source(g.source)}; {g.confidence})"
+                )
+            earlier = sorted((g for g in candidates if g.year_from <= wanted), key=lambda g: g.year_from)
+            if earlier and co2.grid_year is None:
                 g = earlier[-1]
                 return g.value, (
                     f"grid {region}/{kind}: {year} not published, latest earlier year {g.year_to or g.year_from} "
-                    f"used: {g.value} kgCO2/kWh ({g.confidence})"
+                    f"used: {g.value} kgCO2/kWh, {g.name_zh} ({_short_source(g.source)}; {g.confidence})"
                 )
         return None
+
+    def grid_factor_text(self, year: int) -> str:
+        """Which grid CO2 factor applies to a period of ``year`` (for a report's rule block)."""
+        found = self._grid_factor(year)
+        return f"no grid factor for {year}" if found is None else found[1]
 
     # ------------------------------------------------------------------ indicators
 
@@ -450,6 +470,13 @@ class PlantRules:
             "meter_roles": {k: v.value for k, v in sorted(self.acc.meter_roles.items())},
             "generated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+
+def _short_source(source: str) -> str:
+    """The document part of a source text (before the first comma or semicolon)."""
+    for sep in (";", ",", "("):
+        source = source.split(sep, 1)[0]
+    return source.strip()
 
 
 def _contribution(role: MeterRole, share: float) -> Contribution:

@@ -100,6 +100,8 @@ _RATE_OF = {
     "mass": "mass_rate",
     "volume": "volume_rate",
     "heat": "heat_rate",
+    "area": "area_rate",
+    "length": "length_rate",
 }
 #: unit each dimension is computed in before converting to the quantity's unit
 _BASE_UNIT = {
@@ -107,10 +109,13 @@ _BASE_UNIT = {
     "volume_rate": "m3/h", "heat_rate": "GJ/h", "energy": "kWh", "reactive_energy": "kvarh", "mass": "t",
     "volume": "m3", "heat": "GJ", "voltage": "V", "current": "A", "frequency": "Hz", "power_factor": "pf",
     "temperature": "degC", "pressure": "MPa", "ratio": "%", "count": "1",
+    "area_rate": "m2/h", "area": "m2", "length_rate": "m/h", "length": "m",
 }
 #: full load of a meter nothing else tells us about, in the primary dimension's base unit
-_DEFAULT_BASE = {"power": 500.0, "mass_rate": 10.0, "volume_rate": 100.0, "heat_rate": 10.0}
-_DEFAULT_NOISE = {"power": 0.03, "mass_rate": 0.02, "volume_rate": 0.04, "heat_rate": 0.03}
+_DEFAULT_BASE = {"power": 500.0, "mass_rate": 10.0, "volume_rate": 100.0, "heat_rate": 10.0, "area_rate": 1000.0,
+                 "length_rate": 1000.0}
+_DEFAULT_NOISE = {"power": 0.03, "mass_rate": 0.02, "volume_rate": 0.04, "heat_rate": 0.03, "area_rate": 0.02,
+                  "length_rate": 0.02}
 #: rate of another flow dimension per unit of the primary one (steam ~2.8 GJ/t, natural gas ~35.5 MJ/m3)
 _CROSS = {
     ("mass_rate", "heat_rate"): 2.8,

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from energymon.accounting_config import CorrectionInput
+from energymon.accounting_config import CorrectionInput, check_accounting
 from energymon.config import PlantConfig, load_plant, parse_plant
 from energymon.demo import example_plant_path
 from energymon.errors import ConfigError, StoreError
@@ -283,6 +283,43 @@ def test_co2_factors_grid_fuel_heat_medium_and_fallback_year() -> None:
     avg = make_plant(meter("e", "electricity", "kWh"), accounting="  co2: {grid_kind: average}\n")
     f = PlantRules(avg, REF).factors("e", day)
     assert f.co2_kg == pytest.approx(0.5306) and "latest earlier year" in f.co2_source
+
+
+def test_grid_factor_follows_the_province_and_the_year_the_plant_file_selects() -> None:
+    e = meter("e", "electricity", "MWh")
+    text = make_plant(e, accounting="  co2: {grid_kind: average}\n").model_dump()
+    text["enterprise"]["province"] = "jiangxi"
+    jiangxi = PlantRules(PlantConfig.model_validate(text), REF)
+    assert jiangxi.factors("e", date(2022, 6, 1)).co2_kg == pytest.approx(575.2)  # 0.5752 kgCO2/kWh per MWh
+    f2023 = jiangxi.factors("e", date(2023, 6, 1))
+    assert f2023.co2_kg == pytest.approx(583.6)
+    assert "jiangxi/average 2023" in f2023.co2_source and "2025年第47号" in f2023.co2_source
+    later = jiangxi.factors("e", date(2026, 3, 2))  # 2026 not published: the latest earlier year, said so
+    assert later.co2_kg == pytest.approx(583.6) and "latest earlier year 2023" in later.co2_source
+    # the plant file fixes the factor's year and region
+    text["accounting"]["co2"] = {"grid_kind": "average", "grid_year": 2021, "grid_region": "sichuan"}
+    fixed = PlantRules(PlantConfig.model_validate(text), REF)
+    f = fixed.factors("e", date(2026, 3, 2))
+    assert f.co2_kg == pytest.approx(125.5)
+    assert "sichuan/average factor year 2021 set in the plant file" in f.co2_source
+    assert "四川" in fixed.grid_factor_text(2026)
+    # a region or year the data does not have is a config error, not a silent national fallback
+    text["accounting"]["co2"] = {"grid_kind": "average", "grid_year": 2019, "grid_region": "atlantis"}
+    issues = list(check_accounting(PlantConfig.model_validate(text)))
+    assert any(k == "accounting.co2.grid_region" and "atlantis" in m for k, m in issues)
+    text["accounting"]["co2"] = {"grid_kind": "average", "grid_year": 2019, "grid_region": "jiangxi"}
+    issues = list(check_accounting(PlantConfig.model_validate(text)))
+    assert any(k == "accounting.co2.grid_year" and "2021, 2022, 2023" in m for k, m in issues)
+
+
+def test_per_100_m_and_per_m2_indicators_agree_on_both_paths() -> None:
+    from energymon.processors.recompute import _values
+
+    one = np.ones(1)
+    for unit, expected in (("kgce/100m", 1250.0 / 5000.0 * 100), ("kgce/m2", 1250.0 / 5000.0)):
+        assert indicator_value(unit, 1250.0, 0.0, 5000.0) == pytest.approx(expected)
+        vec = _values(unit, one * 1250.0, one * 0.0, one * 5000.0, one * 0.0, None)
+        assert vec[0] == pytest.approx(expected), unit
 
 
 def test_gap_policy_on_the_live_path() -> None:

@@ -69,7 +69,7 @@ def test_password_pin_block_uses_the_working_key_and_the_uscc_iv() -> None:
 
 
 def test_shipped_profiles_load_and_name_what_is_unverified() -> None:
-    assert {"yunnan", "sichuan"} <= set(available_profiles())
+    assert {"yunnan", "sichuan", "jiangxi"} <= set(available_profiles())
     yn = load_profile("yunnan")
     assert yn.endpoints.working_key == "enterpriseInfo/rwk"
     assert yn.dictionary("energy_type").code_length == 4

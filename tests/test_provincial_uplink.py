@@ -102,12 +102,16 @@ def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
 
 
 def plant_text(tmp: Path, url: str, *, timeout: float = 5.0, backfill: int = 12, elec_max: float = 2000,
-               gate_mode: str = "block") -> str:
+               gate_mode: str = "block", profile: str = "yunnan") -> str:
     """The example plant file with its store in ``tmp`` and a provincial section pointing at ``url``."""
     base = example_plant_path().read_text(encoding="utf-8")
     base = base.replace("path: energymon-demo.sqlite", f'path: "{tmp / "store.sqlite"}"')
     extra = PROVINCIAL.format(url=url, ledger=tmp / "ledger.sqlite", timeout=timeout, backfill=backfill,
                               elec_max=elec_max, gate_mode=gate_mode)
+    if profile == "jiangxi":  # a unit in 南昌市东湖区 on the Jiangxi platform
+        extra = extra.replace("profile: yunnan", "profile: jiangxi")
+        extra = extra.replace("region_code: 五华区", "region_code: 东湖区")
+        extra = extra.replace("昆明市五华区示例路1号", "南昌市东湖区示例路1号").replace('"650000"', '"330000"')
     return base + textwrap.dedent(extra)
 
 
@@ -139,12 +143,12 @@ def write_readings(plant: PlantConfig, start: int, end: int, *, skip: dict[str, 
 class Env:
     """A platform, a plant file pointing at it, and a factory for uplink services sharing one manual clock."""
 
-    def __init__(self, tmp: Path, clock: ManualClock, **plant_kw: Any) -> None:
+    def __init__(self, tmp: Path, clock: ManualClock, profile: str = "yunnan", **plant_kw: Any) -> None:
         self.tmp = tmp
         self.clock = clock
-        self.platform = ProvincialPlatform(load_profile("yunnan"), port=free_port(), now_ms=clock.now_ms,
+        self.platform = ProvincialPlatform(load_profile(profile), port=free_port(), now_ms=clock.now_ms,
                                            token_ttl_s=2 * 3600).start()
-        self.plant = make_plant(tmp, self.platform.url, **plant_kw)
+        self.plant = make_plant(tmp, self.platform.url, profile=profile, **plant_kw)
         self.sleeps: list[float] = []
         self.metrics = PipelineMetrics(CollectorRegistry())
 
@@ -219,6 +223,32 @@ def test_full_call_sequence_registers_configures_and_uploads(env: Env) -> None:
 def svc_exchanges(env: Env) -> list[Any]:
     with env.service() as svc:
         return svc.ledger.exchanges()
+
+
+def test_jiangxi_profile_registers_configures_and_uploads_to_the_simulated_platform(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 3, 16, 1, 30, tzinfo=SH))
+    env = Env(tmp_path, clock, profile="jiangxi")
+    try:
+        write_readings(env.plant, ms(2026, 3, 1) - 86_400_000, ms(2026, 3, 20))
+        with env.service() as svc:
+            assert svc.profile.name == "jiangxi" and svc.profile.title == "江西省重点用能单位能耗在线监测系统"
+            sent = svc.sync()
+            assert sent["data_items"] == 11 and sent["gauges"] == 1
+            unit = env.platform.units[USCC]
+            assert unit.pin == env.platform.expected_pin(USCC, PASSWORD)
+            assert unit.registration["regionCode"] == "360102"  # 东湖区 from the platform's dictionary
+            report = svc.send_due(start_ms=ms(2026, 3, 15), end_ms=ms(2026, 3, 16))
+            assert report.failed == report.rejected == report.blocked == 0
+            assert report.acknowledged == report.due == 96 * 3 + 4
+        stored = env.platform.stored(USCC)
+        assert stored[(ELEC_CODE, STAT_DAY, ms(2026, 3, 15))] == pytest.approx(72000.0)
+        assert stored[(ELEC_CODE, STAT_REALTIME, ms(2026, 3, 15, 10, 15))] == pytest.approx(750.0)
+        # every protocol detail is an assumption until a Jiangxi source is found, and the profile says so
+        profile = load_profile("jiangxi")
+        assert {"endpoints", "crypto", "data_fields", "dictionaries"} <= set(profile.unverified())
+        assert profile.provenance["realtime_minutes"].confidence == "V"
+    finally:
+        env.close()
 
 
 def test_expired_token_is_renewed_and_the_call_repeated(env: Env) -> None:

@@ -62,7 +62,7 @@ def test_yaml_files_ship_in_the_package() -> None:
 
 def test_version_is_recorded(ref: ReferenceData) -> None:
     assert set(ref.versions) == {"coefficients", "co2_factors", "benchmarks"}
-    assert ref.version == "2026.11.1"
+    assert ref.version == "2026.12.1"
     assert ref.levels("cement_clinker", DAY).ref_version == ref.version
 
 
@@ -217,11 +217,28 @@ def test_grid_factors(ref: ReferenceData) -> None:
     assert ref.grid_co2_factor(2024, kind="reporting_default").value == 0.5703
     assert ref.grid_co2_factor(2022, "shandong").value == 0.6410
     assert ref.grid_co2_factor(2022, "hebei").value == 0.7252
-    conflicted = ref.grid_co2_factor(2021)
-    assert conflicted.confidence == "unverified"
-    assert conflicted.note is not None and "swap" in conflicted.note
+    resolved = ref.grid_co2_factor(2021)  # the 2021/2022 swap in some repos is theirs: the MEE PDF says 0.5568
+    assert resolved.confidence == "verified" and "2024年第12号" in resolved.source
+    assert resolved.note is not None and "swap" in resolved.note
+    assert "2024年第33号" in ref.grid_co2_factor(2022).source
+    assert "2025年第47号" in ref.grid_co2_factor(2023).source
     with pytest.raises(ReferenceDataError, match="2024"):
         ref.grid_co2_factor(2024)
+
+
+def test_jiangxi_and_sichuan_grid_factors_by_year(ref: ReferenceData) -> None:
+    jiangxi = [ref.grid_co2_factor(y, "jiangxi").value for y in (2021, 2022, 2023)]
+    sichuan = [ref.grid_co2_factor(y, "sichuan").value for y in (2021, 2022, 2023)]
+    assert jiangxi == [0.5835, 0.5752, 0.5836]
+    assert sichuan == [0.1255, 0.1404, 0.1564]
+    assert ref.grid_co2_factor(2023, "sichuan").confidence == "verified"  # two transcriptions of the PDF
+    assert ref.grid_co2_factor(2022, "jiangxi").confidence == "secondary"  # one source per year
+    assert ref.grid_co2_factor(2021, "jiangxi").name_zh == "江西"
+    # the national variants of the 2023 announcement are separate series, never mixed into `average`
+    assert ref.grid_co2_factor(2023, kind="fossil").value == 0.8273
+    assert ref.grid_co2_factor(2023, kind="average_excluding_market_non_fossil").value == 0.6096
+    with pytest.raises(ReferenceDataError, match="jiangxi"):
+        ref.grid_co2_factor(2024, "jiangxi")
 
 
 def test_fuel_factors_equal_ncv_times_carbon_times_oxidation(ref: ReferenceData) -> None:
@@ -250,6 +267,33 @@ def test_clinker_levels(ref: ReferenceData) -> None:
     old = ref.levels("cement_clinker", date(2022, 6, 1))
     assert old.policy is not None and old.policy.document_no == "发改产业〔2021〕1609号"
     assert old.quota is None and old.quota_status == "not_yet_in_force"  # GB 16780-2021 from 2022-11-01
+
+
+def test_no_2023_level_is_a_silent_copy_of_2021(ref: ReferenceData) -> None:
+    """723号's table was not read: a 2023 set either says whose numbers it carries or has none."""
+    for ind in ref.indicators:
+        by_edition = {p.edition: p for p in ind.policy}
+        p23 = by_edition.get("benchmark_2023")
+        if p23 is None:
+            continue
+        if p23.rows and "benchmark_2021" in by_edition and p23.rows == by_edition["benchmark_2021"].rows:
+            assert p23.values_copied and p23.values_document_no == "发改产业〔2021〕1609号", ind.id
+        if not p23.values_copied:
+            assert p23.missing or not p23.rows, f"{ind.id}: a 2023 figure must have been read from 723号"
+    lv = ref.levels("cement_clinker", DAY).policy
+    assert lv is not None and lv.document_no == "发改产业〔2023〕723号"
+    assert lv.values_copied and lv.values_document_no == "发改产业〔2021〕1609号"
+    old = ref.levels("cement_clinker", date(2022, 6, 1)).policy
+    assert old is not None and not old.values_copied and old.values_document_no == "发改产业〔2021〕1609号"
+
+
+def test_a_set_must_not_copy_from_an_edition_it_does_not_have(tmp_path: Path) -> None:
+    def bad(d: dict[str, Any]) -> None:
+        ind = next(i for i in d["indicators"] if i["id"] == "data_centre_pue")
+        ind["policy"] = [{"edition": "benchmark_2023", "values_from": "benchmark_2021", "source": "x",
+                          "confidence": "unverified"}]
+    with pytest.raises(ReferenceDataError, match="benchmark_2021"):
+        load_reference_data(_copy_with(tmp_path, "benchmarks.yaml", bad))
 
 
 def test_cement_clinker_ratio_correction(ref: ReferenceData) -> None:
@@ -555,3 +599,50 @@ def test_oil_equivalent_set_with_unknown_carrier_or_indicator_is_rejected(tmp_pa
     (tmp_path / "coefficients.yaml").write_text(bad, encoding="utf-8")
     with pytest.raises(ReferenceDataError, match="softened_water per kWh"):
         load_reference_data(tmp_path)
+
+
+AREAS_2021 = {"炼油", "煤制焦炭", "煤制甲醇", "煤制烯烃", "煤制乙二醇", "烧碱", "纯碱", "电石", "乙烯",
+              "对二甲苯", "黄磷", "合成氨", "磷酸一铵", "磷酸二铵", "水泥熟料", "平板玻璃", "建筑陶瓷", "卫生陶瓷",
+              "炼铁", "炼钢", "铁合金", "铜冶炼", "铅冶炼", "锌冶炼", "电解铝"}
+AREAS_2023 = {"乙二醇", "尿素", "钛白粉", "聚氯乙烯", "精对苯二甲酸", "子午线轮胎", "工业硅", "卫生纸原纸", "纸巾原纸",
+              "印染（机织物）", "印染（针织物）", "印染（纱线）", "粘胶短纤维"}
+
+
+def test_every_area_of_both_editions_has_an_indicator_under_its_edition(ref: ReferenceData) -> None:
+    areas: dict[str, set[str]] = {}
+    for ind in ref.indicators:
+        editions = {p.edition for p in ind.policy}
+        if ind.area_zh and editions:  # quota-only variants (褐煤合成氨) carry no policy set
+            areas.setdefault(ind.area_zh, set()).add(ind.id)
+            if ind.added_in == "benchmark_2023":
+                assert editions == {"benchmark_2023"}, ind.id  # not in force before 2023-07-04
+            else:
+                assert editions == {"benchmark_2021", "benchmark_2023"}, ind.id
+    assert set(areas) == AREAS_2021 | AREAS_2023
+    assert len(AREAS_2021) == 25
+    assert {ind.area_zh for ind in ref.indicators if ind.added_in == "benchmark_2023"} == AREAS_2023
+    # product variants where the area has them
+    assert len(areas["建筑陶瓷"]) == 3 and len(areas["钛白粉"]) == 2 and len(areas["子午线轮胎"]) == 2
+
+
+def test_an_area_without_a_figure_says_so_and_is_never_graded(ref: ReferenceData) -> None:
+    from energymon.processors.grading import levels_for
+
+    on = date(2026, 3, 1)
+    lv = ref.levels("copper_smelting", on)
+    assert lv.policy_status == "no_figure" and lv.policy is not None
+    assert lv.policy.benchmark is None and lv.policy.baseline is None
+    assert lv.policy.missing and "1609号" in lv.policy.missing
+    graded = levels_for(ref, "copper_smelting", on)
+    assert graded is not None and not graded.has_figures
+    assert "no transcription" in graded.missing and graded.rule()["missing"] == graded.missing
+    # a 2023 area before the 2023 edition: not yet in force
+    assert ref.levels("viscose_staple_fibre", date(2023, 1, 1)).policy_status == "not_yet_in_force"
+    viscose = ref.levels("viscose_staple_fibre", on).policy
+    assert viscose is not None and viscose.document_no == "发改产业〔2023〕723号"
+    assert viscose.retrofit_deadline == date(2026, 12, 31)  # the 11 new areas: end-2026; the original 25: end-2025
+    assert lv.policy.retrofit_deadline == date(2025, 12, 31)
+    # an area with a quota but no policy figure: graded on the quota, the missing policy figure named
+    eg = levels_for(ref, "coal_to_ethylene_glycol", on)
+    assert eg is not None and eg.has_figures and (eg.grade_1, eg.grade_2, eg.grade_3) == (2450, 2850, 3100)
+    assert eg.benchmark is None and "标杆/基准" in eg.missing

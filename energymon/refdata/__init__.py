@@ -89,7 +89,7 @@ UNITS: dict[str, tuple[str, Decimal]] = {
 
 #: Units of indicator values (benchmarks.yaml).
 INDICATOR_UNITS = frozenset(
-    {"kgce/t", "kgoe/t", "kWh/t", "kgce/weight_case", "kgoe/(t*energy_factor)", "ratio"}
+    {"kgce/t", "kgoe/t", "kWh/t", "kgce/weight_case", "kgoe/(t*energy_factor)", "ratio", "kgce/m2", "kgce/100m"}
 )
 #: Units of capacity bands.
 BAND_UNITS = frozenset({"t/d", "t"})
@@ -106,7 +106,10 @@ Confidence = Literal["verified", "secondary", "unverified", "measured"]
 Category = Literal["primary", "secondary", "energy_medium"]
 Basis = Literal["equivalent", "equal"]
 Level = Literal["grade_1", "grade_2", "grade_3", "benchmark", "baseline"]
-LevelStatus = Literal["in_force", "not_yet_in_force", "not_in_reference_data", "band_not_covered"]
+#: Grid factor series: MEE/NBS yearly average; the national reporting factor; the national average without
+#: market-traded non-fossil power; fossil-fired power only.
+GridKind = Literal["average", "reporting_default", "average_excluding_market_non_fossil", "fossil"]
+LevelStatus = Literal["in_force", "not_yet_in_force", "not_in_reference_data", "band_not_covered", "no_figure"]
 
 _SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 _GRADES: tuple[Literal["grade_1", "grade_2", "grade_3"], ...] = ("grade_1", "grade_2", "grade_3")
@@ -407,7 +410,7 @@ class GridCo2Factor(_Co2Factor):
     allowed_units: ClassVar[frozenset[str]] = GRID_UNITS
 
     region: str
-    kind: Literal["average", "reporting_default"]
+    kind: GridKind
     year_from: int
     year_to: int | None = None
 
@@ -582,6 +585,8 @@ class PolicyEdition(_Dates):
     title: str
     document_no: str
     retrofit_deadline: date | None = None
+    #: deadline for the areas this edition adds (2023 edition: the 11 new areas, end-2026)
+    retrofit_deadline_new_areas: date | None = None
     source: str
     confidence: Confidence
     date_confidence: Confidence
@@ -600,11 +605,29 @@ class QuotaStandard(_Dates):
 
 
 class _PolicySetIn(_Sourced):
-    """A 标杆/基准 level set as written in benchmarks.yaml (names its edition)."""
+    """A 标杆/基准 level set as written in benchmarks.yaml (names its edition).
+
+    Exactly one of: ``rows`` (numbers read from this edition), ``values_from`` (this edition is in force but
+    its table was not read: the numbers are those of the named earlier edition, and every result says so), or
+    ``missing`` (the edition covers the area but no figure was found: the reason).
+    """
 
     edition: str
-    rows: tuple[PolicyRow, ...] = Field(min_length=1)
+    rows: tuple[PolicyRow, ...] = ()
+    values_from: str | None = None
+    missing: str | None = None
     note: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> _PolicySetIn:
+        given = [k for k in ("rows", "values_from", "missing") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"policy set {self.edition}: give exactly one of rows, values_from, missing (got {given or 'none'})"
+            )
+        if self.values_from == self.edition:
+            raise ValueError(f"policy set {self.edition}: values_from names its own edition")
+        return self
 
 
 class _QuotaSetIn(_Frozen):
@@ -628,6 +651,10 @@ class _IndicatorBase(_Frozen):
     direction: Literal["lower_is_better"] = "lower_is_better"
     sign_note: str | None = None
     band: BandSpec | None = None
+    #: the area of the 标杆/基准 list the indicator belongs to (铜冶炼, 建筑陶瓷...), as the notice names it
+    area_zh: str | None = None
+    #: the policy edition that added the area (benchmark_2023 for its 11 new areas); None = in the 2021 list
+    added_in: str | None = None
     note: str | None = None
 
 
@@ -637,12 +664,25 @@ class _IndicatorIn(_IndicatorBase):
 
 
 class _PolicyDocument(_Dates, _Sourced):
-    """The policy edition behind a level set or a resolved row."""
+    """The policy edition behind a level set or a resolved row.
+
+    ``values_edition``/``values_document_no`` name the edition the numbers were read from: the same edition
+    normally; the earlier one when this edition's table was not read (``values_from`` in benchmarks.yaml).
+    ``missing`` is the reason when the edition covers the area but no figure was found.
+    """
 
     edition: str
     document_no: str
+    values_edition: str = ""
+    values_document_no: str = ""
+    missing: str | None = None
     retrofit_deadline: date | None = None
     note: str | None = None
+
+    @property
+    def values_copied(self) -> bool:
+        """True when the numbers are another edition's (this edition's table was not read)."""
+        return bool(self.values_edition) and self.values_edition != self.edition
 
 
 class _QuotaDocument(_Dates, _Sourced):
@@ -1076,7 +1116,10 @@ class ReferenceData(_Frozen):
         policy: PolicyLevels | None = None
         policy_status: LevelStatus = "not_in_reference_data"
         pset = next((p for p in ind.policy if _in_force(on, p.effective_from, p.effective_to)), None)
-        if pset is not None:
+        if pset is not None and pset.missing is not None:
+            policy = PolicyLevels(**_fields_of(pset, _PolicyDocument), band=None, benchmark=None, baseline=None)
+            policy_status = "no_figure"
+        elif pset is not None:
             prow = _pick_row(pset.rows, value)
             if prow is None:
                 policy_status = "band_not_covered"
@@ -1219,15 +1262,34 @@ def _document(docs: Mapping[str, _Doc], name: str, what: str, indicator: str) ->
 def _resolve_indicator(
     raw: _IndicatorIn, editions: Mapping[str, PolicyEdition], standards: Mapping[str, QuotaStandard]
 ) -> IndicatorDef:
-    policy = [
-        PolicyLevelSet(
-            **_fields_of(p, _PolicySetIn),
-            **_fields_of(ed, PolicyEdition, ("title", "document_no", "effective_from", "effective_to",
-                                             "retrofit_deadline")),
+    own = {p.edition: p for p in raw.policy}
+    policy = []
+    for p in raw.policy:
+        ed = _document(editions, p.edition, "policy edition", raw.id)
+        fields = {k: v for k, v in _fields_of(p, _PolicySetIn).items() if k != "values_from"}
+        values_edition = p.edition
+        if p.values_from is not None:
+            origin = own.get(p.values_from)
+            if origin is None:
+                raise ValueError(
+                    f"indicator {raw.id!r}: {p.edition} takes its values from {p.values_from!r},"
+                    " which has no level set for this indicator"
+                )
+            if origin.values_from is not None:
+                raise ValueError(f"indicator {raw.id!r}: {p.edition} values_from {p.values_from!r} is itself a copy")
+            fields["rows"] = origin.rows
+            fields["missing"] = origin.missing
+            values_edition = p.values_from
+        values_doc = _document(editions, values_edition, "policy edition", raw.id)
+        document = _fields_of(ed, PolicyEdition, ("title", "document_no", "effective_from", "effective_to",
+                                                  "retrofit_deadline"))
+        if raw.added_in == p.edition and ed.retrofit_deadline_new_areas is not None:
+            document["retrofit_deadline"] = ed.retrofit_deadline_new_areas  # the areas this edition adds
+        policy.append(
+            PolicyLevelSet(
+                **fields, values_edition=values_edition, values_document_no=values_doc.document_no, **document
+            )
         )
-        for p in raw.policy
-        if (ed := _document(editions, p.edition, "policy edition", raw.id))
-    ]
     quota = [
         QuotaLevelSet(
             **{**_fields_of(q, _QuotaSetIn), "source": q.source or std.source, "document_no": std.id},

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,7 @@ class Overview:
         self.tz = plant.enterprise.tz
         ref = load_reference_data()
         rules = PlantRules(plant, ref)
+        self._rules = rules
         self._top_meters = rules.top_meters()
         names = {c.carrier: c.name_zh.split("（")[0] for c in ref.coefficients}
         self._carrier_names = {c: names.get(c, c) for c in self._top_meters}
@@ -182,6 +183,8 @@ class Overview:
             out.update(self._energy(day_start, now))
             out["indicators"] = self._indicators(now)
             out["trends"] = self._trends(now, day_start)
+            if self.plant.building is not None:
+                out["building"] = self._building(now)
             out["quality"] = self._quality(now)
         except StoreError as exc:
             log.warning("overview: %s", exc)
@@ -314,6 +317,9 @@ class Overview:
                 "unit": self._indicator_units[product.id],
                 "product_unit": product.unit,
             }
+            levels = self._rules.levels(product.id, product.indicator, self._rules.local_date(now))
+            if levels is not None and not levels.has_figures:
+                item["no_figure"] = levels.missing  # 无数值: the area has no figure in the reference data
             for period, window in (("hour", 2 * _DAY_MS), ("day", 2 * _DAY_MS)):
                 tags = {"product": product.id, "indicator": product.indicator, "period": period}
                 found = self.reader.latest("indicator", "value", tags, at_ms=now, window_ms=window)
@@ -357,6 +363,26 @@ class Overview:
             "grade": labels[0] if labels else None,
             "grade_en": labels[1] if labels else None,
         }
+
+    def _building(self, now: int) -> dict[str, Any]:
+        """A public building's per-m² and per-person indicators for the year so far (processors.building)."""
+        from energymon import units
+        from energymon.processors.building import building_block
+
+        assert self.plant.building is not None
+        year_start = period_start(now, "year", self.tz)
+        kgce = self.reader.sum("energy", "kgce", "meter", start_ms=year_start, end_ms=now)
+        consumed = self.reader.sum("energy", "consumed", "meter", start_ms=year_start, end_ms=now)
+        kwh = sum(units.convert(consumed.get(m, 0.0), self._counter_unit.get(m, "kWh"), "kWh")
+                  for m in self._top_meters.get("electricity", []))
+        year = datetime.fromtimestamp(year_start / 1000, self.tz).year
+        year_days = (date(year + 1, 1, 1) - date(year, 1, 1)).days
+        block = building_block(
+            self.plant.building, kgce=sum(kgce.get(m, 0.0) for ms in self._top_meters.values() for m in ms),
+            electricity_kwh=kwh, days=max(now - year_start, 1) / _DAY_MS, year_days=year_days,
+        )
+        block["since_ms"] = year_start
+        return block
 
     def _quality(self, now: int) -> dict[str, Any]:
         good: dict[str, int] = {}

@@ -181,7 +181,8 @@ function renderIndicators() {
     setNumber(value, p.value, 1);
     const gradeText = [p.quota_label, p.grade ? `${p.grade} · ${p.grade_en}` : null].filter((t) => t).join(" · ");
     const grade = el("span", { class: `grade grade-${p.status ?? "none"}`, "data-status": p.status ?? "",
-      "data-quota": p.quota_grade ?? "" }, gradeText || "无分级 not graded");
+      "data-quota": p.quota_grade ?? "" }, gradeText || (ind.no_figure ? "无数值 no figure" : "无分级 not graded"));
+    if (ind.no_figure) grade.title = ind.no_figure;
     card.append(el("div", { class: "head" },
       el("span", {}, el("b", {}, ind.name), " ", el("span", { class: "muted" }, `${ind.hour ? "本小时 hour from" : "今日 day"} ${p.start_local.slice(11, 16)}`)),
       el("span", {}, value, " ", el("small", { class: "muted" }, ind.unit), " ", grade)));
@@ -208,6 +209,20 @@ function renderIndicators() {
         trendChart(trend.days, trend.days_start_ms, trend.days_end_ms, 86400000, levels, ind.unit,
           "本月逐日 this month, by day", "day")));
     }
+    box.append(card);
+  }
+  const b = snap.building;
+  if (!b) return;
+  for (const [id, ind] of Object.entries(b.indicators)) {
+    const card = el("div", { class: "ind", "data-building-indicator": id });
+    const value = el("span", { class: "value" });
+    setNumber(value, ind.annual_value, 2);
+    const judged = [ind.gbt51161, ...(ind.quotas || [])].filter(Boolean).map((j) => j.judgement);
+    card.append(el("div", { class: "head" },
+      el("span", {}, el("b", {}, ind.name_zh), " ", el("span", { class: "muted" }, "本年折算 year to date, annualised")),
+      el("span", {}, value, " ", el("small", { class: "muted" }, ind.unit), " ",
+        el("span", { class: "grade" }, judged.join(" · ") || "无数值 no figure"))));
+    card.append(el("div", { class: "muted" }, `${b.building_type_zh} · ${b.climate_zone_zh} · ${fmt(b.floor_area_m2, 0)} m² · ${b.occupants} 人`));
     box.append(card);
   }
 }
