@@ -78,6 +78,7 @@ def test_live_page_shows_the_building_from_the_store(tmp_path: Path) -> None:
     from energymon.processors.store import SqliteStore
     from energymon.schema import Batch, Point, encode_batch
     from energymon.simulators.plant import PlantModel
+    from energymon.topics import readings_topic
     from energymon.web import Overview, SqliteReader
 
     plant = load_plant(Path(str(resources.files("energymon.examples").joinpath("jiangxi_public_building.yaml"))))
@@ -88,11 +89,13 @@ def test_live_page_shows_the_building_from_the_store(tmp_path: Path) -> None:
     try:
         model = PlantModel(plant, ManualClock(datetime.fromtimestamp(start / 1000, tz)))
         proc = Processor(plant, store, max_pending_rows=10**9)
+        topic = readings_topic(plant.enterprise.uscc, plant.gateway.id)
         for seq, ts in enumerate(range(start, end + 1, 60_000), 1):
             points = [Point(meter=m.id, quantity=q, value=model.value(m.id, q, ts), unit=u, ts_ms=ts)
                       for m in plant.meters for q, (u, _, _) in plant.quantities(m).items()]
-            proc.handle(Message("t", encode_batch(Batch(enterprise=plant.enterprise.uscc, gateway="gw", seq=seq,
-                                                        sent_ms=ts, points=points)), lambda: None))
+            batch = Batch(enterprise=plant.enterprise.uscc, gateway=plant.gateway.id, seq=seq, sent_ms=ts,
+                          points=points)
+            proc.handle(Message(topic, encode_batch(batch), lambda: None))
         assert proc.flush() > 0
         now = end
         clock = ManualClock(datetime.fromtimestamp(now / 1000, tz))
