@@ -28,7 +28,8 @@ reading sequence gives the same intervals everywhere.
   (``v ≤ counter_max × WRAP_MARGIN``), ``WRAP_MARGIN`` = 10 %; and that consumption within the bound. A wrap is
   never booked while the bound is unknown;
 * anything else (any other fall, a rise beyond the bound) is a **glitch**: never consumption, counted in
-  ``rejected``, the baseline kept. A glitch is also the first reading of a *candidate level*;
+  ``rejected``, the baseline kept. A glitch is also the first reading of a *candidate level* (its readings
+  leave ``rejected`` again if the level is confirmed);
 * **stays down** (or up): when ``confirm_readings`` (3) readings in a row, the glitch included, are at the
   candidate level (each at least the one before it and within the bound from it) without the counter
   returning to ``last``, the level is an unrecorded reset or meter swap: it becomes the new baseline, what
@@ -233,7 +234,8 @@ class CounterTracker:
             later taken as a reset is not rejected in the end and is removed from it).
 
     Attributes:
-        rejected: readings set aside as glitches (a level later taken as a reset included).
+        rejected: readings set aside as glitches (the readings of a level later taken as a reset are not: they
+            count while the level is being confirmed and no longer once it is).
         resets: persistent new levels taken as unrecorded resets or swaps (deltas flagged ``rebased``).
         replacement_mismatches: recorded replacements that disagreed with the readings.
     """
@@ -412,7 +414,8 @@ class CounterTracker:
             self._candidate = (value, ts_ms, value, ts_ms)
         if self._candidate_n >= self.confirm_readings:
             first_value, first_ms = self._candidate[0], self._candidate[1]
-            if self.rejected_ms is not None:  # the level's readings are real readings after all
+            self.rejected -= self._candidate_n  # the level's readings are real readings after all
+            if self.rejected_ms is not None:
                 del self.rejected_ms[len(self.rejected_ms) - self._candidate_n:]
             self._candidate, self._candidate_n = None, 0
             self._held = None  # an unconfirmed rise of the old level: what it counted is unknown, as the jump

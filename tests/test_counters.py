@@ -282,7 +282,7 @@ def test_a_reset_that_stays_down_books_nothing_across_it_and_counts_a_reset(rate
     got = feed_at(t, minutes([30_000_000, 30_000_005, 30_000_010, 0, 5, 10, 15, 20]))
     # 10 before the reset, the growth since the new level appeared (0 → 10) flagged, then 5 + 5
     assert [f for *_, f in got].count(DeltaFlag.REBASED) == 1
-    assert total(got) == 10 + 10 + 10 and t.resets == 1
+    assert total(got) == 10 + 10 + 10 and t.resets == 1 and t.rejected == 0
     # the readings at the new level were not glitches in the end
     t = CounterTracker(max_rate_per_hour=rate, track_rejected=True)
     feed_at(t, minutes([1000, 1005, 0, 5, 10]))
