@@ -42,9 +42,11 @@ reading sequence gives the same intervals everywhere.
   that comes out negative (the record disagrees with the readings) is booked as 0 and counted in
   ``replacement_mismatches``.
 
-Only a configured bound can refuse a jump *up* that persists (a 2-reading spike right after a start, or a
-swap to a meter with a higher reading, is booked as consumption without one); ``energymon validate`` warns about
-counters with a rollover point and no ``max_rate_per_hour``.
+Without a configured bound two things are left to chance: while the bound is still unknown (right after a
+start), a jump *up* that the next reading continues from (a two-reading spike, a swap to a meter showing more) is
+booked as consumption; and a counter that has only run slowly since the start and then runs at more than 10 ×
+its highest rate so far has its first fast interval taken as a jump (not booked; a reset if it persists).
+``energymon validate`` warns about counters with a rollover point and no ``max_rate_per_hour``.
 
 :func:`check_interval` applies the same rules to an interval computed elsewhere (the processor re-checks the
 intervals a gateway sends).
