@@ -11,7 +11,10 @@ reading sequence gives the same intervals everywhere.
 * with ``max_rate_per_hour`` configured: ``max_rate_per_hour × 1.1 × elapsed hours`` (10 % slack);
 * without it, a bound learned from the counter itself: ``LEARNED_BOUND_FACTOR`` (10) × the highest rate of any
   interval booked since the tracker started × elapsed. Until a first interval with consumption is booked the
-  bound is unknown.
+  bound is unknown. A rise beyond the learned bound may be the counter speeding up (a plant leaving standby):
+  it is held, and confirmed if the next reading goes on from it at a tenth of its pace or more (booked, and the
+  bound learns the new pace); a next reading that goes on at the old pace makes it a jump (a glitch, the first
+  reading of a candidate level, below).
 
 **The rules**, for each new reading ``v`` at ``t`` after the last accepted reading ``last`` at ``t0``:
 
@@ -44,8 +47,8 @@ reading sequence gives the same intervals everywhere.
 
 Without a configured bound two things are left to chance: while the bound is still unknown (right after a
 start), a jump *up* that the next reading continues from (a two-reading spike, a swap to a meter showing more) is
-booked as consumption; and a counter that has only run slowly since the start and then runs at more than 10 ×
-its highest rate so far has its first fast interval taken as a jump (not booked; a reset if it persists).
+booked as consumption; and a counter that speeds up beyond the learned bound for a single interval and then
+slows to under a tenth of that pace has that interval taken as a jump (not booked; a reset if it persists).
 ``energymon validate`` warns about counters with a rollover point and no ``max_rate_per_hour``.
 
 :func:`check_interval` applies the same rules to an interval computed elsewhere (the processor re-checks the
@@ -220,7 +223,7 @@ def plant_counter_rules(plant: PlantConfig) -> dict[str, tuple[str, CounterRules
 #: Everything :meth:`CounterTracker.update` may change, as :meth:`CounterTracker.state` returns it.
 TrackerState = tuple[
     float | None, int, tuple[float, int, float, int] | None, int, int, int, tuple[Replacement, ...],
-    float | None, tuple[float, int] | None, int, int,
+    float | None, tuple[float, int, float] | None, int, int,
 ]
 
 
@@ -270,7 +273,8 @@ class CounterTracker:
         self._candidate: tuple[float, int, float, int] | None = None
         self._candidate_n = 0
         self._peak_per_ms: float | None = None  # highest booked rate (the learned bound's base)
-        self._held: tuple[float, int] | None = None  # a rise waiting for the next reading to confirm it
+        # a rise waiting for the next reading to confirm it: (value, time, the least rate per ms that confirms it)
+        self._held: tuple[float, int, float] | None = None
 
     def state(self) -> TrackerState:
         """The tracker's whole state, to :meth:`set_state` back if what the updates produced was not kept."""
@@ -328,13 +332,18 @@ class CounterTracker:
             self._held = None  # an old-meter reading awaiting confirmation: the replacement bridge supersedes it
             return self._replace(last, value, ts_ms)
         if held is not None:
-            if value >= held[0]:  # the counter continues from the held rise: book both polls as one interval
+            h_value, h_ms, min_rate = held
+            if value >= h_value and value - h_value >= min_rate * (ts_ms - h_ms):
+                # the counter continues from the held rise (at its pace): book both polls as one interval
                 self._held = None
                 return self._accept(value, ts_ms, value - last, DeltaFlag.OK)
             if value < last:  # below the baseline too: this reading is the glitch (or a reset), the rise waits on
                 return self._reject(value, ts_ms)
             self._held = None
-            self._rejected_at(held[1])  # between the two: the held reading was a glitch; judge this one
+            if value < h_value:
+                self._rejected_at(h_ms)  # between the two: the held reading was a spike; judge this one
+            else:  # on from the held level, but at the old pace: a jump, the first reading of a new level
+                self._reject(h_value, h_ms)
         return self._judge(last, value, ts_ms)
 
     def _judge(self, last: float, value: float, ts_ms: int) -> Delta | None:
@@ -344,10 +353,15 @@ class CounterTracker:
             if bound is None:
                 if amount == 0:
                     return self._accept(value, ts_ms, 0.0, DeltaFlag.OK)
-                self._held = (value, ts_ms)
+                self._held = (value, ts_ms, 0.0)  # confirmed by any reading at or above it
                 return None
             if amount <= bound:
                 return self._accept(value, ts_ms, amount, DeltaFlag.OK)
+            if self.max_rate_per_ms is None and self._candidate is None:
+                # beyond the learned bound: the counter may have sped up. Held: confirmed if the next reading
+                # goes on at a tenth of this pace or more, else a jump
+                self._held = (value, ts_ms, amount / max(ts_ms - self.last_ms, 1) / LEARNED_BOUND_FACTOR)
+                return None
             return self._reject(value, ts_ms)
         cmax = self.counter_max
         if cmax is not None and bound is not None and wrap_position(last, value, cmax):
