@@ -51,7 +51,7 @@ from energymon.alerts_config import (
     ThresholdRule,
 )
 from energymon.config import Meter, PlantConfig
-from energymon.counters import CounterTracker, DeltaFlag, counter_rules, wrap_position
+from energymon.counters import CONFIRM_READINGS, CounterTracker, DeltaFlag, counter_rules, wrap_position
 from energymon.interfaces import SeriesKey
 from energymon.schema import Point, Quality, datetime_to_ms
 
@@ -374,9 +374,11 @@ class OfflineCondition(_Configured):
 class CompletenessCondition(_Configured):
     """:class:`~energymon.alerts_config.CompletenessRule`: good points per item per local day vs expected.
 
-    Points are counted once per event time (a redelivered batch does not count twice). A day is judged
-    ``grace_secs`` after its local midnight, on the tick; the expected count is the part of the day since the
-    rule started watching, divided by the item's interval. A judged day's late points are not counted.
+    Points are counted once per event time (a redelivered batch does not count twice). Of a meter's accounted
+    counter only the readings the counter rules accept count (:mod:`energymon.counters`: a rejected 0.0 or spike
+    is a missing reading). A day is judged ``grace_secs`` after its local midnight, on the tick; the expected
+    count is the part of the day since the rule started watching, divided by the item's interval. A judged day's
+    late points are not counted.
     """
 
     def __init__(self, cfg: CompletenessRule, plant: PlantConfig) -> None:
@@ -384,6 +386,7 @@ class CompletenessCondition(_Configured):
         self.cfg = cfg
         self.tz = plant.enterprise.tz
         self._interval_ms: dict[tuple[str, str], int] = {}
+        self._trackers: dict[str, CounterTracker] = {}  # source → the counter rules of an accounted counter
         meters = [m for m in plant.meters if not cfg.meters or m.id in cfg.meters]
         for meter in meters:
             quantities = _quantities(plant, meter)
@@ -396,6 +399,8 @@ class CompletenessCondition(_Configured):
             interval = cfg.interval_secs or _poll_interval_secs(plant, meter) or DEFAULT_PUSH_INTERVAL_SECS
             for q in chosen:
                 self._interval_ms[(meter.id, q)] = round(interval * 1000)
+                if q == meter.counter:
+                    self._trackers[f"{meter.id}.{q}"] = counter_rules(plant, meter).tracker(track_rejected=True)
         self.escalation = _escalation(cfg.escalate, self.tz)
         self._grace_ms = round(cfg.grace_secs * 1000)
         self._counts: dict[int, dict[str, int]] = {}
@@ -434,7 +439,22 @@ class CompletenessCondition(_Configured):
             return None
         per_day = self._counts.setdefault(day_start, {})
         per_day[src] = per_day.get(src, 0) + 1
+        tracker = self._trackers.get(src)
+        if tracker is not None and point.value is not None:
+            tracker.update(point.value, point.ts_ms)  # its rejected readings are taken off when the day is judged
         return None
+
+    def _rejected(self, src: str, day_start: int, day_end: int) -> int:
+        """Readings of ``src`` in the day the counter rules rejected; forgets those older than the day's end."""
+        tracker = self._trackers.get(src)
+        if tracker is None or not tracker.rejected_ms:
+            return 0
+        times = tracker.rejected_ms
+        n = sum(1 for t in times if day_start <= t < day_end)
+        # keep the last few: they may be a level still being confirmed, which the tracker takes back by position
+        older = sum(1 for t in times if t < day_end)
+        del times[: max(0, older - CONFIRM_READINGS)]
+        return n
 
     def tick(self, now_ms: int) -> Sequence[Observation]:
         """Judge every day that ended more than ``grace_secs`` ago."""
@@ -455,7 +475,8 @@ class CompletenessCondition(_Configured):
                 if expected < 1:
                     continue
                 src = f"{meter}.{quantity}"
-                pct = min(100.0, 100.0 * counts.get(src, 0) / expected)
+                got = max(0, counts.get(src, 0) - self._rejected(src, day_start, day_end))
+                pct = min(100.0, 100.0 * got / expected)
                 condition = Condition.BREACH if pct < self.cfg.min_pct else Condition.CLEAR
                 text = f"{src} on {label}: {pct:.1f} % of {expected:.0f} expected points"
                 out.append(Observation(src, day_end, condition, round(pct, 3), self.cfg.min_pct,

@@ -188,6 +188,9 @@ class OfflineRule(RuleBase):
 class CompletenessRule(RuleBase):
     """Alert when an item's daily completeness (good points / expected points) is under ``min_pct``.
 
+    Of a meter's accounted counter only the readings the counter rules accept count: a rejected 0.0 or spike is
+    a missing reading (docs/accounting.md, counter rules).
+
     Days are cut in the plant's time zone and judged ``grace_secs`` after local midnight. The expected count
     comes from the item's poll interval (``interval_secs`` for push meters). One alert per item
     (``{meter}.{quantity}``); the next complete day resolves it.

@@ -11,7 +11,10 @@ reading sequence gives the same intervals everywhere.
 * with ``max_rate_per_hour`` configured: ``max_rate_per_hour × 1.1 × elapsed hours`` (10 % slack);
 * without it, a bound learned from the counter itself: ``LEARNED_BOUND_FACTOR`` (10) × the highest rate of any
   interval booked since the tracker started × elapsed. Until a first interval with consumption is booked the
-  bound is unknown.
+  bound is unknown. A rise beyond the learned bound may be the counter speeding up (a plant leaving standby):
+  it is held, and confirmed if the next reading goes on from it at a tenth of its pace or more (booked, and the
+  bound learns the new pace); a next reading that goes on at the old pace makes it a jump (a glitch, the first
+  reading of a candidate level, below).
 
 **The rules**, for each new reading ``v`` at ``t`` after the last accepted reading ``last`` at ``t0``:
 
@@ -28,7 +31,8 @@ reading sequence gives the same intervals everywhere.
   (``v ≤ counter_max × WRAP_MARGIN``), ``WRAP_MARGIN`` = 10 %; and that consumption within the bound. A wrap is
   never booked while the bound is unknown;
 * anything else (any other fall, a rise beyond the bound) is a **glitch**: never consumption, counted in
-  ``rejected``, the baseline kept. A glitch is also the first reading of a *candidate level*;
+  ``rejected``, the baseline kept. A glitch is also the first reading of a *candidate level* (its readings
+  leave ``rejected`` again if the level is confirmed);
 * **stays down** (or up): when ``confirm_readings`` (3) readings in a row, the glitch included, are at the
   candidate level (each at least the one before it and within the bound from it) without the counter
   returning to ``last``, the level is an unrecorded reset or meter swap: it becomes the new baseline, what
@@ -41,9 +45,11 @@ reading sequence gives the same intervals everywhere.
   that comes out negative (the record disagrees with the readings) is booked as 0 and counted in
   ``replacement_mismatches``.
 
-Only a configured bound can refuse a jump *up* that persists (a 2-reading spike right after a start, or a
-swap to a meter with a higher reading, is booked as consumption without one); ``energymon validate`` warns about
-counters with a rollover point and no ``max_rate_per_hour``.
+Without a configured bound two things are left to chance: while the bound is still unknown (right after a
+start), a jump *up* that the next reading continues from (a two-reading spike, a swap to a meter showing more) is
+booked as consumption; and a counter that speeds up beyond the learned bound for a single interval and then
+slows to under a tenth of that pace has that interval taken as a jump (not booked; a reset if it persists).
+``energymon validate`` warns about counters with a rollover point and no ``max_rate_per_hour``.
 
 :func:`check_interval` applies the same rules to an interval computed elsewhere (the processor re-checks the
 intervals a gateway sends).
@@ -217,7 +223,7 @@ def plant_counter_rules(plant: PlantConfig) -> dict[str, tuple[str, CounterRules
 #: Everything :meth:`CounterTracker.update` may change, as :meth:`CounterTracker.state` returns it.
 TrackerState = tuple[
     float | None, int, tuple[float, int, float, int] | None, int, int, int, tuple[Replacement, ...],
-    float | None, tuple[float, int] | None, int, int,
+    float | None, tuple[float, int, float] | None, int, int,
 ]
 
 
@@ -233,7 +239,8 @@ class CounterTracker:
             later taken as a reset is not rejected in the end and is removed from it).
 
     Attributes:
-        rejected: readings set aside as glitches (a level later taken as a reset included).
+        rejected: readings set aside as glitches (the readings of a level later taken as a reset are not: they
+            count while the level is being confirmed and no longer once it is).
         resets: persistent new levels taken as unrecorded resets or swaps (deltas flagged ``rebased``).
         replacement_mismatches: recorded replacements that disagreed with the readings.
     """
@@ -266,7 +273,8 @@ class CounterTracker:
         self._candidate: tuple[float, int, float, int] | None = None
         self._candidate_n = 0
         self._peak_per_ms: float | None = None  # highest booked rate (the learned bound's base)
-        self._held: tuple[float, int] | None = None  # a rise waiting for the next reading to confirm it
+        # a rise waiting for the next reading to confirm it: (value, time, the least rate per ms that confirms it)
+        self._held: tuple[float, int, float] | None = None
 
     def state(self) -> TrackerState:
         """The tracker's whole state, to :meth:`set_state` back if what the updates produced was not kept."""
@@ -324,13 +332,18 @@ class CounterTracker:
             self._held = None  # an old-meter reading awaiting confirmation: the replacement bridge supersedes it
             return self._replace(last, value, ts_ms)
         if held is not None:
-            if value >= held[0]:  # the counter continues from the held rise: book both polls as one interval
+            h_value, h_ms, min_rate = held
+            if value >= h_value and value - h_value >= min_rate * (ts_ms - h_ms):
+                # the counter continues from the held rise (at its pace): book both polls as one interval
                 self._held = None
                 return self._accept(value, ts_ms, value - last, DeltaFlag.OK)
             if value < last:  # below the baseline too: this reading is the glitch (or a reset), the rise waits on
                 return self._reject(value, ts_ms)
             self._held = None
-            self._rejected_at(held[1])  # between the two: the held reading was a glitch; judge this one
+            if value < h_value:
+                self._rejected_at(h_ms)  # between the two: the held reading was a spike; judge this one
+            else:  # on from the held level, but at the old pace: a jump, the first reading of a new level
+                self._reject(h_value, h_ms)
         return self._judge(last, value, ts_ms)
 
     def _judge(self, last: float, value: float, ts_ms: int) -> Delta | None:
@@ -340,10 +353,15 @@ class CounterTracker:
             if bound is None:
                 if amount == 0:
                     return self._accept(value, ts_ms, 0.0, DeltaFlag.OK)
-                self._held = (value, ts_ms)
+                self._held = (value, ts_ms, 0.0)  # confirmed by any reading at or above it
                 return None
             if amount <= bound:
                 return self._accept(value, ts_ms, amount, DeltaFlag.OK)
+            if self.max_rate_per_ms is None and self._candidate is None:
+                # beyond the learned bound: the counter may have sped up. Held: confirmed if the next reading
+                # goes on at a tenth of this pace or more, else a jump
+                self._held = (value, ts_ms, amount / max(ts_ms - self.last_ms, 1) / LEARNED_BOUND_FACTOR)
+                return None
             return self._reject(value, ts_ms)
         cmax = self.counter_max
         if cmax is not None and bound is not None and wrap_position(last, value, cmax):
@@ -412,7 +430,8 @@ class CounterTracker:
             self._candidate = (value, ts_ms, value, ts_ms)
         if self._candidate_n >= self.confirm_readings:
             first_value, first_ms = self._candidate[0], self._candidate[1]
-            if self.rejected_ms is not None:  # the level's readings are real readings after all
+            self.rejected -= self._candidate_n  # the level's readings are real readings after all
+            if self.rejected_ms is not None:
                 del self.rejected_ms[len(self.rejected_ms) - self._candidate_n:]
             self._candidate, self._candidate_n = None, 0
             self._held = None  # an unconfirmed rise of the old level: what it counted is unknown, as the jump

@@ -315,6 +315,19 @@ def test_completeness_counts_survive_a_restart(tmp_path: Path) -> None:
     engine2.close()
 
 
+def test_completeness_counts_the_counter_readings_the_rules_accept() -> None:
+    rule = {"kind": "completeness", "id": "completeness", "meters": ["clinker_scale"], "min_pct": 99.95}
+    engine, rec = engine_for(plant(rule))  # clinker_scale: 60 s polling, 1440 readings a day
+    d1 = date(2025, 3, 3)
+    engine.tick(day_ms(d1))
+    values = [100.0 + i for i in range(1440)]
+    values[700] = 0.0  # read once as 0.0: a glitch the counter rules reject, so a missing reading
+    engine.observe([point("clinker_scale", "mass_total", v, day_ms(d1) + i * 60 * S) for i, v in enumerate(values)])
+    engine.tick(day_ms(d1 + timedelta(days=1)) + 600 * S)
+    assert rec.events() == [("completeness:clinker_scale.mass_total", "firing")]
+    assert rec.alerts[0].value == pytest.approx(100 * 1439 / 1440, abs=1e-3)
+
+
 # --------------------------------------------------------------------------- range
 
 
