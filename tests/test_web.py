@@ -300,7 +300,7 @@ class _Dom(HTMLParser):
             self._stack.append(a)
 
     def handle_endtag(self, tag: str) -> None:
-        if self._stack:
+        if self._stack and self._stack[-1]["_tag"] == tag:  # `</rect>` of an element never pushed: not ours
             self._stack.pop()
         self._in_snapshot = False
 
