@@ -404,7 +404,7 @@ def test_tcp_no_answer_times_out_the_client(
         started = time.monotonic()
         with pytest.raises(ModbusIOException):
             await client.read_holding_registers(0, count=10, device_id=2)
-        assert 0.25 < time.monotonic() - started < 3
+        assert time.monotonic() - started > 0.25  # the client's 0.3 s timeout, not an answer (load only adds)
         assert (await read_meter(client, demo, "kiln_drive", 3))["power_active"] > 0  # the bus still works
         clock.advance(31)
         assert (await read_meter(client, demo, "raw_mill", 2))["power_active"] > 0
@@ -419,15 +419,13 @@ def test_tcp_dropped_connection_closes_the_socket(
 
     async def body(client: AsyncModbusTcpClient, _: ModbusPlantServer) -> None:
         model.inject("coal_mill", DroppedConnection(clock.now_ms(), 10))
-        started = time.monotonic()
         with pytest.raises((ConnectionException, ModbusIOException)):
             await client.read_holding_registers(0, count=10, device_id=4)
         for _ in range(100):
             if not client.connected:
                 break
             await asyncio.sleep(0.01)
-        assert not client.connected
-        assert time.monotonic() - started < 2
+        assert not client.connected  # noticed by the client, whatever the machine's speed (body is bounded at 20 s)
         clock.advance(11)
         assert await client.connect()
         assert (await read_meter(client, demo, "coal_mill", 4))["power_active"] > 0
