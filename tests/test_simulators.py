@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -701,7 +702,7 @@ def test_mqtt_nested_paths_scale_and_iso_timestamps() -> None:
 
 def test_mqtt_meter_publishes_every_interval_of_event_time(demo: PlantConfig) -> None:
     async def main() -> list[dict[str, Any]]:
-        clock = ScaledClock(datetime(2025, 1, 5, 18, tzinfo=UTC), 600.0)  # 10 simulated s = 16.7 ms
+        clock = ScaledClock(datetime(2025, 1, 5, 18, tzinfo=UTC), 60.0)  # 10 simulated s = 167 ms
         model = PlantModel.from_config(demo, clock)
         bodies: list[dict[str, Any]] = []
         got = asyncio.Event()
@@ -726,7 +727,10 @@ def test_mqtt_meter_publishes_every_interval_of_event_time(demo: PlantConfig) ->
     bodies = asyncio.run(main())
     stamps = [b["ts"] for b in bodies]
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert all(9_000 <= g <= 15_000 for g in gaps), gaps
+    # never early, never twice in an interval; a busy machine may only delay a publish (so no upper bound on one
+    # gap, but most are one interval)
+    assert all(g >= 9_000 for g in gaps), gaps
+    assert statistics.median(gaps) <= 15_000, gaps
     totals = [b["totalizer_nm3"] for b in bodies]
     assert all(b > a for a, b in itertools.pairwise(totals))
 
