@@ -58,7 +58,7 @@ def _install() -> None:
         return dict(original(cls, use_inspect=use_inspect))
 
     extract._energymon = True  # type: ignore[attr-defined]
-    _fields.extract_docstrings_from_cls = extract
+    setattr(_fields, "extract_docstrings_from_cls", extract)  # noqa: B010  # the name pydantic calls
 
 
 _install()

@@ -718,7 +718,7 @@ class GatewayConfig(Strict):
     overflow_policy: Literal["drop_oldest", "reduce_fidelity", "refuse_new"] = "reduce_fidelity"
     """at `outbox_max_bytes`: `drop_oldest`, `reduce_fidelity` (thin old gauges, keep counters) or `refuse_new`"""
     time_tolerance_secs: float = Field(default=300, gt=0, le=86400 * 366)
-    """readings further than this from the gateway's clock go to the outbox's quarantine, not the uplink"""
+    """readings further than this (real time) from the gateway's clock go to the outbox's quarantine, not the uplink"""
     outbox_on_corrupt: Literal["stop", "move_aside"] = "stop"
     """a corrupt outbox or history file: `stop` with an error, or `move_aside` to `<file>.corrupt-<time>`"""
     history_retention_days: int = Field(default=183, ge=0, le=3660)

@@ -23,8 +23,9 @@ Store rows (measurement → fields; see docs/ARCHITECTURE.md for tags):
 * ``energy``: interval ``consumed`` in the counter's unit, ``kgce`` (当量值), ``kgce_equal`` (等价值, electricity),
   ``co2_kg``, and ``flag_*`` quality flags (rollover, rebased, replaced, gap_spread, gap_at_end);
 * ``production``: interval ``output``;
-* ``indicator``: per product, indicator and local hour/day, ``energy_kgce``, ``output``, ``value`` and the grade
-  fields (provisional: reports recompute periods from the readings into the ``acct_*`` measurements, see
+* ``indicator``: per product, indicator and local hour/day, ``energy_kgce``, ``output``, ``value``, the grade
+  fields and ``provisional`` (1 until the output meter's data cover the period end to end; the live values are
+  provisional in any case: reports recompute periods from the readings into the ``acct_*`` measurements, see
   ``docs/accounting.md``).
 """
 

@@ -67,3 +67,23 @@ def test_the_listed_help_of_each_stage_command_is_its_modules_own() -> None:
     full, listed = _helps(build_parser()), _helps(build_parser(["--help"]))
     assert listed == full
     assert set(_STAGE_COMMANDS) <= set(full)
+
+
+def test_config_field_docstrings_are_the_ones_pydantic_reads() -> None:
+    """energymon._model_docs reads each module's source once; the descriptions are pydantic's own."""
+    import inspect
+
+    from pydantic import BaseModel
+    from pydantic._internal import _docs_extraction, _fields
+
+    from energymon import accounting_config, alerts_config, config, provincial_config
+
+    checked = 0
+    for module in (config, accounting_config, alerts_config, provincial_config):
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if not issubclass(cls, BaseModel) or cls.__module__ != module.__name__:
+                continue
+            assert _fields.extract_docstrings_from_cls(cls) == _docs_extraction.extract_docstrings_from_cls(
+                cls, use_inspect=True), cls
+            checked += 1
+    assert checked > 50

@@ -413,8 +413,9 @@ def test_dead_meter_beside_healthy_ones_then_fast_polls(caplog: pytest.LogCaptur
             for _ in range(2):
                 started = time.monotonic()
                 points = by_meter(await collector.poll("default", 0))
-                # the dead meter costs one timeout per try of its first item, and no more
-                assert 2 * timeout <= time.monotonic() - started < 4 * timeout
+                # the dead meter costs one timeout per try of its first item, and no more (the tries are
+                # counted below: a loaded machine lengthens a poll, it cannot shorten one)
+                assert 2 * timeout <= time.monotonic() - started
                 assert_good(points["m1"], READINGS[A1])
                 assert_bad(points["m2"])
                 assert_good(points["m3"], READINGS[A3])
@@ -422,9 +423,7 @@ def test_dead_meter_beside_healthy_ones_then_fast_polls(caplog: pytest.LogCaptur
             assert [r for r in sim.requests if r[0] == A2] == [(A2, "00010000")] * 4
             # m2 is offline and probed only every 60 s: no request, no delay for the others
             for _ in range(3):
-                started = time.monotonic()
                 points = by_meter(await collector.poll("default", 0))
-                assert time.monotonic() - started < timeout
                 assert_good(points["m1"], READINGS[A1])
                 assert_bad(points["m2"])
                 assert_good(points["m3"], READINGS[A3])
@@ -621,7 +620,7 @@ def test_bus_down_at_start_then_the_server_appears(caplog: pytest.LogCaptureFixt
 
     async def main() -> None:
         port = free_port()  # nothing listens there yet
-        collector = Dlt645Collector(tcp_bus(port, timeout_ms=1000), [meter("m1", A1), meter("m2", A2)],
+        collector = Dlt645Collector(tcp_bus(port, timeout_ms=30_000), [meter("m1", A1), meter("m2", A2)],
                                     policy=policy)
         await collector.start()
         sim = Dlt645MeterServer([A1, A2], Values())
@@ -629,7 +628,7 @@ def test_bus_down_at_start_then_the_server_appears(caplog: pytest.LogCaptureFixt
             for _ in range(3):
                 started = time.monotonic()
                 points = by_meter(await collector.poll("default", 0))
-                assert time.monotonic() - started < 0.5  # refused at once: no timeout is waited
+                assert time.monotonic() - started < 15  # refused at once: the 30 s timeout is not waited
                 assert_bad(points["m1"])
                 assert_bad(points["m2"])
             await sim.start_tcp(port=port)

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -404,7 +405,7 @@ def test_tcp_no_answer_times_out_the_client(
         started = time.monotonic()
         with pytest.raises(ModbusIOException):
             await client.read_holding_registers(0, count=10, device_id=2)
-        assert 0.25 < time.monotonic() - started < 3
+        assert time.monotonic() - started > 0.25  # the client's 0.3 s timeout, not an answer (load only adds)
         assert (await read_meter(client, demo, "kiln_drive", 3))["power_active"] > 0  # the bus still works
         clock.advance(31)
         assert (await read_meter(client, demo, "raw_mill", 2))["power_active"] > 0
@@ -419,15 +420,13 @@ def test_tcp_dropped_connection_closes_the_socket(
 
     async def body(client: AsyncModbusTcpClient, _: ModbusPlantServer) -> None:
         model.inject("coal_mill", DroppedConnection(clock.now_ms(), 10))
-        started = time.monotonic()
         with pytest.raises((ConnectionException, ModbusIOException)):
             await client.read_holding_registers(0, count=10, device_id=4)
         for _ in range(100):
             if not client.connected:
                 break
             await asyncio.sleep(0.01)
-        assert not client.connected
-        assert time.monotonic() - started < 2
+        assert not client.connected  # noticed by the client, whatever the machine's speed (body is bounded at 20 s)
         clock.advance(11)
         assert await client.connect()
         assert (await read_meter(client, demo, "coal_mill", 4))["power_active"] > 0
@@ -703,7 +702,7 @@ def test_mqtt_nested_paths_scale_and_iso_timestamps() -> None:
 
 def test_mqtt_meter_publishes_every_interval_of_event_time(demo: PlantConfig) -> None:
     async def main() -> list[dict[str, Any]]:
-        clock = ScaledClock(datetime(2025, 1, 5, 18, tzinfo=UTC), 600.0)  # 10 simulated s = 16.7 ms
+        clock = ScaledClock(datetime(2025, 1, 5, 18, tzinfo=UTC), 60.0)  # 10 simulated s = 167 ms
         model = PlantModel.from_config(demo, clock)
         bodies: list[dict[str, Any]] = []
         got = asyncio.Event()
@@ -728,7 +727,10 @@ def test_mqtt_meter_publishes_every_interval_of_event_time(demo: PlantConfig) ->
     bodies = asyncio.run(main())
     stamps = [b["ts"] for b in bodies]
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert all(9_000 <= g <= 15_000 for g in gaps), gaps
+    # never early, never twice in an interval; a busy machine may only delay a publish (so no upper bound on one
+    # gap, but most are one interval)
+    assert all(g >= 9_000 for g in gaps), gaps
+    assert statistics.median(gaps) <= 15_000, gaps
     totals = [b["totalizer_nm3"] for b in bodies]
     assert all(b > a for a, b in itertools.pairwise(totals))
 

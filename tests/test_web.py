@@ -139,7 +139,12 @@ def test_overview_shows_the_stores_numbers(plant: PlantConfig, filled: tuple[Sql
     hour = snap["indicators"][0]["hour"]
     assert hour["start_ms"] == exp["hour_start"] and hour["value"] == exp["hour_value"]
     assert hour["benchmark"] == 100.0 and hour["baseline"] == 117.0
-    assert 100 < hour["value"] < 117 and hour["status"] == 2 and hour["grade"] == "标杆与基准之间"
+    # the running hour is an estimate: its value without a grade; the hour before it is complete and graded
+    assert 100 < hour["value"] < 117 and hour["provisional"] and hour["status"] is None
+    assert hour["grade"] == "暂估（时段未完整，不分级）"
+    last = snap["indicators"][0]["last_hour"]
+    assert last["start_ms"] == hour["start_ms"] - 3_600_000 and not last["provisional"]
+    assert 100 < last["value"] < 117 and last["status"] == 2 and last["grade"] == "标杆与基准之间"
     power = {p["meter"]: p for p in snap["power"]}
     for meter, value in exp["power"].items():
         if meter != "raw_mill":
@@ -256,7 +261,8 @@ def test_victoria_metrics_reader_gives_the_same_overview(
         assert a["kgce"] == pytest.approx(b["kgce"], **approx)
     for period in ("hour", "day"):
         a, b = vm["indicators"][0][period], lite["indicators"][0][period]
-        assert a["start_ms"] == b["start_ms"] and a["status"] == b["status"] == 2
+        assert a["start_ms"] == b["start_ms"] and a["provisional"] == b["provisional"] is True
+        assert a["status"] == b["status"] is None  # the running hour and day: not graded yet
         for field in ("value", "energy_kgce", "output", "benchmark", "baseline"):
             assert a[field] == pytest.approx(b[field], **approx)
     for a, b in zip(vm["power"], lite["power"], strict=True):
@@ -295,7 +301,7 @@ class _Dom(HTMLParser):
             self._stack.append(a)
 
     def handle_endtag(self, tag: str) -> None:
-        if self._stack:
+        if self._stack and self._stack[-1]["_tag"] == tag:  # `</rect>` of an element never pushed: not ours
             self._stack.pop()
         self._in_snapshot = False
 
@@ -366,7 +372,7 @@ def start_process(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300  # a bound for a hung process, not a speed requirement
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
@@ -375,7 +381,7 @@ def start_process(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], 
         if found:
             return proc, found.group(1)
     proc.kill()
-    raise AssertionError(f"{cmd[3]} printed no URL within 90 s")
+    raise AssertionError(f"{cmd[3]} printed no URL within 300 s")
 
 
 def stop_process(proc: subprocess.Popen[str]) -> str:
@@ -450,13 +456,13 @@ def test_serve_page_in_chromium_shows_the_stores_numbers(plant: PlantConfig, tmp
 def test_demo_page_in_chromium_updates_live(tmp_path: Path) -> None:
     proc, url = start_process(
         [sys.executable, "-m", "energymon.cli", "demo", "--speed", "600", "--refresh", "1", "--web-port", "0",
-         "--duration", "120", "--data-dir", str(tmp_path)], "live page: ")
+         "--data-dir", str(tmp_path)], "live page: ")
     try:
         first = dump_dom(url)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a bound for a hung demo: a new reading shows within seconds
         second = dump_dom(url)
         while second.by_id["latest-reading"]["data-ts"] == first.by_id["latest-reading"]["data-ts"]:
-            assert time.monotonic() < deadline, "the page showed the same latest reading for 60 s"
+            assert time.monotonic() < deadline, "the page showed the same latest reading for 300 s"
             time.sleep(1)
             second = dump_dom(url)
         # within one page load: the script renders newer snapshots than the one embedded in the page
@@ -473,4 +479,8 @@ def test_demo_page_in_chromium_updates_live(tmp_path: Path) -> None:
     embedded = json.loads(long.snapshot_json)["seq"]
     assert int(long.body["data-rendered"]) > embedded and int(long.body["data-polls"]) >= 2
     value = next(r for r in long.rows if r.get("class") == "value")
-    assert 100 < float(value["data-value"]) < 117  # the simulated clinker line sits between 标杆 and 基准
+    shown = long.by_id["indicators"]["_text"].split("上一小时")[0]  # the card's main value, not the hour before
+    if "暂估" in shown:  # the running hour: an estimate (far off in the first minutes), shown without a grade
+        assert float(value["data-value"]) > 0 and "超过限额" not in shown
+    else:
+        assert 100 < float(value["data-value"]) < 117  # the simulated clinker line sits between 标杆 and 基准
