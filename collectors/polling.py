@@ -368,9 +368,9 @@ class PollingCollector(ABC, Generic[DeviceT, ConnT]):
         Every healthy meter (its last poll answered, or not polled yet) is read, one after another, in the
         plant file's order. Then each failing meter that is :meth:`~DeviceHealth.due` is read if its worst
         case (:meth:`worst_read_ms`) ends before ``until_ms``; one that is not read this tick (not due, or
-        no time left) gives quality-bad points without a request. A failing meter the bus never had the time
-        for during a probe interval (:meth:`~DeviceHealth.starved`) is sent one request anyway, after the
-        healthy meters.
+        no time left) gives quality-bad points without a request. A failing meter whose worst case is longer
+        than a whole interval (a fast simulated clock), and that went a probe interval without a request
+        (:meth:`~DeviceHealth.starved`), is sent one request anyway, after the healthy meters, one such a tick.
 
         Args:
             group: the poll group that ticked.
@@ -390,15 +390,18 @@ class PollingCollector(ABC, Generic[DeviceT, ConnT]):
                 continue
             async with self._lock:
                 points.extend(await self._read_device(device))
+        forced = False
         for device in failing:
             health = device.health
             now = self._clock.now_ms()
             if health.due(now) and self._fits(device, until_ms):
                 async with self._lock:
                     points.extend(await self._read_device(device))
-            elif health.due(now) and health.starved(now):
-                # the bus never has the time (a loaded bus or a fast clock): one request anyway, after the
-                # healthy meters, so the meter is not left unread for good
+            elif (not forced and until_ms is not None and health.due(now) and health.starved(now)
+                  and (until_ms - ts_ms) / self._clock.speed() < self.worst_read_ms(health)):
+                # even an idle interval could not hold its worst case (a fast clock): one request anyway, after
+                # the healthy meters and at most one a tick, so the meter is not left unread for good
+                forced = True
                 health.forced_probe = True
                 try:
                     async with self._lock:
