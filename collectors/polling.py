@@ -112,7 +112,7 @@ class DeviceHealth:
     """
 
     __slots__ = ("_bus_id", "_clock", "_log", "_metrics", "_policy", "failures", "forced_probe", "label",
-                 "last_try_ms", "meter_id", "probe_at_ms", "up")
+                 "last_try_ms", "last_try_real", "meter_id", "probe_at_ms", "up")
 
     def __init__(
         self,
@@ -130,6 +130,7 @@ class DeviceHealth:
         self.failures = 0
         self.probe_at_ms = 0
         self.last_try_ms = 0
+        self.last_try_real = 0.0
         self.forced_probe = False
         self.up: bool | None = None
         self._bus_id = bus_id
@@ -153,8 +154,13 @@ class DeviceHealth:
         return not self.offline or now_ms >= self.probe_at_ms
 
     def starved(self, now_ms: int) -> bool:
-        """Whether the failing meter went a probe interval without a request (the bus never had the time)."""
-        return now_ms - self.last_try_ms >= round(self._policy.probe_interval_secs * 1000)
+        """Whether the failing meter went a probe interval without a request (the bus never had the time).
+
+        Counted in event time and in real time both, so on a fast simulated clock a forced request (which costs
+        real time) is not sent more often than once per real probe interval."""
+        interval = self._policy.probe_interval_secs
+        return (now_ms - self.last_try_ms >= round(interval * 1000)
+                and time.monotonic() - self.last_try_real >= interval)
 
     def retries(self, configured: int) -> int:
         """Retries for this poll: none for an offline meter or a forced probe (one request), else ``configured``."""
@@ -163,6 +169,7 @@ class DeviceHealth:
     def failed(self, exc: SourceError, *, counts: bool) -> None:
         """The meter failed this poll with ``exc``; ``counts`` adds it to the failures in a row."""
         self.last_try_ms = self._clock.now_ms()
+        self.last_try_real = time.monotonic()
         if counts:
             self.failures += 1
             if self.offline:
@@ -176,6 +183,7 @@ class DeviceHealth:
     def ok(self) -> None:
         """The meter answered this poll: it is healthy again."""
         self.last_try_ms = self._clock.now_ms()
+        self.last_try_real = time.monotonic()
         self.failures = 0
         self.probe_at_ms = 0
         if self.up is not True:
@@ -360,9 +368,9 @@ class PollingCollector(ABC, Generic[DeviceT, ConnT]):
         Every healthy meter (its last poll answered, or not polled yet) is read, one after another, in the
         plant file's order. Then each failing meter that is :meth:`~DeviceHealth.due` is read if its worst
         case (:meth:`worst_read_ms`) ends before ``until_ms``; one that is not read this tick (not due, or
-        no time left) gives quality-bad points without a request. A failing meter the bus never had the time
-        for during a probe interval (:meth:`~DeviceHealth.starved`) is sent one request anyway, after the
-        healthy meters.
+        no time left) gives quality-bad points without a request. A failing meter whose worst case is longer
+        than a whole interval (a fast simulated clock), and that went a probe interval without a request
+        (:meth:`~DeviceHealth.starved`), is sent one request anyway, after the healthy meters, one such a tick.
 
         Args:
             group: the poll group that ticked.
@@ -382,15 +390,18 @@ class PollingCollector(ABC, Generic[DeviceT, ConnT]):
                 continue
             async with self._lock:
                 points.extend(await self._read_device(device))
+        forced = False
         for device in failing:
             health = device.health
             now = self._clock.now_ms()
             if health.due(now) and self._fits(device, until_ms):
                 async with self._lock:
                     points.extend(await self._read_device(device))
-            elif health.due(now) and health.starved(now):
-                # the bus never has the time (a loaded bus or a fast clock): one request anyway, after the
-                # healthy meters, so the meter is not left unread for good
+            elif (not forced and until_ms is not None and health.due(now) and health.starved(now)
+                  and (until_ms - ts_ms) / self._clock.speed() < self.worst_read_ms(health)):
+                # even an idle interval could not hold its worst case (a fast clock): one request anyway, after
+                # the healthy meters and at most one a tick, so the meter is not left unread for good
+                forced = True
                 health.forced_probe = True
                 try:
                     async with self._lock:
