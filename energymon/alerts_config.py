@@ -362,6 +362,9 @@ class RetryingNotifier(NotifierBase):
     """how long one record is retried (from when it was raised) before it is dead-lettered"""
     backoff_max_secs: float = Field(default=300, gt=0, le=86400)
     """longest wait between two attempts of one record (capped exponential back-off with full jitter)"""
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    """delivery attempts under way at once, each for a different alert (one alert's records go one at a time, in
+    order), so a receiver that hangs on one record holds up only that alert"""
 
 
 class WebhookNotifier(RetryingNotifier):
