@@ -20,6 +20,7 @@ delivery id, the payload). While idle, the worker calls :meth:`~BackgroundNotifi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from energymon.alerts.outbox import DeliveryOutbox, OutboxRow, delivery_id
 from energymon.errors import NotifyError
 from energymon.metrics import PipelineMetrics, StageMetrics
 
-__all__ = ["DEFAULT_BACKOFF_MAX_S", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_RETRY_FOR_S", "BackgroundNotifier", "DeliveryError", "accepts"]
+__all__ = ["DEFAULT_BACKOFF_MAX_S", "DEFAULT_DEAD_LETTER_KEEP_S", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_RETRY_FOR_S",
+           "BackgroundNotifier", "DeliveryError", "accepts", "purge_dead_letters", "retire_removed_notifiers"]
 
 log = logging.getLogger("energymon.alerts.notifiers")
 
@@ -50,6 +52,10 @@ DEFAULT_RETRY_FOR_S = 6 * 3600.0
 DEFAULT_BACKOFF_MAX_S = 300.0
 #: Delivery attempts of one notifier that may be under way at once, by default (each of another alert).
 DEFAULT_MAX_IN_FLIGHT = 4
+#: How long a dead letter stays in the outbox (for ``energymon alerts replay``) before it is purged: 90 days.
+DEFAULT_DEAD_LETTER_KEEP_S = 90 * 86400.0
+#: How often a notifier purges its own dead letters that aged out.
+PURGE_INTERVAL_S = 3600.0
 
 _POLL_S = 1.0  # how often an idle worker looks for rows another process (``alerts replay``) put back
 
@@ -116,6 +122,8 @@ class BackgroundNotifier:
             memory, and :meth:`close` dead-letters what is left.
         max_in_flight: delivery attempts under way at once, each of a different alert (records of one alert
             always go one after the other, in order); a subclass may allow fewer (``max_in_flight_limit``).
+        dead_letter_keep_s: the notifier's dead letters older than this are purged from a durable outbox (checked
+            every ``PURGE_INTERVAL_S``; None: kept until dropped).
     """
 
     kind = "notifier"
@@ -141,6 +149,7 @@ class BackgroundNotifier:
         idle_interval_s: float | None = None,
         outbox_path: Path | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        dead_letter_keep_s: float | None = DEFAULT_DEAD_LETTER_KEEP_S,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -172,6 +181,8 @@ class BackgroundNotifier:
         self._random = random.Random()
         self._failing = 0  # consecutive failed attempts (the receiver is logged once when down, once when back)
         self._last_idle = time.monotonic()
+        self._dead_letter_keep_s = dead_letter_keep_s
+        self._last_purge = time.monotonic()  # the start purges every notifier's (build_alerting); then hourly
         self._thread = threading.Thread(target=self._run, name=f"{self.kind}-{notifier_id}", daemon=True)
         self._workers = [threading.Thread(target=self._work, name=f"{self.kind}-{notifier_id}-{i}", daemon=True)
                          for i in range(self._max_in_flight)]
@@ -365,6 +376,13 @@ class BackgroundNotifier:
                     self._idle()
                 except Exception:
                     log.exception("%s %s: periodic work failed", self.kind, self._id)
+            if (self._dead_letter_keep_s is not None and self.outbox.durable
+                    and time.monotonic() - self._last_purge >= PURGE_INTERVAL_S):
+                self._last_purge = time.monotonic()
+                try:
+                    purge_dead_letters(self.outbox, self._dead_letter_keep_s, _now_ms(), notifier=self._id)
+                except Exception:
+                    log.exception("%s %s: cannot purge old dead letters", self.kind, self._id)
             free = self._max_in_flight - len(busy)
             rows: list[OutboxRow] = []
             if free > 0:
@@ -397,10 +415,8 @@ class BackgroundNotifier:
                 elif self._closing and not self._kicked:
                     self._cond.wait(min(wait, 0.05))
                 self._kicked = False
-                try:  # rows another process put back (replay) count too
+                with contextlib.suppress(Exception):  # rows another process put back (replay) count too
                     self._waiting = self.outbox.pending(self._id)[0]
-                except Exception:
-                    pass
 
     def _work(self) -> None:
         """A delivery thread: one attempt at a time, of the rows the dispatcher hands over."""
@@ -530,3 +546,69 @@ class BackgroundNotifier:
                          self.kind, self.id, self.dead_letter_path, exc, line.strip())
             if self._stage is not None:
                 self._stage.error(exc)
+
+
+def _days(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days:g} day(s)" if days >= 1 else _duration(round(seconds * 1000))
+
+
+def retire_removed_notifiers(outbox: DeliveryOutbox, notifier_ids: Collection[str], *, data_dir: Path | None,
+                             now_ms: int | None = None) -> dict[str, int]:
+    """Dead-letter the records still waiting for notifiers that are no longer in the plant file (nothing would
+    ever send or purge them); returns the count per removed notifier.
+
+    They are reported once, with a warning (the next start finds them dead already), appended to that notifier's
+    dead-letter file ``data_dir/dead-letter-<id>.jsonl``, and kept in the outbox, where ``energymon alerts
+    deliveries --dead`` lists them, ``alerts drop`` forgets them and, once the notifier is back in the plant file,
+    ``alerts replay`` sends them again; they are purged with the other dead letters when they age out.
+    """
+    now = _now_ms() if now_ms is None else now_ms
+    rows = outbox.retire(notifier_ids, now)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.notifier] = counts.get(row.notifier, 0) + 1
+    if not rows:
+        return counts
+    log.warning(
+        "alert outbox %s: %d record(s) waiting for notifier(s) no longer in the plant file will not be sent and "
+        "are dead letters now: %s; 'energymon alerts deliveries --dead' lists them, 'energymon alerts drop "
+        "--notifier ID' forgets them, or put the notifier back and 'energymon alerts replay --notifier ID'",
+        outbox.path or "(memory)", len(rows), ", ".join(f"{n} {c}" for n, c in counts.items()))
+    if data_dir is not None:
+        at = _iso_now()
+        for notifier in counts:
+            lines = []
+            for row in rows:
+                if row.notifier != notifier:
+                    continue
+                payload = Alert.from_record(row.record).to_dict()
+                payload["delivery_id"] = row.delivery_id
+                lines.append(json.dumps({
+                    "dead_lettered_at": at, "notifier": notifier, "type": None,
+                    "reason": f"notifier {notifier} is no longer in the plant file", "attempts": row.attempts,
+                    "delivery_id": row.delivery_id, "payload": payload,
+                }, ensure_ascii=False, separators=(",", ":")) + "\n")
+            path = Path(data_dir) / f"dead-letter-{notifier}.jsonl"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a", encoding="utf-8") as fh:
+                    fh.writelines(lines)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # they are in the outbox anyway
+                log.error("cannot write dead-letter file %s: %s; the records stay in the outbox", path, exc)
+    return counts
+
+
+def purge_dead_letters(outbox: DeliveryOutbox, keep_s: float, now_ms: int | None = None, *,
+                       notifier: str | None = None) -> dict[str, int]:
+    """Forget the dead letters dead-lettered more than ``keep_s`` ago (of one notifier, or of all), with a log
+    line; returns the count per notifier. The dead-letter files keep them."""
+    now = _now_ms() if now_ms is None else now_ms
+    counts = outbox.purge_dead(now - round(keep_s * 1000), notifier=notifier)
+    if counts:
+        log.info("alert outbox %s: purged %d dead letter(s) older than %s: %s (the dead-letter files keep them)",
+                 outbox.path or "(memory)", sum(counts.values()), _days(keep_s),
+                 ", ".join(f"{n} {c}" for n, c in counts.items()))
+    return counts

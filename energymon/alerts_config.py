@@ -456,6 +456,9 @@ class AlertsConfig(Strict):
     """alert rules (one of the `alerts.rules[]` kinds below)"""
     notifiers: list[Notifier] = Field(default_factory=list)
     """notifiers (one of the `alerts.notifiers[]` types below)"""
+    dead_letter_keep_days: float = Field(default=90, gt=0, le=3650)
+    """dead letters (records given up on, and those of a notifier removed from this file) stay in the outbox for
+    `energymon alerts replay` this long, then are purged (the dead-letter files keep them)"""
 
 
 #: The sub-sections for the generated config reference (``energymon.config_reference``).
