@@ -15,6 +15,8 @@ crash the next start finds the rows and sends them again: delivery is *at least 
 * **Dead letters.** A row that gave up keeps its place with ``dead_ms`` set (and the reason); the rows that
   follow it in the same alert cycle are dead-lettered with it, so a receiver never gets the resolution of a
   firing it did not get. ``energymon alerts replay`` puts dead rows back in the queue, in their order.
+* **Clean-up.** :meth:`~DeliveryOutbox.retire` dead-letters the waiting rows of notifiers no longer in the
+  plant file; :meth:`~DeliveryOutbox.purge_dead` forgets dead rows past their keeping time.
 """
 
 from __future__ import annotations

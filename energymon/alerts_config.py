@@ -363,8 +363,7 @@ class RetryingNotifier(NotifierBase):
     backoff_max_secs: float = Field(default=300, gt=0, le=86400)
     """longest wait between two attempts of one record (capped exponential back-off with full jitter)"""
     max_in_flight: int = Field(default=4, ge=1, le=64)
-    """delivery attempts under way at once, each for a different alert (one alert's records go one at a time, in
-    order), so a receiver that hangs on one record holds up only that alert"""
+    """attempts under way at once, each for another alert (one alert's records go in order, one at a time)"""
 
 
 class WebhookNotifier(RetryingNotifier):
@@ -457,8 +456,7 @@ class AlertsConfig(Strict):
     notifiers: list[Notifier] = Field(default_factory=list)
     """notifiers (one of the `alerts.notifiers[]` types below)"""
     dead_letter_keep_days: float = Field(default=90, gt=0, le=3650)
-    """dead letters (records given up on, and those of a notifier removed from this file) stay in the outbox for
-    `energymon alerts replay` this long, then are purged (the dead-letter files keep them)"""
+    """dead letters stay in the outbox (for `energymon alerts replay`) this long, then are purged"""
 
 
 #: The sub-sections for the generated config reference (``energymon.config_reference``).
