@@ -105,11 +105,12 @@ def build_notifiers(plant: PlantConfig, *, data_dir: Path, metrics: PipelineMetr
     return out
 
 
-def tidy_outbox(plant: PlantConfig, path: Path, *, data_dir: Path) -> None:
+def tidy_outbox(plant: PlantConfig, path: Path, *, data_dir: Path, metrics: PipelineMetrics | None = None) -> None:
     """At start: dead-letter the records of notifiers removed from the plant file, purge aged dead letters."""
     outbox = DeliveryOutbox(path)
     try:
-        retire_removed_notifiers(outbox, [n.id for n in plant.alerts.notifiers], data_dir=data_dir)
+        retire_removed_notifiers(outbox, [n.id for n in plant.alerts.notifiers], data_dir=data_dir,
+                                 metrics=metrics)
         purge_dead_letters(outbox, plant.alerts.dead_letter_keep_days * 86400)
     finally:
         outbox.close()
@@ -139,7 +140,7 @@ def build_alerting(
     store = AlertStore(path)
     try:
         store.save_plant_info(plant_info(plant))
-        tidy_outbox(plant, path, data_dir=data_dir)
+        tidy_outbox(plant, path, data_dir=data_dir, metrics=metrics)
         notifiers = build_notifiers(plant, data_dir=data_dir, metrics=metrics, outbox_path=path,
                                     **(notifier_options or {}))
     except BaseException:

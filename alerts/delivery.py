@@ -554,14 +554,15 @@ def _days(seconds: float) -> str:
 
 
 def retire_removed_notifiers(outbox: DeliveryOutbox, notifier_ids: Collection[str], *, data_dir: Path | None,
-                             now_ms: int | None = None) -> dict[str, int]:
+                             now_ms: int | None = None, metrics: PipelineMetrics | None = None) -> dict[str, int]:
     """Dead-letter the records still waiting for notifiers that are no longer in the plant file (nothing would
     ever send or purge them); returns the count per removed notifier.
 
     They are reported once, with a warning (the next start finds them dead already), appended to that notifier's
     dead-letter file ``data_dir/dead-letter-<id>.jsonl``, and kept in the outbox, where ``energymon alerts
     deliveries --dead`` lists them, ``alerts drop`` forgets them and, once the notifier is back in the plant file,
-    ``alerts replay`` sends them again; they are purged with the other dead letters when they age out.
+    ``alerts replay`` sends them again; they are purged with the other dead letters when they age out. Each
+    counts as ``energymon_dropped_total{stage="notify",reason="dead_letter"}``.
     """
     now = _now_ms() if now_ms is None else now_ms
     rows = outbox.retire(notifier_ids, now)
@@ -570,6 +571,8 @@ def retire_removed_notifiers(outbox: DeliveryOutbox, notifier_ids: Collection[st
         counts[row.notifier] = counts.get(row.notifier, 0) + 1
     if not rows:
         return counts
+    if metrics is not None:
+        metrics.stage(STAGE).dropped("dead_letter", len(rows))
     log.warning(
         "alert outbox %s: %d record(s) waiting for notifier(s) no longer in the plant file will not be sent and "
         "are dead letters now: %s; 'energymon alerts deliveries --dead' lists them, 'energymon alerts drop "

@@ -55,9 +55,10 @@ def hook(notifier_id: str, url: str) -> dict[str, Any]:
     return {"type": "webhook", "id": notifier_id, "url": url}
 
 
-def start(p: PlantConfig, data_dir: Path) -> tuple[Any, list[Any]]:
+def start(p: PlantConfig, data_dir: Path, registry: CollectorRegistry | None = None) -> tuple[Any, list[Any]]:
     return build_alerting(p, clock=ManualClock(datetime(2025, 3, 3, 1, 0, tzinfo=UTC)),
-                          metrics=PipelineMetrics(CollectorRegistry()), data_dir=data_dir, notifier_options=FAST)
+                          metrics=PipelineMetrics(registry or CollectorRegistry()), data_dir=data_dir,
+                          notifier_options=FAST)
 
 
 def stop(engine: Any, notifiers: list[Any]) -> None:
@@ -117,7 +118,9 @@ def test_records_of_a_removed_notifier_are_dead_lettered_once_and_can_be_dropped
         capsys: pytest.CaptureFixture[str]) -> None:
     caplog.set_level(logging.INFO)
     without = plant([hook("hook", receiver.url)])
-    stop(*start(without, data_dir))
+    registry = CollectorRegistry()
+    stop(*start(without, data_dir, registry))
+    assert registry.get_sample_value("energymon_dropped_total", {"stage": "notify", "reason": "dead_letter"}) == 2
     (warning,) = warnings_about_removed(caplog)
     assert "2 record(s)" in warning and "old_hook 2" in warning
     rows = DeliveryOutbox(data_dir / STATE_FILE).rows()
