@@ -4,9 +4,9 @@ dispatcher thread and a few delivery threads, retries scheduled per record, dead
 :meth:`BackgroundNotifier.notify` writes the record to the :class:`~energymon.alerts.outbox.DeliveryOutbox`
 (the alert state file) and returns; the record stays there until the receiver accepted it, so a crash at any
 moment repeats a delivery rather than losing one (at least once; every attempt of one record carries the same
-delivery id). The dispatcher hands the rows that are due to the delivery threads, which send them through the subclass's
-:meth:`~BackgroundNotifier._deliver_once`, which raises :class:`DeliveryError` saying whether the failure is worth
-retrying. Each row has its own schedule: retry ``n`` of a row waits uniform(0, min(``backoff_cap_s``,
+delivery id). The dispatcher hands the rows that are due to the delivery threads, which send them through
+the subclass's :meth:`~BackgroundNotifier._deliver_once`; it raises :class:`DeliveryError` saying whether the
+failure is worth retrying. Each row has its own schedule: retry ``n`` of a row waits uniform(0, min(``backoff_cap_s``,
 ``backoff_base_s`` × 2^(n-1))) seconds (a server's ``Retry-After`` instead, up to ``retry_after_max_s``), so one
 record's back-off holds no other; per alert id the rows go in order (a resolution never overtakes its firing).
 Up to ``max_in_flight`` attempts run at once, each on its own thread and bounded by the notifier's timeout, never
@@ -14,8 +14,9 @@ two of the same alert: a receiver that hangs on one alert's record holds up only
 A row is given up on (dead-lettered) when the failure is final, when it has waited ``retry_for_s`` (6 hours by
 default), or after ``max_retries`` retries if that is set. A dead letter stays in the outbox (``energymon alerts
 replay`` sends it again) and is appended to the dead-letter file (one JSON line: notifier, reason, attempts,
-delivery id, the payload). While idle, the worker calls :meth:`~BackgroundNotifier._idle` every
-``idle_interval_s`` (Alertmanager's re-sends).
+delivery id, the payload). The dispatcher calls :meth:`~BackgroundNotifier._idle` every ``idle_interval_s``
+(Alertmanager's re-sends) and purges the notifier's dead letters older than ``dead_letter_keep_s`` hourly;
+:func:`retire_removed_notifiers` and :func:`purge_dead_letters` tidy the whole outbox at start.
 """
 
 from __future__ import annotations
