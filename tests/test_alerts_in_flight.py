@@ -8,6 +8,9 @@ Everything is judged by conditions the receiver sees (requests open, records acc
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
 import json
 import threading
 import time
@@ -18,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
+from services import free_port
 
 from energymon.alerts.engine import Alert, AlertState
 from energymon.alerts.notifiers import WebhookNotifier
+from energymon.alerts.notify_email import EmailNotifier
 from energymon.alerts.outbox import DeliveryOutbox
 from energymon.alerts.state import STATE_FILE
+from energymon.alerts_config import EmailNotifier as EmailConfig
 from energymon.alerts_config import WebhookNotifier as WebhookConfig
 from energymon.metrics import PipelineMetrics
 
@@ -267,3 +274,57 @@ def test_due_leaves_out_the_alerts_being_delivered() -> None:
     assert [(r.alert_id, r.event) for r in due] == [("meter_offline:b", "firing"), ("meter_offline:c", "firing")]
     assert outbox.next_due_ms("hook", exclude={"meter_offline:a", "meter_offline:b", "meter_offline:c"}) is None
     assert outbox.next_due_ms("hook", exclude=busy) == NOW_MS
+
+
+class SlowInbox:
+    """aiosmtpd handler: holds the DATA of one alert's mails until released; takes every other mail at once."""
+
+    def __init__(self, hang_alert: str) -> None:
+        self.hang_alert = hang_alert
+        self.released = threading.Event()
+        self.taken: list[tuple[str, str, str]] = []  # (alert id, version, delivery id) in the order accepted
+        self.holding = 0
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        alert_id = str(msg["X-Energymon-Alert"])
+        if alert_id == self.hang_alert:
+            with self.lock:
+                self.holding += 1
+            while not self.released.is_set():
+                await asyncio.sleep(0.01)
+            with self.lock:
+                self.holding -= 1
+        with self.lock:
+            self.taken.append((alert_id, str(msg["X-Energymon-Version"]), str(msg["X-Energymon-Delivery"])))
+        return "250 OK"
+
+
+def test_email_alerts_behind_a_mail_the_server_holds_are_accepted_meanwhile(tmp_path: Path) -> None:
+    inbox = SlowInbox("meter_offline:meter_00")
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    counters = Counters()
+    config = EmailConfig.model_validate({"type": "email", "id": "ops_mail", "host": "127.0.0.1",
+                                         "port": controller.port, "security": "none",
+                                         "from_addr": "energymon@plant.example", "to": ["ops@plant.example"],
+                                         "timeout_ms": 60_000})
+    n = EmailNotifier(config, dead_letter_path=tmp_path / "dead.jsonl", metrics=counters.metrics,
+                      outbox_path=tmp_path / STATE_FILE, **FAST)
+    try:
+        notify_all(n, SOURCES[:6])
+        wait_until(lambda: len(inbox.taken) == 2 * 5, "the other alerts' mails")
+        with inbox.lock:
+            assert inbox.holding == 1  # meter_00's firing is still in the server's hands
+            assert "meter_offline:meter_00" not in {a for a, _, _ in inbox.taken}
+        inbox.released.set()
+        wait_until(lambda: n.pending == 0, "meter_00's mails once the server takes them")
+    finally:
+        inbox.released.set()
+        assert n.close(10) is True
+        controller.stop()
+    assert len(inbox.taken) == 12 and len({d for _, _, d in inbox.taken}) == 12
+    for source in SOURCES[:6]:  # firing (v2), then resolution (v3): sent only after the firing's 250
+        assert [v for a, v, _ in inbox.taken if a == f"meter_offline:{source}"] == ["2", "3"]
