@@ -11,11 +11,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from energymon.alerts.delivery import purge_dead_letters, retire_removed_notifiers
 from energymon.alerts.engine import AlertEngine, AlertState
 from energymon.alerts.notifiers import Notifier, Resumable, WebhookNotifier, route
 from energymon.alerts.notify_alertmanager import AlertmanagerNotifier
 from energymon.alerts.notify_email import EmailNotifier
 from energymon.alerts.notify_mqtt import MqttNotifier
+from energymon.alerts.outbox import DeliveryOutbox
 from energymon.alerts.payload import payload_context
 from energymon.alerts.rules import ReplacementRecord, Replacements, build_rules
 from energymon.alerts.state import STATE_FILE, AlertStore
@@ -27,7 +29,7 @@ from energymon.config import PlantConfig
 from energymon.interfaces import Clock, Transport
 from energymon.metrics import PipelineMetrics
 
-__all__ = ["STATE_FILE", "build_alerting", "build_notifiers", "plant_info"]
+__all__ = ["STATE_FILE", "build_alerting", "build_notifiers", "plant_info", "tidy_outbox"]
 
 
 def plant_info(plant: PlantConfig) -> dict[str, Any]:
@@ -83,7 +85,8 @@ def build_notifiers(plant: PlantConfig, *, data_dir: Path, metrics: PipelineMetr
         for cfg in plant.alerts.notifiers:
             dead = data_dir / f"dead-letter-{cfg.id}.jsonl"
             common: dict[str, Any] = {"dead_letter_path": dead, "metrics": metrics, "context": context,
-                                      "outbox_path": outbox, **kw}
+                                      "outbox_path": outbox,
+                                      "dead_letter_keep_s": plant.alerts.dead_letter_keep_days * 86400, **kw}
             if isinstance(cfg, WebhookConfig):
                 out.append(WebhookNotifier(cfg, enterprise=uscc, **common))
             elif isinstance(cfg, EmailConfig):
@@ -102,6 +105,17 @@ def build_notifiers(plant: PlantConfig, *, data_dir: Path, metrics: PipelineMetr
     return out
 
 
+def tidy_outbox(plant: PlantConfig, path: Path, *, data_dir: Path, metrics: PipelineMetrics | None = None) -> None:
+    """At start: dead-letter the records of notifiers removed from the plant file, purge aged dead letters."""
+    outbox = DeliveryOutbox(path)
+    try:
+        retire_removed_notifiers(outbox, [n.id for n in plant.alerts.notifiers], data_dir=data_dir,
+                                 metrics=metrics)
+        purge_dead_letters(outbox, plant.alerts.dead_letter_keep_days * 86400)
+    finally:
+        outbox.close()
+
+
 def build_alerting(
     plant: PlantConfig,
     *,
@@ -117,12 +131,16 @@ def build_alerting(
     The notifiers' outbox is the state file. Firing alerts restored from it are handed to notifiers that keep
     state on the far side (Alertmanager) without being notified again. The plant's rule ids, sources and time
     zone are written to the state file for ``energymon alerts``. ``notifier_options`` go to every notifier.
+
+    The outbox is tidied first: records waiting for a notifier no longer in the plant file become dead letters
+    (reported once, with a warning), and dead letters older than ``alerts.dead_letter_keep_days`` are purged.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = state_path if state_path is not None else data_dir / STATE_FILE
     store = AlertStore(path)
     try:
         store.save_plant_info(plant_info(plant))
+        tidy_outbox(plant, path, data_dir=data_dir, metrics=metrics)
         notifiers = build_notifiers(plant, data_dir=data_dir, metrics=metrics, outbox_path=path,
                                     **(notifier_options or {}))
     except BaseException:

@@ -132,8 +132,12 @@ def _refuse(what: str, name: str, known: Sequence[str]) -> str:
     return text
 
 
-def _check_names(args: argparse.Namespace, info: dict[str, Any] | None) -> str | None:
-    """A message for a rule, source or notifier the plant (as the processor last started) does not have."""
+def _check_names(args: argparse.Namespace, info: dict[str, Any] | None,
+                 outbox_notifiers: Sequence[str] = ()) -> str | None:
+    """A message for a rule, source or notifier the plant (as the processor last started) does not have.
+
+    ``outbox_notifiers``: notifiers with records in the outbox (a removed one's dead letters can be listed and
+    dropped)."""
     if info is None:
         return None
     rules, sources, notifiers = info.get("rules", []), info.get("sources", []), info.get("notifiers", [])
@@ -145,6 +149,12 @@ def _check_names(args: argparse.Namespace, info: dict[str, Any] | None) -> str |
         return _refuse("source (meter, item, product, gateway)", source, sources)
     notifier = getattr(args, "notifier", None)
     if notifier is not None and notifier not in notifiers:
+        if notifier in outbox_notifiers:
+            if args.alerts_command == "replay":
+                return (f"error: notifier {notifier!r} is no longer in the plant file, so nothing would send its "
+                        f"records; put it back and restart the processor, then replay, or forget them with "
+                        f"'energymon alerts drop --notifier {notifier}'")
+            return None
         return _refuse("notifier", notifier, notifiers)
     alert_id = getattr(args, "id", None)
     if isinstance(alert_id, str):
@@ -179,7 +189,8 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
                 _TZ = ZoneInfo(str(info.get("tz") or "UTC"))
             except (ZoneInfoNotFoundError, ValueError):
                 _TZ = UTC
-        problem = _check_names(args, info)
+        problem = _check_names(args, info, _outbox_notifiers(path) if command in ("deliveries", "replay", "drop")
+                               else ())
         if problem is not None:
             print(problem, file=sys.stderr)
             return 2
@@ -226,23 +237,47 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             print(f"silence {args.silence_id} ended", file=out)
             return 0
         if command in ("deliveries", "replay", "drop"):
-            return _deliveries(path, args, out, now)
+            return _deliveries(path, args, out, now,
+                               None if info is None else list(info.get("notifiers", [])))
         print(f"error: unknown alerts action {command!r}", file=sys.stderr)
         return 2
     finally:
         store.close()
 
 
-def _deliveries(path: Path, args: argparse.Namespace, out: TextIO, now: int) -> int:
+def _outbox_notifiers(path: Path) -> list[str]:
+    outbox = DeliveryOutbox(path)
+    try:
+        return list(outbox.notifier_counts())
+    finally:
+        outbox.close()
+
+
+def _deliveries(path: Path, args: argparse.Namespace, out: TextIO, now: int,
+                plant_notifiers: Sequence[str] | None = None) -> int:
     outbox = DeliveryOutbox(path)
     try:
         if args.alerts_command in ("replay", "drop"):
             replay = args.alerts_command == "replay"
+            removed: list[str] = []
             if replay:
-                rows = outbox.replay(now, notifier=args.notifier, delivery_ids=args.delivery_ids)
+                rows = outbox.replay(now, notifier=args.notifier, delivery_ids=args.delivery_ids, only=plant_notifiers)
+                if plant_notifiers is not None:  # dead letters of notifiers removed from the plant file stay dead
+                    known, wanted = set(plant_notifiers), set(args.delivery_ids)
+                    stranded = [r for r in outbox.rows(notifier=args.notifier, dead=True)
+                                if r.notifier not in known and (not wanted or r.delivery_id in wanted)]
+                    removed = [r.delivery_id for r in stranded]
+                    for r in stranded if wanted else ():
+                        print(f"error: dead letter {r.delivery_id} is for notifier {r.notifier!r}, which is no "
+                              "longer in the plant file; put it back and restart the processor to replay it, "
+                              "or drop it", file=sys.stderr)
+                    if stranded and not wanted:
+                        print(f"{len(stranded)} dead letter(s) of notifiers no longer in the plant file not replayed "
+                              "(see 'energymon alerts deliveries --dead'; drop them or put the notifier back)",
+                              file=sys.stderr)
             else:
                 rows = outbox.drop(notifier=args.notifier, delivery_ids=args.delivery_ids)
-            missing = set(args.delivery_ids) - {r.delivery_id for r in rows}
+            missing = set(args.delivery_ids) - {r.delivery_id for r in rows} - set(removed)
             for did in sorted(missing):
                 print(f"error: no dead letter {did}", file=sys.stderr)
             for r in rows:
@@ -257,7 +292,7 @@ def _deliveries(path: Path, args: argparse.Namespace, out: TextIO, now: int) -> 
                 print(f"nothing to {args.alerts_command}: no dead letters"
                       + (f" for {args.notifier}" if args.notifier else ""), file=sys.stderr)
                 return 1
-            return 1 if missing else 0
+            return 1 if missing or (removed and args.delivery_ids) else 0
         rows = outbox.rows(notifier=args.notifier, dead=True if args.dead else None)
         if args.json:
             for r in rows:

@@ -29,6 +29,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -243,6 +244,7 @@ class WebhookNotifier(BackgroundNotifier):
             self._secret = secret.encode()
         kw.setdefault("retry_for_s", config.retry_for_secs)
         kw.setdefault("backoff_cap_s", config.backoff_max_secs)
+        kw.setdefault("max_in_flight", config.max_in_flight)
         super().__init__(
             config.id, severities=config.severities, audiences=config.audiences, dead_letter_path=dead_letter_path,
             max_retries=config.max_retries, metrics=metrics, **kw,
@@ -252,7 +254,8 @@ class WebhookNotifier(BackgroundNotifier):
         self.context = context if context is not None else PayloadContext(enterprise_code=enterprise)
         self._timeout_s = config.timeout_ms / 1000
         self._client = httpx.Client(timeout=self._timeout_s, transport=transport, follow_redirects=False)
-        self._last_status: tuple[str, int] | None = None  # (delivery id, last HTTP status)
+        self._last_status: dict[str, int] = {}  # delivery id → its last HTTP status (attempts run in parallel)
+        self._status_lock = threading.Lock()
         self._start()
 
     def _payload(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
@@ -268,16 +271,18 @@ class WebhookNotifier(BackgroundNotifier):
                    TIMESTAMP_HEADER: str(timestamp)}
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = sign(self._secret, body, timestamp)
-        self._last_status = None
+        with self._status_lock:
+            self._last_status.pop(delivery_id, None)
         try:
             response = self._client.post(self.config.url, content=body, headers=headers)
         except httpx.TransportError as exc:  # connect errors, timeouts, broken connections
             raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                                 retriable=True) from None
         status = response.status_code
-        self._last_status = (delivery_id, status)
         if 200 <= status < 300:
             return
+        with self._status_lock:
+            self._last_status[delivery_id] = status
         snippet = response.text[:200].strip()
         raise DeliveryError(
             f"HTTP {status}" + (f": {snippet}" if snippet else ""),
@@ -286,11 +291,12 @@ class WebhookNotifier(BackgroundNotifier):
         )
 
     def _dead_letter_extra(self, alert: Alert, delivery_id: str) -> dict[str, Any]:
-        last = self._last_status
-        return {"url": self._safe_url, "status_code": last[1] if last is not None and last[0] == delivery_id else None}
+        with self._status_lock:
+            status = self._last_status.pop(delivery_id, None)
+        return {"url": self._safe_url, "status_code": status}
 
     def _close_grace_s(self) -> float:
-        return 4 * self._timeout_s  # at most one request is in flight
+        return 4 * self._timeout_s  # the requests in flight run in parallel, each within its timeout
 
     def _closed(self) -> None:
         self._client.close()

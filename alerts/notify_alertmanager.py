@@ -136,6 +136,7 @@ class AlertmanagerNotifier(BackgroundNotifier):
         self._resend_s = config.resend_interval_secs
         kw.setdefault("retry_for_s", config.retry_for_secs)
         kw.setdefault("backoff_cap_s", config.backoff_max_secs)
+        kw.setdefault("max_in_flight", config.max_in_flight)
         self.context = context if context is not None else PayloadContext(enterprise_code=enterprise)
         super().__init__(
             config.id, severities=config.severities, audiences=config.audiences,
@@ -207,8 +208,12 @@ class AlertmanagerNotifier(BackgroundNotifier):
         if time.monotonic() - self._last_resend < self._resend_s:
             return
         self._last_resend = time.monotonic()
+        # An alert whose record is being posted now is left out: that post refreshes it, and a re-send of the
+        # state before it (a firing) must not land after its resolution. The dispatcher runs this, so no other
+        # alert's delivery starts meanwhile.
+        busy = set(self.in_flight)
         with self._active_lock:
-            active = list(self._active.values())
+            active = [v for k, v in self._active.items() if k not in busy]
         if not active:
             return
         now = datetime.now(UTC)

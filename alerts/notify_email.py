@@ -144,6 +144,7 @@ class EmailNotifier(BackgroundNotifier):
     ) -> None:
         kw.setdefault("retry_for_s", config.retry_for_secs)
         kw.setdefault("backoff_cap_s", config.backoff_max_secs)
+        kw.setdefault("max_in_flight", config.max_in_flight)
         super().__init__(
             config.id, severities=config.severities, audiences=config.audiences,
             dead_letter_path=dead_letter_path, max_retries=config.max_retries, metrics=metrics,

@@ -55,6 +55,8 @@ class MqttNotifier(BackgroundNotifier):
 
     kind = "mqtt"
     supersede = True
+    #: One publish at a time: the notifier's one broker connection and its asyncio loop serve every alert alike.
+    max_in_flight_limit = 1
 
     def __init__(
         self,

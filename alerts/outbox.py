@@ -15,6 +15,8 @@ crash the next start finds the rows and sends them again: delivery is *at least 
 * **Dead letters.** A row that gave up keeps its place with ``dead_ms`` set (and the reason); the rows that
   follow it in the same alert cycle are dead-lettered with it, so a receiver never gets the resolution of a
   firing it did not get. ``energymon alerts replay`` puts dead rows back in the queue, in their order.
+* **Clean-up.** :meth:`~DeliveryOutbox.retire` dead-letters the waiting rows of notifiers no longer in the
+  plant file; :meth:`~DeliveryOutbox.purge_dead` forgets dead rows past their keeping time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,14 @@ class OutboxRow:
 
 _COLUMNS = ("seq, delivery_id, notifier, alert_id, started_ms, version, event, record, created_ms, attempts,"
             " next_ms, last_error, dead_ms")
+
+
+def _exclusion(alert_ids: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    """SQL (and its arguments) leaving out the rows of some alert ids."""
+    if not alert_ids:
+        return "", ()
+    ids = tuple(alert_ids)
+    return f" AND d.alert_id NOT IN ({', '.join('?' * len(ids))})", ids
 
 
 def _row(r: Sequence[Any]) -> OutboxRow:
@@ -155,26 +165,31 @@ class DeliveryOutbox:
             )
         return did, cur.rowcount > 0
 
-    def due(self, notifier: str, now_ms: int, limit: int = 100) -> list[OutboxRow]:
-        """The waiting rows due now that are the oldest waiting row of their alert, oldest first."""
+    def due(self, notifier: str, now_ms: int, limit: int = 100, *, exclude: Collection[str] = ()) -> list[OutboxRow]:
+        """The waiting rows due now that are the oldest waiting row of their alert, oldest first.
+
+        ``exclude``: alert ids whose head row is being delivered now (they have nothing else due)."""
+        skip, args = _exclusion(exclude)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM deliveries d WHERE notifier = ? AND dead_ms IS NULL AND next_ms <= ?"
+                f"SELECT {_COLUMNS} FROM deliveries d WHERE notifier = ? AND dead_ms IS NULL AND next_ms <= ?{skip}"
                 " AND seq = (SELECT MIN(seq) FROM deliveries h WHERE h.notifier = d.notifier"
                 " AND h.alert_id = d.alert_id AND h.dead_ms IS NULL) ORDER BY seq LIMIT ?",
-                (notifier, now_ms, limit),
+                (notifier, now_ms, *args, limit),
             ).fetchall()
         return [_row(r) for r in rows]
 
-    def next_due_ms(self, notifier: str) -> int | None:
+    def next_due_ms(self, notifier: str, *, exclude: Collection[str] = ()) -> int | None:
         """The earliest ``next_ms`` of a row that is the oldest waiting row of its alert (None: nothing waits).
 
-        A row waiting behind another of its alert is not due before that one is done, whatever its own time."""
+        A row waiting behind another of its alert is not due before that one is done, whatever its own time;
+        nor is anything of an alert in ``exclude`` (being delivered now)."""
+        skip, args = _exclusion(exclude)
         with self._lock:
             row = self._db.execute(
-                "SELECT MIN(next_ms) FROM deliveries d WHERE notifier = ? AND dead_ms IS NULL"
+                f"SELECT MIN(next_ms) FROM deliveries d WHERE notifier = ? AND dead_ms IS NULL{skip}"
                 " AND seq = (SELECT MIN(seq) FROM deliveries h WHERE h.notifier = d.notifier"
-                " AND h.alert_id = d.alert_id AND h.dead_ms IS NULL)", (notifier,)).fetchone()
+                " AND h.alert_id = d.alert_id AND h.dead_ms IS NULL)", (notifier, *args)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def pending(self, notifier: str) -> tuple[int, int | None]:
@@ -238,12 +253,18 @@ class DeliveryOutbox:
         with self._lock:
             return [_row(r) for r in self._db.execute(sql + " ORDER BY seq", args).fetchall()]
 
-    def replay(self, now_ms: int, *, notifier: str | None = None, delivery_ids: Sequence[str] = ()) -> list[OutboxRow]:
-        """Put dead-lettered rows back in the queue (due now, a fresh retry window); returns them."""
+    def replay(self, now_ms: int, *, notifier: str | None = None, delivery_ids: Sequence[str] = (),
+               only: Collection[str] | None = None) -> list[OutboxRow]:
+        """Put dead-lettered rows back in the queue (due now, a fresh retry window); returns them.
+
+        ``only``: notifier ids whose rows may be replayed (the plant's notifiers); the others stay dead."""
         targets = self.rows(notifier=notifier, dead=True)
         if delivery_ids:
             wanted = set(delivery_ids)
             targets = [r for r in targets if r.delivery_id in wanted]
+        if only is not None:
+            allowed = set(only)
+            targets = [r for r in targets if r.notifier in allowed]
         with self._tx() as db:
             for r in targets:
                 db.execute("UPDATE deliveries SET dead_ms = NULL, attempts = 0, next_ms = ?, created_ms = ?,"
@@ -260,3 +281,38 @@ class DeliveryOutbox:
             for r in targets:
                 db.execute("DELETE FROM deliveries WHERE seq = ? AND dead_ms IS NOT NULL", (r.seq,))
         return targets
+
+    def notifier_counts(self) -> dict[str, tuple[int, int]]:
+        """Per notifier id with rows: (rows waiting, dead letters)."""
+        with self._lock:
+            rows = self._db.execute("SELECT notifier, SUM(dead_ms IS NULL), SUM(dead_ms IS NOT NULL) FROM deliveries"
+                                    " GROUP BY notifier ORDER BY notifier").fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def retire(self, keep: Collection[str], now_ms: int) -> list[OutboxRow]:
+        """Dead-letter every waiting row of a notifier not in ``keep`` (removed from the plant file: nothing would
+        ever send them); returns them, oldest first. Rows already dead are left as they are."""
+        kept = tuple(keep)
+        skip = f" AND notifier NOT IN ({', '.join('?' * len(kept))})" if kept else ""
+        with self._tx() as db:
+            rows = [_row(r) for r in db.execute(
+                f"SELECT {_COLUMNS} FROM deliveries WHERE dead_ms IS NULL{skip} ORDER BY seq", kept).fetchall()]
+            for r in rows:
+                db.execute("UPDATE deliveries SET dead_ms = ?, last_error = ? WHERE seq = ?",
+                           (now_ms, f"notifier {r.notifier} is no longer in the plant file", r.seq))
+        return rows
+
+    def purge_dead(self, before_ms: int, *, notifier: str | None = None) -> dict[str, int]:
+        """Forget dead letters dead-lettered before ``before_ms`` (of one notifier, or all); returns counts per
+        notifier."""
+        sql = " FROM deliveries WHERE dead_ms IS NOT NULL AND dead_ms < ?"
+        args: list[Any] = [before_ms]
+        if notifier is not None:
+            sql += " AND notifier = ?"
+            args.append(notifier)
+        with self._tx() as db:
+            counts = {r[0]: int(r[1]) for r in db.execute(
+                f"SELECT notifier, COUNT(*){sql} GROUP BY notifier ORDER BY notifier", args).fetchall()}
+            if counts:
+                db.execute(f"DELETE{sql}", args)
+        return counts

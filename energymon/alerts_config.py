@@ -362,6 +362,8 @@ class RetryingNotifier(NotifierBase):
     """how long one record is retried (from when it was raised) before it is dead-lettered"""
     backoff_max_secs: float = Field(default=300, gt=0, le=86400)
     """longest wait between two attempts of one record (capped exponential back-off with full jitter)"""
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    """attempts under way at once, each for another alert (one alert's records go in order, one at a time)"""
 
 
 class WebhookNotifier(RetryingNotifier):
@@ -453,6 +455,8 @@ class AlertsConfig(Strict):
     """alert rules (one of the `alerts.rules[]` kinds below)"""
     notifiers: list[Notifier] = Field(default_factory=list)
     """notifiers (one of the `alerts.notifiers[]` types below)"""
+    dead_letter_keep_days: float = Field(default=90, gt=0, le=3650)
+    """dead letters stay in the outbox (for `energymon alerts replay`) this long, then are purged"""
 
 
 #: The sub-sections for the generated config reference (``energymon.config_reference``).
