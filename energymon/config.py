@@ -726,15 +726,27 @@ class GatewayConfig(Strict):
 
 
 class InfluxStoreConfig(Strict):
-    """InfluxDB v2 write API (InfluxDB 2.x, or VictoriaMetrics which speaks it)."""
+    """InfluxDB (1.x, 2.x) or VictoriaMetrics, written in line protocol and read back (InfluxQL or VictoriaMetrics'
+    query API)."""
 
     type: Literal["influxdb"]
     url: str
-    """base URL of InfluxDB 2 or VictoriaMetrics"""
+    """base URL of InfluxDB or VictoriaMetrics"""
+    api: Literal["v2", "v1"] = "v2"
+    """write API: `v2` posts to `/api/v2/write` (InfluxDB 2.x, 1.8+, VictoriaMetrics); `v1` to `/write?db=` (InfluxDB
+    1.x, whose 1.7 and older have no `/api/v2/write`)"""
+    server: Literal["auto", "influxdb", "victoriametrics"] = "auto"
+    """how reads go: `influxdb` is InfluxQL over `/query` (InfluxDB 1.x, 2.x through a DBRP mapping, 3);
+    `victoriametrics` its `/api/v1/export` and query API; `auto` tells them apart by `/ping`"""
     org: str = "energymon"
-    """organisation"""
+    """organisation (`api: v2`)"""
     bucket: str = "energymon"
-    """bucket"""
+    """bucket (`api: v2`)"""
+    database: str | None = Field(default=None, min_length=1)
+    """InfluxQL database: the `/write` target with `api: v1`, and what `/query` reads (on InfluxDB 2 the database
+    of the bucket's DBRP mapping); default: the bucket name"""
+    retention_policy: str | None = Field(default=None, min_length=1)
+    """retention policy written and read (`api: v1` and InfluxQL); default: the database's default policy"""
     token_env: str | None = Field(default=None, description="environment variable holding the API token")
     batch_max_points: int = Field(default=5000, ge=1, le=100000)
     """lines per HTTP write"""

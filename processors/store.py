@@ -1,4 +1,4 @@
-"""The stores: InfluxDB v2 write API (InfluxDB 2.x or VictoriaMetrics) and an embedded SQLite file.
+"""The stores: InfluxDB (1.x, 2.x) or VictoriaMetrics through line protocol, and an embedded SQLite file.
 
 Both implement :class:`energymon.interfaces.Store`: one writer thread calls ``write(rows)`` with
 ``(SeriesKey, {field: value}, ts_ms)`` rows; a failed write raises :class:`~energymon.errors.StoreError`
@@ -22,6 +22,14 @@ than building ``Point`` objects. Notes for VictoriaMetrics, measured against 1.7
 * samples stamped more than about 2 days ahead of VictoriaMetrics' wall clock are dropped silently (the
   write still answers 204), and its ``/api/v1/export`` range ends at *now* unless told otherwise;
 * Flux does not work there, so :meth:`InfluxStore.export` reads through ``/api/v1/export`` instead.
+
+Every store is also a :class:`energymon.interfaces.ReadingsSource`: ``query(measurement, field, tags=,
+start_ms=, end_ms=)`` answers the same on each (half-open range, sorted by tags then time). :class:`InfluxStore`
+reads InfluxDB through InfluxQL over the v1 ``/query`` API, which InfluxDB 1.x, 2.x (through a DBRP mapping of the
+bucket) and 3 serve, and VictoriaMetrics through ``/api/v1/export``; :meth:`InfluxStore.server` tells them apart.
+With ``api: v1`` it writes to InfluxDB 1.x's ``/write?db=&precision=ms`` (Debian's 1.6 has no
+``/api/v2/write``; measured against influxd 1.6.7). InfluxDB keeps the last value written for a (series, field,
+time), so corrections replace a value there, as in SQLite.
 
 :class:`SqliteStore` keeps everything in one SQLite file (WAL, ``synchronous=NORMAL``). It uses a single
 connection guarded by a lock, so a writer thread and reader threads (the demo's live summary,
@@ -61,11 +69,25 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from energymon.config import InfluxStoreConfig, SqliteStoreConfig
-from energymon.errors import ConfigError, ConfigIssue, StoreError
+from energymon.errors import ConfigError, ConfigIssue, StoreError, UnreadableStoreError
 from energymon.interfaces import Row, SeriesKey, Store
 from energymon.metrics import PipelineMetrics, StageMetrics
 
-__all__ = ["DUMMY_TOKEN", "ExportedSeries", "InfluxStore", "SqliteStore", "open_store", "to_line_protocol"]
+__all__ = [
+    "DUMMY_TOKEN",
+    "ExportedSeries",
+    "InfluxStore",
+    "SqliteStore",
+    "influxql_ident",
+    "influxql_string",
+    "influxql_where",
+    "open_store",
+    "to_line_protocol",
+]
+
+#: ``(tags, ts_ms, value)``: one sample of one series, as :meth:`InfluxStore.query` and :meth:`SqliteStore.query`
+#: return them.
+Sample = tuple[dict[str, str], int, float]
 
 #: Token sent when ``token_env`` is not configured (VictoriaMetrics ignores it; InfluxDB 2 would answer 401).
 DUMMY_TOKEN = "energymon-no-token"
@@ -243,6 +265,20 @@ class InfluxStore:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._http = httpx.Client(timeout=config.timeout_ms / 1000)
         self._closed = False
+        self._server: str | None = None if config.server == "auto" else config.server
+
+    @property
+    def database(self) -> str:
+        """The InfluxQL database written with ``api: v1`` and read through ``/query`` (default: the bucket)."""
+        return self.config.database or self.config.bucket
+
+    def describe(self) -> str:
+        """Kind and location of the store, without credentials (``influxdb:URL/db`` or ``victoriametrics:URL``)."""
+        if self._server == "influxdb":
+            return f"influxdb:{self.url} (database {self.database})"
+        if self._server == "victoriametrics":
+            return f"victoriametrics:{self.url}"
+        return f"influxdb-api:{self.url}"
 
     # ----------------------------------------------------------------- Store protocol
 
@@ -267,13 +303,16 @@ class InfluxStore:
             for start, end in _chunk_bounds(len(lines), self.config.batch_max_points):
                 body = "\n".join(lines[start:end]).encode()
                 try:
-                    self._write_api.write(
-                        bucket=self.config.bucket,
-                        org=self.config.org,
-                        record=body,
-                        write_precision=_MS,
-                    )
-                except (InfluxDBError, urllib3.exceptions.HTTPError, OSError) as exc:
+                    if self.config.api == "v1":
+                        self._write_v1(body)
+                    else:
+                        self._write_api.write(
+                            bucket=self.config.bucket,
+                            org=self.config.org,
+                            record=body,
+                            write_precision=_MS,
+                        )
+                except (InfluxDBError, urllib3.exceptions.HTTPError, OSError, httpx.HTTPError) as exc:
                     error = StoreError(f"InfluxDB write to {self.url} failed: {self._describe(exc)}")
                     if self._stage is not None:
                         self._stage.error(error)
@@ -283,6 +322,20 @@ class InfluxStore:
         finally:
             if self._metrics is not None:
                 self._metrics.store_write_duration.observe(time.perf_counter() - began)
+
+    def _write_v1(self, body: bytes) -> None:
+        """POST one body to InfluxDB 1.x's ``/write`` (raises httpx errors; 4xx/5xx as HTTPStatusError)."""
+        params = {"db": self.database, "precision": "ms"}
+        if self.config.retention_policy is not None:
+            params["rp"] = self.config.retention_policy
+        response = self._http.post(
+            f"{self.config.url.rstrip('/')}/write", params=params, content=body, headers=self._auth_headers()
+        )
+        response.raise_for_status()
+
+    def _auth_headers(self) -> dict[str, str]:
+        # InfluxDB 2's v1 API takes "Token <token>"; 1.8 takes "Token user:password"; without auth it is ignored
+        return {"Authorization": f"Token {self._token}"} if self.config.token_env is not None else {}
 
     def close(self) -> None:
         """Close the HTTP connections. Safe to call twice."""
@@ -343,6 +396,115 @@ class InfluxStore:
                  "age are written", self.url)
         return None
 
+    def server(self) -> str:
+        """Which server answers: ``"influxdb"`` (read through InfluxQL) or ``"victoriametrics"``.
+
+        ``server`` of the config when not ``auto``; else ``GET /ping``: InfluxDB 1.x, 2.x and 3 name their
+        version in the ``X-Influxdb-Version`` header; VictoriaMetrics answers ``/ping`` without it and names
+        itself in ``/metrics`` (``vm_app_version``). Asked once per store object.
+
+        Raises:
+            StoreError: The server cannot be reached.
+            UnreadableStoreError: It answers, but is neither (e.g. a Prometheus, or an InfluxDB-compatible
+                endpoint without ``/query``).
+        """
+        if self._server is not None:
+            return self._server
+        base = self.config.url.rstrip("/")
+        try:
+            ping = self._http.get(f"{base}/ping")
+            if ping.headers.get("x-influxdb-version"):
+                self._server = "influxdb"
+                return self._server
+            metrics = self._http.get(f"{base}/metrics")
+            if metrics.status_code == 200 and "vm_app_version" in metrics.text:
+                self._server = "victoriametrics"
+                return self._server
+        except httpx.HTTPError as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise StoreError(f"store {self.url} cannot be reached: {detail}") from exc
+        raise UnreadableStoreError(
+            f"store {self.url} is neither InfluxDB (no X-Influxdb-Version header on /ping) nor VictoriaMetrics "
+            "(no vm_app_version in /metrics): energymon cannot read it back; set processor.store.server if it is "
+            "one of them behind a proxy"
+        )
+
+    def influxql(self, statement: str) -> list[dict[str, Any]]:
+        """Run one InfluxQL statement on ``/query`` (database and retention policy of the config, ``epoch=ms``).
+
+        Returns:
+            The ``series`` of the statement's result (``name``, ``tags``, ``columns``, ``values``); empty when
+            nothing matched.
+
+        Raises:
+            StoreError: The server could not be reached, refused the query or reported an error in it.
+        """
+        params = {"db": self.database, "q": statement, "epoch": "ms"}
+        if self.config.retention_policy is not None:
+            params["rp"] = self.config.retention_policy
+        where = f"InfluxQL query on {self.url} (database {self.database})"
+        try:
+            response = self._http.post(
+                f"{self.config.url.rstrip('/')}/query", data=params, headers=self._auth_headers()
+            )
+            response.raise_for_status()
+            body: dict[str, Any] = response.json()
+        except httpx.HTTPStatusError as exc:
+            text = self._scrub(exc.response.text.strip()[:300])
+            raise StoreError(f"{where} failed: HTTP {exc.response.status_code}: {text}") from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            raise StoreError(f"{where} failed: {self._scrub(f'{type(exc).__name__}: {exc}')}") from exc
+        results = body.get("results")
+        if not isinstance(results, list) or not results:
+            error = body.get("error")
+            raise StoreError(f"{where} failed: {error or 'no results in the answer'}")
+        first: dict[str, Any] = results[0]
+        if "error" in first:
+            raise StoreError(f"{where} failed: {first['error']} (query: {statement})")
+        series: list[dict[str, Any]] = first.get("series") or []
+        return series
+
+    def query(
+        self,
+        measurement: str,
+        field: str,
+        *,
+        tags: dict[str, str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[Sample]:
+        """Samples of one field of the series that carry all of ``tags``, in ``[start_ms, end_ms)``.
+
+        The same answer as :meth:`SqliteStore.query` (a filter value ``""`` matches series without that tag;
+        sorted by tags, then time), read through InfluxQL on InfluxDB and ``/api/v1/export`` on
+        VictoriaMetrics.
+
+        Raises:
+            StoreError: The store could not be reached or refused the query.
+            UnreadableStoreError: The server is neither InfluxDB nor VictoriaMetrics.
+        """
+        if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+            return []
+        out: list[Sample] = []
+        if self.server() == "influxdb":
+            where = influxql_where(tags, start_ms, end_ms)
+            statement = f"SELECT {influxql_ident(field)} FROM {influxql_ident(measurement)}{where} GROUP BY *"
+            for item in self.influxql(statement):
+                series_tags = {str(k): str(v) for k, v in (item.get("tags") or {}).items() if v != ""}
+                out.extend(
+                    (series_tags, int(ts), float(value)) for ts, value in item.get("values") or [] if value is not None
+                )
+        else:
+            wanted = tags or {}
+            labels = [f"__name__={_prom_string(f'{measurement}_{field}')}"]
+            labels += [f"{k}={_prom_string(v)}" for k, v in sorted(wanted.items())]
+            last = None if end_ms is None else end_ms - 1
+            for series_labels, times, values in self.export("{" + ",".join(labels) + "}", start_ms, last):
+                series_tags = {k: v for k, v in series_labels.items() if k != "__name__"}
+                out.extend((series_tags, t, v) for t, v in zip(times, values, strict=True))
+        out.sort(key=lambda item: (sorted(item[0].items()), item[1]))
+        return out
+
     def export(
         self, match: str, start_ms: int | None = None, end_ms: int | None = None, *, flush: bool = True
     ) -> list[ExportedSeries]:
@@ -401,9 +563,39 @@ class InfluxStore:
             detail = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
             if body.strip():
                 detail += f": {body.strip()[:300]}"
+        elif isinstance(exc, httpx.HTTPStatusError):
+            detail = f"HTTP {exc.response.status_code} {exc.response.reason_phrase}".rstrip()
+            if exc.response.text.strip():
+                detail += f": {exc.response.text.strip()[:300]}"
         else:
             detail = f"{type(exc).__name__}: {exc}"
         return self._scrub(detail)
+
+
+def influxql_ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes (``"`` and ``\\`` escaped)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def influxql_string(value: str) -> str:
+    """An InfluxQL string literal in single quotes (``'`` and ``\\`` escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def influxql_where(
+    tags: dict[str, str] | None, start_ms: int | None, end_ms: int | None, *, closed_end: bool = False
+) -> str:
+    """`` WHERE`` clause: every tag equal (``''`` matches series without it), ``start_ms <= time < end_ms``
+    (``<=`` with ``closed_end``); times in ns, which every InfluxQL version reads as a bare integer."""
+    terms = [f"{influxql_ident(k)} = {influxql_string(v)}" for k, v in sorted((tags or {}).items())]
+    if start_ms is not None:
+        terms.append(f"time >= {int(start_ms) * 1_000_000}")
+    terms.append(f"time {'<=' if closed_end else '<'} {int(_EXPORT_END_MS if end_ms is None else end_ms) * 1_000_000}")
+    return " WHERE " + " AND ".join(terms)
+
+
+def _prom_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 _VM_RETENTION = re.compile(r'^flag\{name="retentionPeriod", value="([^"]+)"', re.MULTILINE)
@@ -619,6 +811,10 @@ class SqliteStore:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def describe(self) -> str:
+        """``sqlite:<path>``."""
+        return f"sqlite:{self.path}"
 
     def retention_ms(self) -> int | None:
         """None: the SQLite store keeps every sample."""
