@@ -726,8 +726,7 @@ class GatewayConfig(Strict):
 
 
 class InfluxStoreConfig(Strict):
-    """InfluxDB (1.x, 2.x) or VictoriaMetrics, written in line protocol and read back (InfluxQL or VictoriaMetrics'
-    query API)."""
+    """InfluxDB (1.x, 2.x) or VictoriaMetrics: line protocol in, InfluxQL or VictoriaMetrics' query API out."""
 
     type: Literal["influxdb"]
     url: str

@@ -125,7 +125,7 @@ def test_a_refused_v1_write_is_a_store_error(influxdb: InfluxDB1) -> None:
     cfg = influx_config(influxdb).model_copy(update={"database": "no_such_db"})
     from energymon.interfaces import series_key
 
-    with InfluxStore(cfg) as store, pytest.raises(StoreError, match="no_such_db|database not found"):
+    with InfluxStore(cfg) as store, pytest.raises(StoreError, match=r"no_such_db|database not found"):
         store.write([(series_key("reading", meter="m"), {"value": 1.0}, 1_000)])
 
 
@@ -170,12 +170,13 @@ def figures(report: dict[str, Any]) -> Any:
 def test_report_reads_the_same_figures_from_every_store(
     stores: tuple[PlantConfig, SqliteStore, InfluxStore, InfluxStore], tmp_path: Path
 ) -> None:
-    plant, sqlite, influx, vm = stores
+    _plant, sqlite, influx, _vm = stores
     config = str(example_plant_path())
     want = report_json(["--config", config, "--store-file", str(sqlite.path)], tmp_path / "sqlite")
-    got = report_json(["--config", config, "--store-url", influx.config.url], tmp_path / "influx")
-    assert figures(got) == figures(want)
-    assert "products" in json.dumps(want) or want
+    assert '"kgce' in json.dumps(want) and "reading" not in str(want.get("error", ""))
+    for name, store in (("influx", influx), ("vm", _vm)):
+        got = report_json(["--config", config, "--store-url", store.config.url], tmp_path / name)
+        assert same(figures(got), figures(want), exact=name == "influx"), name
 
 
 def test_the_recompute_reads_and_writes_back_the_same_rows(
@@ -260,14 +261,14 @@ def test_serve_opens_an_influxdb_reader_from_the_plant_file(influxdb: InfluxDB1,
 
 
 class _NotAStore(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b"hello"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    do_POST = do_GET  # noqa: N815
+    do_POST = do_GET
 
     def log_message(self, *args: Any) -> None:
         pass
