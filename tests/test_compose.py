@@ -260,6 +260,29 @@ def test_influxdb_set_up_maps_the_database_the_plants_read_to_their_bucket(tmp_p
     assert opts["--rp"] == "autogen" and "--default" in args and opts["--org"] == env["INFLUX_ORG"]
 
 
+def test_grafana_reads_the_store_the_plant_file_writes() -> None:
+    """Grafana's provisioned InfluxDB data source is the processor's store: same server, org and bucket."""
+    env = _env_example()
+    mounts = dict((t, s) for s, t in _bind_mounts("grafana"))
+    provisioning = DEPLOY / mounts["/etc/grafana/provisioning"]
+    sources = yaml.safe_load((provisioning / "datasources" / "energymon.yml").read_text(encoding="utf-8"))
+    (influx,) = [ds for ds in sources["datasources"] if ds["type"] == "influxdb"]
+    grafana_env = SERVICES["grafana"]["environment"]
+
+    def expand(value: str) -> str:  # Grafana expands ${VAR} from its environment, compose from .env
+        for name, text in grafana_env.items():
+            value = value.replace(f"${{{name}}}", env[text.split(":")[0].strip("${")] if text.startswith("${")
+                                  else text)
+        return value
+
+    store = load_plant(DEPLOY / "compose" / "plant.yaml").processor.store
+    assert store is not None and store.type == "influxdb"
+    assert urlsplit(influx["url"]).netloc == urlsplit(store.url).netloc
+    assert expand(influx["jsonData"]["organization"]) == store.org
+    assert expand(influx["jsonData"]["defaultBucket"]) == store.bucket
+    assert "influxdb" in SERVICES["grafana"]["depends_on"]
+
+
 def test_bind_mounts_exist_in_the_repository_or_are_issued_by_make_certs(certs: Path) -> None:
     assert {p.name for p in certs.iterdir()} >= ISSUED
     for name in SERVICES:

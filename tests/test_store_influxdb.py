@@ -303,3 +303,21 @@ def test_report_and_serve_refuse_a_store_they_cannot_read(
         open_reader(load_plant(plant_file))
     assert cli.main(["serve", str(plant_file), "--duration", "1"]) == 2
     assert "neither InfluxDB" in capsys.readouterr().err
+
+
+def test_the_uplink_reads_its_readings_from_influxdb(
+    stores: tuple[PlantConfig, SqliteStore, InfluxStore, InfluxStore], influxdb: InfluxDB1
+) -> None:
+    from energymon.gateway.provincial.service import open_store as uplink_store
+
+    plant, sqlite, _influx, _vm = stores
+    cfg = plant.processor.model_copy(update={"store": influx_config(influxdb)})
+    store = uplink_store(plant.model_copy(update={"processor": cfg}))
+    try:
+        assert isinstance(store, InfluxStore) and isinstance(store, ReadingsSource)
+        got = load_readings_store(store, plant, T0, END + 1)
+    finally:
+        store.close()
+    want = load_readings_store(sqlite, plant, T0, END + 1)
+    assert want and {m: r.value.tolist() for m, r in got.items()} == {m: r.value.tolist() for m, r in want.items()}
+
