@@ -755,7 +755,8 @@ class InfluxStoreConfig(Strict):
     """HTTP timeout"""
     retention_days: float | None = Field(default=None, gt=0)
     """how long the store keeps samples, when it cannot be read from the store (VictoriaMetrics' retention is
-    read from its `/metrics`, InfluxDB 2's from the bucket); points older are set aside, not written"""
+    read from its `/metrics`, InfluxDB 2's from the bucket, 1.x's from the retention policy); points older are set
+    aside, not written"""
 
 
 class SqliteStoreConfig(Strict):

@@ -367,8 +367,8 @@ class InfluxStore:
 
         ``retention_days`` of the store config when set; else VictoriaMetrics' ``-retentionPeriod`` (from the
         ``flag{name="retentionPeriod"}`` line of its ``/metrics``, which also shows the default); else the
-        bucket's retention rule from InfluxDB 2's ``/api/v2/buckets`` (needs a token that may read buckets).
-        Never raises: a store that does not answer is reported as unknown (logged).
+        bucket's retention rule from InfluxDB 2's ``/api/v2/buckets`` (needs a token that may read buckets); else,
+        with ``api: v1``, the duration of the retention policy written to (``SHOW RETENTION POLICIES``). Never raises: a store that does not answer is reported as unknown (logged).
         """
         if self.config.retention_days is not None:
             return round(self.config.retention_days * 86_400_000)
@@ -384,12 +384,14 @@ class InfluxStore:
                 params={"name": self.config.bucket, "org": self.config.org},
                 headers={"Authorization": f"Token {self._token}"},
             )
+            if response.status_code != 200 and self.config.api == "v1":
+                return self._influxql_retention_ms()
             if response.status_code == 200:
                 buckets = response.json().get("buckets") or []
                 if buckets:
                     every = [int(r.get("everySeconds") or 0) for r in buckets[0].get("retentionRules") or []]
                     return min(every) * 1000 if every and min(every) > 0 else None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, StoreError) as exc:
             log.warning("could not read the retention of the store %s: %s", self.url, self._scrub(str(exc)))
             return None
         log.info("the retention of the store %s is not known (set processor.store.retention_days): points of any "
@@ -505,6 +507,22 @@ class InfluxStore:
         out.sort(key=lambda item: (sorted(item[0].items()), item[1]))
         return out
 
+    def _influxql_retention_ms(self) -> int | None:
+        """The duration of the retention policy written to (``SHOW RETENTION POLICIES``); None for ``0s`` (forever).
+
+        Raises:
+            StoreError: The query failed or names no such policy.
+        """
+        found = self.influxql(f"SHOW RETENTION POLICIES ON {influxql_ident(self.database)}")
+        rows = [dict(zip(item.get("columns") or [], values, strict=False))
+                for item in found for values in item.get("values") or []]
+        wanted = self.config.retention_policy
+        for row in rows:
+            if (row.get("name") == wanted) if wanted is not None else bool(row.get("default")):
+                return _go_duration_ms(str(row.get("duration", "0s")))
+        raise StoreError(f"InfluxDB {self.url}: database {self.database} has no retention policy "
+                         f"{wanted or '(default)'}")
+
     def export(
         self, match: str, start_ms: int | None = None, end_ms: int | None = None, *, flush: bool = True
     ) -> list[ExportedSeries]:
@@ -592,6 +610,16 @@ def influxql_where(
         terms.append(f"time >= {int(start_ms) * 1_000_000}")
     terms.append(f"time {'<=' if closed_end else '<'} {int(_EXPORT_END_MS if end_ms is None else end_ms) * 1_000_000}")
     return " WHERE " + " AND ".join(terms)
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms|us|µs|ns)")
+_GO_UNITS_MS = {"h": 3_600_000.0, "m": 60_000.0, "s": 1000.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3, "ns": 1e-6}
+
+
+def _go_duration_ms(text: str) -> int | None:
+    """An InfluxDB duration (``168h0m0s``) in ms; None for ``0s`` (InfluxDB 1.x: keep forever)."""
+    total = sum(float(n) * _GO_UNITS_MS[u] for n, u in _GO_DURATION.findall(text))
+    return round(total) if total > 0 else None
 
 
 def _prom_string(value: str) -> str:

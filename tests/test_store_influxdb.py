@@ -321,3 +321,22 @@ def test_the_uplink_reads_its_readings_from_influxdb(
     want = load_readings_store(sqlite, plant, T0, END + 1)
     assert want and {m: r.value.tolist() for m, r in got.items()} == {m: r.value.tolist() for m, r in want.items()}
 
+
+def test_retention_policy_is_written_read_and_its_duration_known(influxdb: InfluxDB1) -> None:
+    from energymon.interfaces import series_key
+
+    influxdb.query(f'CREATE RETENTION POLICY "week" ON "{influxdb.database}" DURATION 168h REPLICATION 1')
+    base = influx_config(influxdb)
+    with InfluxStore(base) as store:
+        assert store.retention_ms() is None  # autogen keeps everything
+    now = int(datetime.now(tz=SH).timestamp() * 1000)
+    key = series_key("reading", meter="m1")
+    with InfluxStore(base.model_copy(update={"retention_policy": "week"})) as store:
+        assert store.retention_ms() == 168 * 3_600_000
+        store.write([(key, {"value": 4.25}, now)])
+        assert store.query("reading", "value") == [({"meter": "m1"}, now, 4.25)]
+    with InfluxStore(base) as store:  # the default policy does not hold it
+        assert store.query("reading", "value") == []
+    with InfluxStore(base.model_copy(update={"retention_policy": "nope"})) as store:
+        assert store.retention_ms() is None  # logged, never raised
+
