@@ -368,7 +368,8 @@ class InfluxStore:
         ``retention_days`` of the store config when set; else VictoriaMetrics' ``-retentionPeriod`` (from the
         ``flag{name="retentionPeriod"}`` line of its ``/metrics``, which also shows the default); else the
         bucket's retention rule from InfluxDB 2's ``/api/v2/buckets`` (needs a token that may read buckets); else,
-        with ``api: v1``, the duration of the retention policy written to (``SHOW RETENTION POLICIES``). Never raises: a store that does not answer is reported as unknown (logged).
+        with ``api: v1``, the duration of the retention policy written to (``SHOW RETENTION POLICIES``). Never
+        raises: a store that does not answer is reported as unknown (logged).
         """
         if self.config.retention_days is not None:
             return round(self.config.retention_days * 86_400_000)
