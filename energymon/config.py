@@ -746,7 +746,10 @@ class InfluxStoreConfig(Strict):
     of the bucket's DBRP mapping); default: the bucket name"""
     retention_policy: str | None = Field(default=None, min_length=1)
     """retention policy written and read (`api: v1` and InfluxQL); default: the database's default policy"""
-    token_env: str | None = Field(default=None, description="environment variable holding the API token")
+    token_env: str | None = Field(
+        default=None,
+        description="environment variable holding the API token (InfluxDB 1.x with auth: `user:password`)",
+    )
     batch_max_points: int = Field(default=5000, ge=1, le=100000)
     """lines per HTTP write"""
     flush_interval_ms: int = Field(default=50, ge=1, le=60000)

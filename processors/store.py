@@ -44,6 +44,7 @@ is inclusive at both ends.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -229,7 +230,13 @@ def _ms_to_seconds_text(ms: int) -> str:
 
 
 class InfluxStore:
-    """Write rows to an InfluxDB v2 write endpoint (InfluxDB 2.x, or VictoriaMetrics' ``/api/v2/write``).
+    """Write rows to InfluxDB or VictoriaMetrics in line protocol, and read them back.
+
+    Writes go to the v2 write API (``api: v2``: InfluxDB 2.x and 1.8+, VictoriaMetrics' ``/api/v2/write``) or to
+    InfluxDB 1.x's ``/write`` (``api: v1``). Reads (:meth:`query`, :meth:`influxql`, :meth:`export`) use InfluxQL
+    on ``/query`` for InfluxDB and the export API for VictoriaMetrics (:meth:`server`). Credentials for the v1
+    endpoints come from ``token_env``: a value ``user:password`` is sent as HTTP basic auth (every InfluxDB 1.x),
+    any other value as ``Authorization: Token ...`` (InfluxDB 2.x and 3).
 
     Args:
         config: URL, org, bucket, token variable, batch size and timeout.
@@ -334,8 +341,12 @@ class InfluxStore:
         response.raise_for_status()
 
     def _auth_headers(self) -> dict[str, str]:
-        # InfluxDB 2's v1 API takes "Token <token>"; 1.8 takes "Token user:password"; without auth it is ignored
-        return {"Authorization": f"Token {self._token}"} if self.config.token_env is not None else {}
+        """Credentials of the v1 endpoints: ``user:password`` as basic auth (InfluxDB 1.x), else a token."""
+        if self.config.token_env is None:
+            return {}
+        if ":" in self._token:
+            return {"Authorization": "Basic " + base64.b64encode(self._token.encode()).decode("ascii")}
+        return {"Authorization": f"Token {self._token}"}
 
     def close(self) -> None:
         """Close the HTTP connections. Safe to call twice."""

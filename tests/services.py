@@ -630,6 +630,7 @@ class InfluxDB1(Service):
 
     Args:
         database: Database created once the server is ready (empty: none).
+        admin: ``(user, password)``: enable authentication with this admin user (created at the first start).
         port: HTTP port; a free one is chosen when omitted.
         start_timeout: Bound in seconds on waiting for readiness.
         stop_timeout: Seconds between SIGTERM and SIGKILL.
@@ -643,12 +644,14 @@ class InfluxDB1(Service):
         self,
         *,
         database: str = "energymon",
+        admin: tuple[str, str] | None = None,
         port: int | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.database = database
+        self.admin = admin
         self.rpc_port = free_port()
 
     @property
@@ -666,6 +669,7 @@ class InfluxDB1(Service):
             f'[data]\n  dir = "{root / "data"}"\n  wal-dir = "{root / "wal"}"\n  query-log-enabled = false\n'
             "[monitor]\n  store-enabled = false\n"
             f'[http]\n  bind-address = "{self.host}:{self.port}"\n  log-enabled = false\n'
+            f"  auth-enabled = {'true' if self.admin else 'false'}\n"
             '[logging]\n  level = "warn"\n'
         )
 
@@ -678,6 +682,10 @@ class InfluxDB1(Service):
     def _ready(self) -> bool:
         if httpx.get(f"{self.url}/ping", timeout=2.0).status_code != 204:
             return False
+        if self.admin is not None:
+            user, password = self.admin
+            # allowed without credentials while no user exists; afterwards a no-op for the same user
+            self.query(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES", database="")
         if self.database:
             self.query(f'CREATE DATABASE "{self.database}"', database="")
         return True
@@ -694,7 +702,7 @@ class InfluxDB1(Service):
         db = self.database if database is None else database
         if db:
             params["db"] = db
-        response = httpx.post(f"{self.url}/query", data=params, timeout=self.http_timeout)
+        response = httpx.post(f"{self.url}/query", data=params, auth=self.admin, timeout=self.http_timeout)
         response.raise_for_status()
         results: list[dict[str, Any]] = response.json().get("results", [])
         for result in results:
@@ -705,7 +713,8 @@ class InfluxDB1(Service):
     def write(self, lines: str, *, database: str | None = None) -> None:
         """Write line protocol with ms timestamps (``POST /write``)."""
         params = {"db": self.database if database is None else database, "precision": "ms"}
-        response = httpx.post(f"{self.url}/write", params=params, content=lines.encode(), timeout=self.http_timeout)
+        response = httpx.post(f"{self.url}/write", params=params, content=lines.encode(), auth=self.admin,
+                              timeout=self.http_timeout)
         response.raise_for_status()
 
 

@@ -340,3 +340,19 @@ def test_retention_policy_is_written_read_and_its_duration_known(influxdb: Influ
     with InfluxStore(base.model_copy(update={"retention_policy": "nope"})) as store:
         assert store.retention_ms() is None  # logged, never raised
 
+
+def test_influxdb_1x_with_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    from energymon.interfaces import series_key
+
+    with InfluxDB1(admin=("energymon", "s3cret-pw")) as server:
+        cfg = InfluxStoreConfig(type="influxdb", url=server.url, api="v1", token_env="ENERGYMON_TEST_INFLUX")
+        key = series_key("reading", meter="m1")
+        monkeypatch.setenv("ENERGYMON_TEST_INFLUX", "energymon:wrong")
+        with InfluxStore(cfg) as store, pytest.raises(StoreError, match="401"):
+            store.write([(key, {"value": 1.0}, 1_000)])
+        monkeypatch.setenv("ENERGYMON_TEST_INFLUX", "energymon:s3cret-pw")
+        with InfluxStore(cfg) as store:
+            store.write([(key, {"value": 1.0}, 1_000)])
+            assert store.query("reading", "value") == [({"meter": "m1"}, 1_000, 1.0)]
+            assert "s3cret" not in store.describe()
+
