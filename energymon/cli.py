@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from energymon import __version__, lifecycle
-from energymon.errors import ConfigError, EnergymonError
+from energymon.errors import ConfigError, EnergymonError, UnreadableStoreError
 
 if TYPE_CHECKING:
     import asyncio  # imported where a command runs an event loop: --help and validate start without it
@@ -344,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve(args))
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    except UnreadableStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except EnergymonError as exc:
         print(f"error: {exc}", file=sys.stderr)

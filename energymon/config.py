@@ -726,16 +726,30 @@ class GatewayConfig(Strict):
 
 
 class InfluxStoreConfig(Strict):
-    """InfluxDB v2 write API (InfluxDB 2.x, or VictoriaMetrics which speaks it)."""
+    """InfluxDB (1.x, 2.x) or VictoriaMetrics: line protocol in, InfluxQL or VictoriaMetrics' query API out."""
 
     type: Literal["influxdb"]
     url: str
-    """base URL of InfluxDB 2 or VictoriaMetrics"""
+    """base URL of InfluxDB or VictoriaMetrics"""
+    api: Literal["v2", "v1"] = "v2"
+    """write API: `v2` posts to `/api/v2/write` (InfluxDB 2.x, 1.8+, VictoriaMetrics); `v1` to `/write?db=` (InfluxDB
+    1.x, whose 1.7 and older have no `/api/v2/write`)"""
+    server: Literal["auto", "influxdb", "victoriametrics"] = "auto"
+    """how reads go: `influxdb` is InfluxQL over `/query` (InfluxDB 1.x, 2.x through a DBRP mapping, 3);
+    `victoriametrics` its `/api/v1/export` and query API; `auto` tells them apart by `/ping`"""
     org: str = "energymon"
-    """organisation"""
+    """organisation (`api: v2`)"""
     bucket: str = "energymon"
-    """bucket"""
-    token_env: str | None = Field(default=None, description="environment variable holding the API token")
+    """bucket (`api: v2`)"""
+    database: str | None = Field(default=None, min_length=1)
+    """InfluxQL database: the `/write` target with `api: v1`, and what `/query` reads (on InfluxDB 2 the database
+    of the bucket's DBRP mapping); default: the bucket name"""
+    retention_policy: str | None = Field(default=None, min_length=1)
+    """retention policy written and read (`api: v1` and InfluxQL); default: the database's default policy"""
+    token_env: str | None = Field(
+        default=None,
+        description="environment variable holding the API token (InfluxDB 1.x with auth: `user:password`)",
+    )
     batch_max_points: int = Field(default=5000, ge=1, le=100000)
     """lines per HTTP write"""
     flush_interval_ms: int = Field(default=50, ge=1, le=60000)
@@ -744,7 +758,8 @@ class InfluxStoreConfig(Strict):
     """HTTP timeout"""
     retention_days: float | None = Field(default=None, gt=0)
     """how long the store keeps samples, when it cannot be read from the store (VictoriaMetrics' retention is
-    read from its `/metrics`, InfluxDB 2's from the bucket); points older are set aside, not written"""
+    read from its `/metrics`, InfluxDB 2's from the bucket, 1.x's from the retention policy); points older are set
+    aside, not written"""
 
 
 class SqliteStoreConfig(Strict):

@@ -16,6 +16,7 @@ that will never parse)::
     │       └── PayloadTooLargeError     beyond a configured size or point bound (nothing beyond it is allocated)
     ├── TransportError           the broker could not be reached or refused us (retriable)
     ├── StoreError               the time-series store refused or failed a write (retriable)
+    │   └── UnreadableStoreError the store answers but cannot be read back (exit 2)
     ├── NotifyError              a notifier could not deliver an alert (retriable)
     └── OutboxError              the gateway's outbox file failed (defined in energymon.gateway.queue)
         ├── OutboxCorruptError       quick_check failed; the message names the file and the recovery
@@ -41,6 +42,7 @@ __all__ = [
     "SourceError",
     "StoreError",
     "TransportError",
+    "UnreadableStoreError",
 ]
 
 from dataclasses import dataclass
@@ -145,6 +147,12 @@ class StoreError(EnergymonError):
     """The time-series store failed a write or a query."""
 
     retriable = True
+
+
+class UnreadableStoreError(StoreError):
+    """The store answers, but is not one energymon can read back (neither InfluxDB's InfluxQL nor VictoriaMetrics)."""
+
+    retriable = False
 
 
 class NotifyError(EnergymonError):

@@ -17,6 +17,7 @@ __all__ = [
     "Message",
     "ProbingCollector",
     "PushCollector",
+    "ReadingsSource",
     "Row",
     "SeriesKey",
     "Store",
@@ -177,4 +178,34 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class ReadingsSource(Protocol):
+    """Read access every store offers (SQLite, InfluxDB through InfluxQL, VictoriaMetrics).
+
+    The report, the scheduled recompute and the provincial uplink read counter readings through it; the live
+    page builds its reader on it. Calls may come from several threads.
+    """
+
+    def query(
+        self,
+        measurement: str,
+        field: str,
+        *,
+        tags: dict[str, str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[tuple[dict[str, str], int, float]]:
+        """``(tags, ts_ms, value)`` of one field of the series carrying all of ``tags`` (``""`` matches series
+        without the tag), in ``[start_ms, end_ms)``, sorted by tags then time; raises ``StoreError``."""
+        ...
+
+    def describe(self) -> str:
+        """Kind and location of the store, without credentials."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections."""
         ...

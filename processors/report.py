@@ -3,9 +3,9 @@
     energymon report --config plant.yaml --month 2026-03 --out reports/2026-03
     energymon report --config plant.yaml --readings corrected.csv --day 2026-03-05 --write-store
 
-Readings come from the plant's store (the SQLite file, or VictoriaMetrics / InfluxDB through
-``InfluxStore.export``), from another store given on the command line, or from a CSV file with the columns
-``ts,meter_id,value`` (``ts`` in epoch ms or ISO 8601; naive times are the plant's local time; optional
+Readings come from the plant's store (the SQLite file, InfluxDB through InfluxQL, or VictoriaMetrics; any
+:class:`~energymon.interfaces.ReadingsSource`), from another store given on the command line, or from a CSV file
+with the columns ``ts,meter_id,value`` (``ts`` in epoch ms or ISO 8601; naive times are the plant's local time; optional
 ``quality`` and ``quantity`` columns). Because the report recomputes from readings, a period can be reported
 again after late data arrived or readings were corrected, and ``--write-store`` replaces the stored period
 results (``acct_*`` measurements; see ``docs/accounting.md``).
@@ -38,7 +38,7 @@ import pandas as pd
 
 from energymon import units
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
-from energymon.interfaces import Row, series_key
+from energymon.interfaces import ReadingsSource, Row, series_key
 from energymon.processors.accounting import period_start
 from energymon.processors.grading import LEVEL_NAMES
 from energymon.processors.recompute import FLAG_NAMES, MeterReadings, Recomputation, readings_from_frame, recompute
@@ -188,31 +188,27 @@ def load_readings_csv(path: Path | str | io.TextIOBase, plant: PlantConfig) -> d
     return readings_from_frame(frame, tz=plant.enterprise.tz)
 
 
-def load_readings_store(store: Any, plant: PlantConfig, start_ms: int, end_ms: int) -> dict[str, MeterReadings]:
+def load_readings_store(
+    store: ReadingsSource, plant: PlantConfig, start_ms: int, end_ms: int
+) -> dict[str, MeterReadings]:
     """Read the counter readings of every meter from a store, in ``[start_ms, end_ms)``.
 
     Args:
-        store: a :class:`~.store.SqliteStore` (``query``) or an :class:`~.store.InfluxStore` (``export``,
-            VictoriaMetrics). Readings marked ``uncertain`` are left out.
+        store: any store (:class:`~energymon.interfaces.ReadingsSource`: the SQLite file, InfluxDB through
+            InfluxQL, VictoriaMetrics). Readings marked ``uncertain`` are left out.
+
+    Raises:
+        StoreError: the store could not be read.
     """
     out: dict[str, MeterReadings] = {}
     for meter in plant.meters:
         if meter.counter is None:
             continue
         tags = {"enterprise": plant.enterprise.uscc, "meter": meter.id, "quantity": meter.counter}
-        if hasattr(store, "query"):
-            values = store.query("reading", "value", tags=tags, start_ms=start_ms, end_ms=end_ms)
-            uncertain = {t for _tags, t, v in store.query("reading", "uncertain", tags=tags, start_ms=start_ms,
-                                                           end_ms=end_ms) if v}
-            pairs = [(t, v) for _tags, t, v in values if t not in uncertain]
-        else:
-            selector = ",".join(f'{k}="{v}"' for k, v in tags.items())
-            uncertain = set()
-            for _labels, times, vals in store.export(f"reading_uncertain{{{selector}}}", start_ms, end_ms - 1):
-                uncertain |= {t for t, v in zip(times, vals, strict=True) if v}
-            pairs = []
-            for _labels, times, vals in store.export(f"reading_value{{{selector}}}", start_ms, end_ms - 1):
-                pairs += [(t, v) for t, v in zip(times, vals, strict=True) if t not in uncertain]
+        values = store.query("reading", "value", tags=tags, start_ms=start_ms, end_ms=end_ms)
+        uncertain = {t for _tags, t, v in store.query("reading", "uncertain", tags=tags, start_ms=start_ms,
+                                                       end_ms=end_ms) if v}
+        pairs = [(t, v) for _tags, t, v in values if t not in uncertain]
         if pairs:
             out[meter.id] = MeterReadings.of([p[0] for p in pairs], [p[1] for p in pairs])
     return out
@@ -1044,14 +1040,23 @@ def _open_source_store(args: argparse.Namespace, plant: PlantConfig) -> Any:
 
     if args.store_file is not None:
         return SqliteStore(SqliteStoreConfig(type="sqlite", path=args.store_file))
-    if args.store_url is not None:
-        return InfluxStore(InfluxStoreConfig(type="influxdb", url=args.store_url))
     cfg = plant.processor.store
-    if cfg is None:
+    if args.store_url is not None:
+        # the plant's InfluxDB settings (database, token, api) apply to another URL too
+        base = cfg if isinstance(cfg, InfluxStoreConfig) else InfluxStoreConfig(type="influxdb", url=args.store_url)
+        store = InfluxStore(base.model_copy(update={"url": args.store_url}))
+    elif cfg is None:
         raise ValueError("no readings source: give --readings, --store-file or --store-url (the plant has no store)")
-    if isinstance(cfg, SqliteStoreConfig):
+    elif isinstance(cfg, SqliteStoreConfig):
         return SqliteStore(cfg)
-    return InfluxStore(cfg)
+    else:
+        store = InfluxStore(cfg)
+    try:
+        store.server()  # refuse at once a store that cannot be read back (UnreadableStoreError)
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def main_report(args: argparse.Namespace, out: Any = None) -> int:

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--readings", type=Path, metavar="CSV", help="readings CSV: ts,meter_id,value")
     src.add_argument("--store-file", type=Path, metavar="SQLITE", help="read an SQLite store file")
-    src.add_argument("--store-url", metavar="URL", help="read VictoriaMetrics / InfluxDB at this URL")
+    src.add_argument("--store-url", metavar="URL",
+                     help=("read this InfluxDB (InfluxQL on /query: 1.x, 2.x with a DBRP mapping, 3) or "
+                           "VictoriaMetrics; any other server is refused (exit 2)"))
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: report-<period>)")
     parser.add_argument("--format", default="json,csv,xlsx,html",
                         help="comma-separated, any of json, csv, xlsx, html, pdf (pdf prints the HTML with headless "

@@ -1,4 +1,4 @@
-"""The stores: InfluxDB v2 write API (InfluxDB 2.x or VictoriaMetrics) and an embedded SQLite file.
+"""The stores: InfluxDB (1.x, 2.x) or VictoriaMetrics through line protocol, and an embedded SQLite file.
 
 Both implement :class:`energymon.interfaces.Store`: one writer thread calls ``write(rows)`` with
 ``(SeriesKey, {field: value}, ts_ms)`` rows; a failed write raises :class:`~energymon.errors.StoreError`
@@ -23,6 +23,14 @@ than building ``Point`` objects. Notes for VictoriaMetrics, measured against 1.7
   write still answers 204), and its ``/api/v1/export`` range ends at *now* unless told otherwise;
 * Flux does not work there, so :meth:`InfluxStore.export` reads through ``/api/v1/export`` instead.
 
+Every store is also a :class:`energymon.interfaces.ReadingsSource`: ``query(measurement, field, tags=,
+start_ms=, end_ms=)`` answers the same on each (half-open range, sorted by tags then time). :class:`InfluxStore`
+reads InfluxDB through InfluxQL over the v1 ``/query`` API, which InfluxDB 1.x, 2.x (through a DBRP mapping of the
+bucket) and 3 serve, and VictoriaMetrics through ``/api/v1/export``; :meth:`InfluxStore.server` tells them apart.
+With ``api: v1`` it writes to InfluxDB 1.x's ``/write?db=&precision=ms`` (Debian's 1.6 has no
+``/api/v2/write``; measured against influxd 1.6.7). InfluxDB keeps the last value written for a (series, field,
+time), so corrections replace a value there, as in SQLite.
+
 :class:`SqliteStore` keeps everything in one SQLite file (WAL, ``synchronous=NORMAL``). It uses a single
 connection guarded by a lock, so a writer thread and reader threads (the demo's live summary,
 ``energymon serve``) can share one store object: a read waits at most for the batch being written (a few
@@ -36,6 +44,7 @@ is inclusive at both ends.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -61,11 +70,25 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from energymon.config import InfluxStoreConfig, SqliteStoreConfig
-from energymon.errors import ConfigError, ConfigIssue, StoreError
+from energymon.errors import ConfigError, ConfigIssue, StoreError, UnreadableStoreError
 from energymon.interfaces import Row, SeriesKey, Store
 from energymon.metrics import PipelineMetrics, StageMetrics
 
-__all__ = ["DUMMY_TOKEN", "ExportedSeries", "InfluxStore", "SqliteStore", "open_store", "to_line_protocol"]
+__all__ = [
+    "DUMMY_TOKEN",
+    "ExportedSeries",
+    "InfluxStore",
+    "SqliteStore",
+    "influxql_ident",
+    "influxql_string",
+    "influxql_where",
+    "open_store",
+    "to_line_protocol",
+]
+
+#: ``(tags, ts_ms, value)``: one sample of one series, as :meth:`InfluxStore.query` and :meth:`SqliteStore.query`
+#: return them.
+Sample = tuple[dict[str, str], int, float]
 
 #: Token sent when ``token_env`` is not configured (VictoriaMetrics ignores it; InfluxDB 2 would answer 401).
 DUMMY_TOKEN = "energymon-no-token"
@@ -207,7 +230,13 @@ def _ms_to_seconds_text(ms: int) -> str:
 
 
 class InfluxStore:
-    """Write rows to an InfluxDB v2 write endpoint (InfluxDB 2.x, or VictoriaMetrics' ``/api/v2/write``).
+    """Write rows to InfluxDB or VictoriaMetrics in line protocol, and read them back.
+
+    Writes go to the v2 write API (``api: v2``: InfluxDB 2.x and 1.8+, VictoriaMetrics' ``/api/v2/write``) or to
+    InfluxDB 1.x's ``/write`` (``api: v1``). Reads (:meth:`query`, :meth:`influxql`, :meth:`export`) use InfluxQL
+    on ``/query`` for InfluxDB and the export API for VictoriaMetrics (:meth:`server`). Credentials for the v1
+    endpoints come from ``token_env``: a value ``user:password`` is sent as HTTP basic auth (every InfluxDB 1.x),
+    any other value as ``Authorization: Token ...`` (InfluxDB 2.x and 3).
 
     Args:
         config: URL, org, bucket, token variable, batch size and timeout.
@@ -243,6 +272,20 @@ class InfluxStore:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._http = httpx.Client(timeout=config.timeout_ms / 1000)
         self._closed = False
+        self._server: str | None = None if config.server == "auto" else config.server
+
+    @property
+    def database(self) -> str:
+        """The InfluxQL database written with ``api: v1`` and read through ``/query`` (default: the bucket)."""
+        return self.config.database or self.config.bucket
+
+    def describe(self) -> str:
+        """Kind and location of the store, without credentials (``influxdb:URL/db`` or ``victoriametrics:URL``)."""
+        if self._server == "influxdb":
+            return f"influxdb:{self.url} (database {self.database})"
+        if self._server == "victoriametrics":
+            return f"victoriametrics:{self.url}"
+        return f"influxdb-api:{self.url}"
 
     # ----------------------------------------------------------------- Store protocol
 
@@ -267,13 +310,16 @@ class InfluxStore:
             for start, end in _chunk_bounds(len(lines), self.config.batch_max_points):
                 body = "\n".join(lines[start:end]).encode()
                 try:
-                    self._write_api.write(
-                        bucket=self.config.bucket,
-                        org=self.config.org,
-                        record=body,
-                        write_precision=_MS,
-                    )
-                except (InfluxDBError, urllib3.exceptions.HTTPError, OSError) as exc:
+                    if self.config.api == "v1":
+                        self._write_v1(body)
+                    else:
+                        self._write_api.write(
+                            bucket=self.config.bucket,
+                            org=self.config.org,
+                            record=body,
+                            write_precision=_MS,
+                        )
+                except (InfluxDBError, urllib3.exceptions.HTTPError, OSError, httpx.HTTPError) as exc:
                     error = StoreError(f"InfluxDB write to {self.url} failed: {self._describe(exc)}")
                     if self._stage is not None:
                         self._stage.error(error)
@@ -283,6 +329,24 @@ class InfluxStore:
         finally:
             if self._metrics is not None:
                 self._metrics.store_write_duration.observe(time.perf_counter() - began)
+
+    def _write_v1(self, body: bytes) -> None:
+        """POST one body to InfluxDB 1.x's ``/write`` (raises httpx errors; 4xx/5xx as HTTPStatusError)."""
+        params = {"db": self.database, "precision": "ms"}
+        if self.config.retention_policy is not None:
+            params["rp"] = self.config.retention_policy
+        response = self._http.post(
+            f"{self.config.url.rstrip('/')}/write", params=params, content=body, headers=self._auth_headers()
+        )
+        response.raise_for_status()
+
+    def _auth_headers(self) -> dict[str, str]:
+        """Credentials of the v1 endpoints: ``user:password`` as basic auth (InfluxDB 1.x), else a token."""
+        if self.config.token_env is None:
+            return {}
+        if ":" in self._token:
+            return {"Authorization": "Basic " + base64.b64encode(self._token.encode()).decode("ascii")}
+        return {"Authorization": f"Token {self._token}"}
 
     def close(self) -> None:
         """Close the HTTP connections. Safe to call twice."""
@@ -314,8 +378,9 @@ class InfluxStore:
 
         ``retention_days`` of the store config when set; else VictoriaMetrics' ``-retentionPeriod`` (from the
         ``flag{name="retentionPeriod"}`` line of its ``/metrics``, which also shows the default); else the
-        bucket's retention rule from InfluxDB 2's ``/api/v2/buckets`` (needs a token that may read buckets).
-        Never raises: a store that does not answer is reported as unknown (logged).
+        bucket's retention rule from InfluxDB 2's ``/api/v2/buckets`` (needs a token that may read buckets); else,
+        with ``api: v1``, the duration of the retention policy written to (``SHOW RETENTION POLICIES``). Never
+        raises: a store that does not answer is reported as unknown (logged).
         """
         if self.config.retention_days is not None:
             return round(self.config.retention_days * 86_400_000)
@@ -331,17 +396,144 @@ class InfluxStore:
                 params={"name": self.config.bucket, "org": self.config.org},
                 headers={"Authorization": f"Token {self._token}"},
             )
+            if response.status_code != 200 and self.config.api == "v1":
+                return self._influxql_retention_ms()
             if response.status_code == 200:
                 buckets = response.json().get("buckets") or []
                 if buckets:
                     every = [int(r.get("everySeconds") or 0) for r in buckets[0].get("retentionRules") or []]
                     return min(every) * 1000 if every and min(every) > 0 else None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, StoreError) as exc:
             log.warning("could not read the retention of the store %s: %s", self.url, self._scrub(str(exc)))
             return None
         log.info("the retention of the store %s is not known (set processor.store.retention_days): points of any "
                  "age are written", self.url)
         return None
+
+    def server(self) -> str:
+        """Which server answers: ``"influxdb"`` (read through InfluxQL) or ``"victoriametrics"``.
+
+        ``server`` of the config when not ``auto``; else ``GET /ping``: InfluxDB 1.x, 2.x and 3 name their
+        version in the ``X-Influxdb-Version`` header; VictoriaMetrics answers ``/ping`` without it and names
+        itself in ``/metrics`` (``vm_app_version``). Asked once per store object.
+
+        Raises:
+            StoreError: The server cannot be reached.
+            UnreadableStoreError: It answers, but is neither (e.g. a Prometheus, or an InfluxDB-compatible
+                endpoint without ``/query``).
+        """
+        if self._server is not None:
+            return self._server
+        base = self.config.url.rstrip("/")
+        try:
+            ping = self._http.get(f"{base}/ping")
+            if ping.headers.get("x-influxdb-version"):
+                self._server = "influxdb"
+                return self._server
+            metrics = self._http.get(f"{base}/metrics")
+            if metrics.status_code == 200 and "vm_app_version" in metrics.text:
+                self._server = "victoriametrics"
+                return self._server
+        except httpx.HTTPError as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise StoreError(f"store {self.url} cannot be reached: {detail}") from exc
+        raise UnreadableStoreError(
+            f"store {self.url} is neither InfluxDB (no X-Influxdb-Version header on /ping) nor VictoriaMetrics "
+            "(no vm_app_version in /metrics): energymon cannot read it back; set processor.store.server if it is "
+            "one of them behind a proxy"
+        )
+
+    def influxql(self, statement: str) -> list[dict[str, Any]]:
+        """Run one InfluxQL statement on ``/query`` (database and retention policy of the config, ``epoch=ms``).
+
+        Returns:
+            The ``series`` of the statement's result (``name``, ``tags``, ``columns``, ``values``); empty when
+            nothing matched.
+
+        Raises:
+            StoreError: The server could not be reached, refused the query or reported an error in it.
+        """
+        params = {"db": self.database, "q": statement, "epoch": "ms"}
+        if self.config.retention_policy is not None:
+            params["rp"] = self.config.retention_policy
+        where = f"InfluxQL query on {self.url} (database {self.database})"
+        try:
+            response = self._http.post(
+                f"{self.config.url.rstrip('/')}/query", data=params, headers=self._auth_headers()
+            )
+            response.raise_for_status()
+            body: dict[str, Any] = response.json()
+        except httpx.HTTPStatusError as exc:
+            text = self._scrub(exc.response.text.strip()[:300])
+            raise StoreError(f"{where} failed: HTTP {exc.response.status_code}: {text}") from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            raise StoreError(f"{where} failed: {self._scrub(f'{type(exc).__name__}: {exc}')}") from exc
+        results = body.get("results")
+        if not isinstance(results, list) or not results:
+            error = body.get("error")
+            raise StoreError(f"{where} failed: {error or 'no results in the answer'}")
+        first: dict[str, Any] = results[0]
+        if "error" in first:
+            raise StoreError(f"{where} failed: {first['error']} (query: {statement})")
+        series: list[dict[str, Any]] = first.get("series") or []
+        return series
+
+    def query(
+        self,
+        measurement: str,
+        field: str,
+        *,
+        tags: dict[str, str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[Sample]:
+        """Samples of one field of the series that carry all of ``tags``, in ``[start_ms, end_ms)``.
+
+        The same answer as :meth:`SqliteStore.query` (a filter value ``""`` matches series without that tag;
+        sorted by tags, then time), read through InfluxQL on InfluxDB and ``/api/v1/export`` on
+        VictoriaMetrics.
+
+        Raises:
+            StoreError: The store could not be reached or refused the query.
+            UnreadableStoreError: The server is neither InfluxDB nor VictoriaMetrics.
+        """
+        if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+            return []
+        out: list[Sample] = []
+        if self.server() == "influxdb":
+            where = influxql_where(tags, start_ms, end_ms)
+            statement = f"SELECT {influxql_ident(field)} FROM {influxql_ident(measurement)}{where} GROUP BY *"
+            for item in self.influxql(statement):
+                series_tags = {str(k): str(v) for k, v in (item.get("tags") or {}).items() if v != ""}
+                out.extend(
+                    (series_tags, int(ts), float(value)) for ts, value in item.get("values") or [] if value is not None
+                )
+        else:
+            wanted = tags or {}
+            labels = [f"__name__={_prom_string(f'{measurement}_{field}')}"]
+            labels += [f"{k}={_prom_string(v)}" for k, v in sorted(wanted.items())]
+            last = None if end_ms is None else end_ms - 1
+            for series_labels, times, values in self.export("{" + ",".join(labels) + "}", start_ms, last):
+                series_tags = {k: v for k, v in series_labels.items() if k != "__name__"}
+                out.extend((series_tags, t, v) for t, v in zip(times, values, strict=True))
+        out.sort(key=lambda item: (sorted(item[0].items()), item[1]))
+        return out
+
+    def _influxql_retention_ms(self) -> int | None:
+        """The duration of the retention policy written to (``SHOW RETENTION POLICIES``); None for ``0s`` (forever).
+
+        Raises:
+            StoreError: The query failed or names no such policy.
+        """
+        found = self.influxql(f"SHOW RETENTION POLICIES ON {influxql_ident(self.database)}")
+        rows = [dict(zip(item.get("columns") or [], values, strict=False))
+                for item in found for values in item.get("values") or []]
+        wanted = self.config.retention_policy
+        for row in rows:
+            if (row.get("name") == wanted) if wanted is not None else bool(row.get("default")):
+                return _go_duration_ms(str(row.get("duration", "0s")))
+        raise StoreError(f"InfluxDB {self.url}: database {self.database} has no retention policy "
+                         f"{wanted or '(default)'}")
 
     def export(
         self, match: str, start_ms: int | None = None, end_ms: int | None = None, *, flush: bool = True
@@ -401,9 +593,49 @@ class InfluxStore:
             detail = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
             if body.strip():
                 detail += f": {body.strip()[:300]}"
+        elif isinstance(exc, httpx.HTTPStatusError):
+            detail = f"HTTP {exc.response.status_code} {exc.response.reason_phrase}".rstrip()
+            if exc.response.text.strip():
+                detail += f": {exc.response.text.strip()[:300]}"
         else:
             detail = f"{type(exc).__name__}: {exc}"
         return self._scrub(detail)
+
+
+def influxql_ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes (``"`` and ``\\`` escaped)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def influxql_string(value: str) -> str:
+    """An InfluxQL string literal in single quotes (``'`` and ``\\`` escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def influxql_where(
+    tags: dict[str, str] | None, start_ms: int | None, end_ms: int | None, *, closed_end: bool = False
+) -> str:
+    """`` WHERE`` clause: every tag equal (``''`` matches series without it), ``start_ms <= time < end_ms``
+    (``<=`` with ``closed_end``); times in ns, which every InfluxQL version reads as a bare integer."""
+    terms = [f"{influxql_ident(k)} = {influxql_string(v)}" for k, v in sorted((tags or {}).items())]
+    if start_ms is not None:
+        terms.append(f"time >= {int(start_ms) * 1_000_000}")
+    terms.append(f"time {'<=' if closed_end else '<'} {int(_EXPORT_END_MS if end_ms is None else end_ms) * 1_000_000}")
+    return " WHERE " + " AND ".join(terms)
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms|us|µs|ns)")
+_GO_UNITS_MS = {"h": 3_600_000.0, "m": 60_000.0, "s": 1000.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3, "ns": 1e-6}
+
+
+def _go_duration_ms(text: str) -> int | None:
+    """An InfluxDB duration (``168h0m0s``) in ms; None for ``0s`` (InfluxDB 1.x: keep forever)."""
+    total = sum(float(n) * _GO_UNITS_MS[u] for n, u in _GO_DURATION.findall(text))
+    return round(total) if total > 0 else None
+
+
+def _prom_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 _VM_RETENTION = re.compile(r'^flag\{name="retentionPeriod", value="([^"]+)"', re.MULTILINE)
@@ -619,6 +851,10 @@ class SqliteStore:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def describe(self) -> str:
+        """``sqlite:<path>``."""
+        return f"sqlite:{self.path}"
 
     def retention_ms(self) -> int | None:
         """None: the SQLite store keeps every sample."""

@@ -12,6 +12,7 @@ REQUIRED=(
     "mosquitto:mosquitto"
     "mosquitto_pub:mosquitto-clients"
     "victoria-metrics:victoria-metrics"
+    "influxd:influxdb"
     "socat:socat"
     "prometheus-alertmanager:prometheus-alertmanager"
     "prometheus:prometheus"
@@ -34,7 +35,7 @@ for pair in "${REQUIRED[@]}"; do
 done
 
 if [ "${#missing_pkgs[@]}" -eq 0 ]; then
-    echo "ensure-services: all present (mosquitto, mosquitto-clients, victoria-metrics, socat, prometheus-alertmanager, prometheus, chromium, CJK font)"
+    echo "ensure-services: all present (mosquitto, mosquitto-clients, victoria-metrics, influxdb, socat, prometheus-alertmanager, prometheus, chromium, CJK font)"
     exit 0
 fi
 

@@ -5,6 +5,7 @@ Fixtures:
     mosquitto_session: one broker shared by the whole session, for tests that never restart it.
     victoria_metrics: a fresh, empty VictoriaMetrics per test.
     victoria_metrics_session: one VictoriaMetrics shared by the session (use unique metric names).
+    influxdb: a fresh InfluxDB 1.x (``influxd``) per test, with an empty database ``energymon``.
     alertmanager_factory: ``alertmanager_factory(config_yaml) -> Alertmanager``, started, stopped at teardown.
 
 A missing service binary makes the test fail with a message telling the user to run ``make test``.
@@ -23,7 +24,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:  # ``import services`` also works if tests/ becomes a package
     sys.path.insert(0, _TESTS_DIR)
 
-from services import Alertmanager, Mosquitto, Service, VictoriaMetrics  # noqa: E402
+from services import Alertmanager, InfluxDB1, Mosquitto, Service, VictoriaMetrics  # noqa: E402
 
 _S = TypeVar("_S", bound=Service)
 
@@ -67,6 +68,12 @@ def victoria_metrics() -> Iterator[VictoriaMetrics]:
 def victoria_metrics_session() -> Iterator[VictoriaMetrics]:
     """A VictoriaMetrics shared by the whole test session; use metric names unique to each test."""
     yield from _run(VictoriaMetrics())
+
+
+@pytest.fixture
+def influxdb() -> Iterator[InfluxDB1]:
+    """An InfluxDB 1.x on free ports with an empty database ``energymon``, started for one test and stopped after."""
+    yield from _run(InfluxDB1())
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = [
     "Alertmanager",
+    "InfluxDB1",
     "Mosquitto",
     "Service",
     "ServiceError",
@@ -618,6 +619,103 @@ class VictoriaMetrics(Service):
         params = {"match[]": match, "start": "1", "end": "4102444800"}
         data: list[dict[str, str]] = self._get("/api/v1/series", params).json()["data"]
         return len(data)
+
+
+class InfluxDB1(Service):
+    """An InfluxDB 1.x server (Debian's ``influxd`` 1.6.7): InfluxQL on ``/query``, line protocol on ``/write``.
+
+    Meta, data and WAL directories are in :attr:`workdir` (kept across :meth:`restart`); reporting, the
+    ``_internal`` monitor store and the HTTP log are off. The RPC/backup port (``bind-address``) is a second
+    free port, so two servers never clash. Debian's 1.6 has no ``/api/v2/write``: write with ``api: v1``.
+
+    Args:
+        database: Database created once the server is ready (empty: none).
+        admin: ``(user, password)``: enable authentication with this admin user (created at the first start).
+        port: HTTP port; a free one is chosen when omitted.
+        start_timeout: Bound in seconds on waiting for readiness.
+        stop_timeout: Seconds between SIGTERM and SIGKILL.
+    """
+
+    name: ClassVar[str] = "InfluxDB"
+    binary: ClassVar[str] = "influxd"
+    http_timeout: ClassVar[float] = 30.0
+
+    def __init__(
+        self,
+        *,
+        database: str = "energymon",
+        admin: tuple[str, str] | None = None,
+        port: int | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.database = database
+        self.admin = admin
+        self.rpc_port = free_port()
+
+    @property
+    def config_path(self) -> Path:
+        """The generated ``influxdb.conf``."""
+        return self.workdir / "influxdb.conf"
+
+    def config_text(self) -> str:
+        """Return the configuration file content written before each launch."""
+        root = self.workdir
+        return (
+            "reporting-disabled = true\n"
+            f'bind-address = "{self.host}:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{root / "meta"}"\n'
+            f'[data]\n  dir = "{root / "data"}"\n  wal-dir = "{root / "wal"}"\n  query-log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n"
+            f'[http]\n  bind-address = "{self.host}:{self.port}"\n  log-enabled = false\n'
+            f"  auth-enabled = {'true' if self.admin else 'false'}\n"
+            '[logging]\n  level = "warn"\n'
+        )
+
+    def _prepare(self) -> None:
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+
+    def _command(self) -> list[str]:
+        return [require_binary(self.binary), "run", "-config", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        if httpx.get(f"{self.url}/ping", timeout=2.0).status_code != 204:
+            return False
+        if self.admin is not None:
+            user, password = self.admin
+            # allowed without credentials while no user exists; afterwards a no-op for the same user
+            self.query(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES", database="")
+        if self.database:
+            self.query(f'CREATE DATABASE "{self.database}"', database="")
+        return True
+
+    def query(self, influxql: str, *, database: str | None = None, epoch: str = "ms") -> list[dict[str, Any]]:
+        """Run InfluxQL (``POST /query``) and return its ``results`` (raises on HTTP errors and statement errors).
+
+        Args:
+            influxql: One or more statements separated by ``;``.
+            database: The ``db`` parameter; :attr:`database` when omitted, none when ``""``.
+            epoch: Timestamp precision of the answer.
+        """
+        params = {"q": influxql, "epoch": epoch}
+        db = self.database if database is None else database
+        if db:
+            params["db"] = db
+        response = httpx.post(f"{self.url}/query", data=params, auth=self.admin, timeout=self.http_timeout)
+        response.raise_for_status()
+        results: list[dict[str, Any]] = response.json().get("results", [])
+        for result in results:
+            if "error" in result:
+                raise ServiceError(f"{self.name} /query {influxql!r}: {result['error']}")
+        return results
+
+    def write(self, lines: str, *, database: str | None = None) -> None:
+        """Write line protocol with ms timestamps (``POST /write``)."""
+        params = {"db": self.database if database is None else database, "precision": "ms"}
+        response = httpx.post(f"{self.url}/write", params=params, content=lines.encode(), auth=self.admin,
+                              timeout=self.http_timeout)
+        response.raise_for_status()
 
 
 class Alertmanager(Service):

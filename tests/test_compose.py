@@ -229,6 +229,60 @@ def test_env_example_matches_the_plant_stores() -> None:
             assert "INFLUX_TOKEN" in SERVICES[name]["environment"], name
 
 
+def test_influxdb_set_up_maps_the_database_the_plants_read_to_their_bucket(tmp_path: Path) -> None:
+    """The stack's own set-up creates the DBRP mapping InfluxQL reads through (report, serve, uplink, Grafana)."""
+    env = _env_example()
+    mounts = dict((t, s) for s, t in _bind_mounts("influxdb"))
+    init_dir = DEPLOY / mounts["/docker-entrypoint-initdb.d"]
+    scripts = sorted(init_dir.glob("*.sh"))
+    assert scripts, "no set-up script for the DBRP mapping"
+    for plant_file in ("plant.yaml", "cluster-plant.yaml"):
+        store = load_plant(DEPLOY / "compose" / plant_file).processor.store
+        assert store is not None and store.type == "influxdb"
+        assert store.server == "influxdb" and store.api == "v2"
+        assert (store.database or store.bucket) == env["INFLUX_BUCKET"], plant_file
+    # run the script as the image does, with an `influx` CLI on PATH that records its arguments
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "influx.log"
+    (bin_dir / "influx").write_text(f'#!/bin/sh\necho "$@" >> {log}\n', encoding="utf-8")
+    (bin_dir / "influx").chmod(0o755)
+    environ = {"PATH": f"{bin_dir}:/usr/bin:/bin", "DOCKER_INFLUXDB_INIT_ORG": env["INFLUX_ORG"],
+               "DOCKER_INFLUXDB_INIT_BUCKET": env["INFLUX_BUCKET"], "DOCKER_INFLUXDB_INIT_BUCKET_ID": "0123abcd"}
+    for script in scripts:
+        subprocess.run(["sh", str(script)], env=environ, check=True, capture_output=True, timeout=60)
+    created = [line.split() for line in log.read_text(encoding="utf-8").splitlines() if "create" in line]
+    assert len(created) == 1
+    args = created[0]
+    assert args[:3] == ["v1", "dbrp", "create"]
+    opts = dict(zip(args[3::2], args[4::2], strict=False))
+    assert opts["--db"] == env["INFLUX_BUCKET"] and opts["--bucket-id"] == "0123abcd"
+    assert opts["--rp"] == "autogen" and "--default" in args and opts["--org"] == env["INFLUX_ORG"]
+
+
+def test_grafana_reads_the_store_the_plant_file_writes() -> None:
+    """Grafana's provisioned InfluxDB data source is the processor's store: same server, org and bucket."""
+    env = _env_example()
+    mounts = dict((t, s) for s, t in _bind_mounts("grafana"))
+    provisioning = DEPLOY / mounts["/etc/grafana/provisioning"]
+    sources = yaml.safe_load((provisioning / "datasources" / "energymon.yml").read_text(encoding="utf-8"))
+    (influx,) = [ds for ds in sources["datasources"] if ds["type"] == "influxdb"]
+    grafana_env = SERVICES["grafana"]["environment"]
+
+    def expand(value: str) -> str:  # Grafana expands ${VAR} from its environment, compose from .env
+        for name, text in grafana_env.items():
+            value = value.replace(f"${{{name}}}", env[text.split(":")[0].strip("${")] if text.startswith("${")
+                                  else text)
+        return value
+
+    store = load_plant(DEPLOY / "compose" / "plant.yaml").processor.store
+    assert store is not None and store.type == "influxdb"
+    assert urlsplit(influx["url"]).netloc == urlsplit(store.url).netloc
+    assert expand(influx["jsonData"]["organization"]) == store.org
+    assert expand(influx["jsonData"]["defaultBucket"]) == store.bucket
+    assert "influxdb" in SERVICES["grafana"]["depends_on"]
+
+
 def test_bind_mounts_exist_in_the_repository_or_are_issued_by_make_certs(certs: Path) -> None:
     assert {p.name for p in certs.iterdir()} >= ISSUED
     for name in SERVICES:

@@ -5,11 +5,12 @@ store (SQLite file or VictoriaMetrics). See ``energymon/web/README.md``.
 """
 
 from energymon.web.overview import Overview, alerts_from_engine, alerts_from_state_file
-from energymon.web.reader import SqliteReader, StoreReader, VictoriaMetricsReader
+from energymon.web.reader import InfluxQLReader, SqliteReader, StoreReader, VictoriaMetricsReader
 from energymon.web.server import DEFAULT_PORT, WebServer
 
 __all__ = [
     "DEFAULT_PORT",
+    "InfluxQLReader",
     "Overview",
     "SqliteReader",
     "StoreReader",

@@ -1,4 +1,4 @@
-"""Read-only access to a plant's store for the live page: the embedded SQLite file or VictoriaMetrics.
+"""Read-only access to a plant's store for the live page: the embedded SQLite file, InfluxDB or VictoriaMetrics.
 
 A :class:`StoreReader` answers the few questions the overview asks, with the same semantics on both stores:
 
@@ -12,9 +12,10 @@ a row stamped at midnight is the last interval of the day before, and VictoriaMe
 ``(t - d, t]`` too. Series are returned as ``(tags, ...)`` with every tag as a string.
 
 :class:`SqliteReader` uses :class:`~energymon.processors.store.SqliteStore`'s read API (it may share the store
-object a running processor writes through). :class:`VictoriaMetricsReader` queries the Prometheus-compatible API
-of VictoriaMetrics (``/api/v1/query`` and ``/api/v1/export``), where a field is the metric
-``{measurement}_{field}`` and tags are labels.
+object a running processor writes through). :class:`InfluxQLReader` runs InfluxQL on InfluxDB's v1 ``/query`` API
+(InfluxDB 1.x, 2.x through a DBRP mapping, 3) through :meth:`~energymon.processors.store.InfluxStore.influxql`.
+:class:`VictoriaMetricsReader` queries the Prometheus-compatible API of VictoriaMetrics (``/api/v1/query`` and
+``/api/v1/export``), where a field is the metric ``{measurement}_{field}`` and tags are labels.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from energymon.errors import StoreError
-from energymon.processors.store import SqliteStore
+from energymon.processors.store import InfluxStore, SqliteStore, influxql_ident, influxql_string, influxql_where
 
-__all__ = ["SeriesSamples", "SeriesValue", "SqliteReader", "StoreReader", "VictoriaMetricsReader"]
+__all__ = ["InfluxQLReader", "SeriesSamples", "SeriesValue", "SqliteReader", "StoreReader", "VictoriaMetricsReader"]
 
 #: ``(tags, ts_ms, value)``: one sample of one series.
 SeriesValue = tuple[dict[str, str], int, float]
@@ -150,6 +151,113 @@ class SqliteReader:
             found = self.store.query(measurement, field, tags=dict(tags), start_ms=ts_ms, end_ms=ts_ms + 1)
             if found:
                 out[field] = found[-1][2]
+        return out
+
+    def close(self) -> None:
+        """Close the store if the reader owns it."""
+        if self.owns:
+            self.store.close()
+
+
+# --------------------------------------------------------------------------- InfluxDB (InfluxQL)
+
+
+def _series_tags(item: Mapping[str, Any]) -> dict[str, str]:
+    """Tags of one InfluxQL result series (``GROUP BY *`` also lists the measurement's other keys, empty)."""
+    return {str(k): str(v) for k, v in (item.get("tags") or {}).items() if v not in ("", None)}
+
+
+class InfluxQLReader:
+    """Reads the plant's rows from InfluxDB through InfluxQL (``/query``), with the semantics of the other readers.
+
+    Args:
+        store: an :class:`InfluxStore` whose server is InfluxDB (database and credentials from its config).
+        owns: close the store with the reader.
+    """
+
+    def __init__(self, store: InfluxStore, *, owns: bool = False) -> None:
+        self.store = store
+        self.owns = owns
+
+    def describe(self) -> str:
+        """``influxdb:<url> (database <db>)``."""
+        return self.store.describe()
+
+    def _where(self, tags: Mapping[str, str] | None, start_ms: int, end_ms: int) -> str:
+        # (start, end]: InfluxQL's range is given in ns, so the open start is start + 1 ms
+        return influxql_where(dict(tags) if tags else None, start_ms + 1, end_ms, closed_end=True)
+
+    def latest(
+        self, measurement: str, field: str, tags: Mapping[str, str] | None, *, at_ms: int, window_ms: int
+    ) -> list[SeriesValue]:
+        """See :meth:`StoreReader.latest`."""
+        where = self._where(tags, at_ms - window_ms, at_ms)
+        statement = f"SELECT last({influxql_ident(field)}) FROM {influxql_ident(measurement)}{where} GROUP BY *"
+        out: list[SeriesValue] = []
+        for item in self.store.influxql(statement):
+            for ts, value in item.get("values") or []:
+                if value is not None:
+                    out.append((_series_tags(item), int(ts), float(value)))
+        out.sort(key=lambda item: sorted(item[0].items()))
+        return out
+
+    def sum(
+        self, measurement: str, field: str, group_by: str, *, start_ms: int, end_ms: int
+    ) -> dict[str, float]:
+        """See :meth:`StoreReader.sum`."""
+        if end_ms <= start_ms:
+            return {}
+        where = self._where(None, start_ms, end_ms)
+        statement = (f"SELECT sum({influxql_ident(field)}) FROM {influxql_ident(measurement)}{where} "
+                     f"GROUP BY {influxql_ident(group_by)}")
+        totals: dict[str, float] = {}
+        for item in self.store.influxql(statement):
+            group = _series_tags(item).get(group_by, "")
+            for _ts, value in item.get("values") or []:
+                if value is not None:
+                    totals[group] = totals.get(group, 0.0) + float(value)
+        return {group: totals[group] for group in sorted(totals)}
+
+    def count(self, measurement: str, field: str, *, start_ms: int, end_ms: int) -> int:
+        """See :meth:`StoreReader.count`."""
+        if end_ms <= start_ms:
+            return 0
+        where = self._where(None, start_ms, end_ms)
+        statement = f"SELECT count({influxql_ident(field)}) FROM {influxql_ident(measurement)}{where}"
+        total = 0
+        for item in self.store.influxql(statement):
+            total += sum(int(value) for _ts, value in item.get("values") or [] if value is not None)
+        return total
+
+    def samples(
+        self, measurement: str, field: str, tags: Mapping[str, str] | None, *, start_ms: int, end_ms: int
+    ) -> list[SeriesSamples]:
+        """See :meth:`StoreReader.samples`."""
+        if end_ms <= start_ms:
+            return []
+        where = self._where(tags, start_ms, end_ms)
+        statement = f"SELECT {influxql_ident(field)} FROM {influxql_ident(measurement)}{where} GROUP BY *"
+        out: list[SeriesSamples] = []
+        for item in self.store.influxql(statement):
+            pairs = sorted((int(ts), float(v)) for ts, v in item.get("values") or [] if v is not None)
+            if pairs:
+                out.append((_series_tags(item), pairs))
+        out.sort(key=lambda item: sorted(item[0].items()))
+        return out
+
+    def row(self, measurement: str, fields: list[str], tags: Mapping[str, str], ts_ms: int) -> dict[str, float]:
+        """See :meth:`StoreReader.row` (one query for every field)."""
+        terms = [f"{influxql_ident(k)} = {influxql_string(v)}" for k, v in sorted(tags.items())]
+        terms.append(f"time = {int(ts_ms) * 1_000_000}")
+        columns = ", ".join(influxql_ident(f) for f in fields)
+        statement = f"SELECT {columns} FROM {influxql_ident(measurement)} WHERE {' AND '.join(terms)}"
+        out: dict[str, float] = {}
+        for item in self.store.influxql(statement):
+            names = list(item.get("columns") or [])
+            for values in item.get("values") or []:
+                for name, value in zip(names, values, strict=True):
+                    if name != "time" and name in fields and value is not None:
+                        out[name] = float(value)
         return out
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 
 The store is the one ``processor.store`` names: an SQLite file (read through
 :class:`~energymon.processors.store.SqliteStore`; the processor may write it at the same time) or, for
-``type: influxdb``, VictoriaMetrics' query API at the same URL. Active alerts come from ``alerts.sqlite`` in
+``type: influxdb``, InfluxDB through InfluxQL (``/query``) or VictoriaMetrics' query API at the same URL, told
+apart by ``processor.store.server`` (``auto``: by ``/ping``). A server that is neither is refused (exit 2).
+Active alerts come from ``alerts.sqlite`` in
 ``--data-dir`` (the processor's data directory) when given.
 """
 
@@ -17,7 +19,7 @@ from energymon import lifecycle
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
 from energymon.errors import ConfigError, ConfigIssue, StoreError
 from energymon.web.overview import Overview, alerts_from_state_file
-from energymon.web.reader import SqliteReader, StoreReader, VictoriaMetricsReader
+from energymon.web.reader import InfluxQLReader, SqliteReader, StoreReader, VictoriaMetricsReader
 from energymon.web.server import DEFAULT_PORT, WebServer
 
 __all__ = ["open_reader", "serve"]
@@ -28,13 +30,25 @@ def open_reader(plant: PlantConfig, *, source: Path | None = None) -> StoreReade
 
     Raises:
         ConfigError: the plant file names no store.
-        StoreError: the SQLite file does not exist or cannot be opened.
+        StoreError: the SQLite file does not exist or cannot be opened, or the server cannot be reached.
+        UnreadableStoreError: the server is neither InfluxDB nor VictoriaMetrics.
     """
     cfg = plant.processor.store
     where = f"{source}: processor.store" if source is not None else "processor.store"
     if cfg is None:
         raise ConfigError(str(source or "plant"), [ConfigIssue("processor.store", "no store to show")])
     if isinstance(cfg, InfluxStoreConfig):
+        from energymon.processors.store import InfluxStore
+
+        store = InfluxStore(cfg)
+        try:
+            kind = store.server()  # StoreError if unreachable, UnreadableStoreError if neither kind
+        except BaseException:
+            store.close()
+            raise
+        if kind == "influxdb":
+            return InfluxQLReader(store, owns=True)
+        store.close()
         return VictoriaMetricsReader(cfg.url, timeout_s=cfg.timeout_ms / 1000)
     assert isinstance(cfg, SqliteStoreConfig)
     if not Path(cfg.path).exists():
