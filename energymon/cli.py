@@ -34,7 +34,7 @@ def _positive(text: str) -> float:
 #: is built from its module; the others are listed with their help, so ``energymon --help`` and the light
 #: commands start without those imports. tests/test_cli_startup.py checks the help texts against the modules.
 _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "alerts": ("list, acknowledge and silence alerts (state file in the data directory)",
+    "alerts": ("list, acknowledge and silence alerts; deliveries and dead letters (state file in the data dir)",
                "energymon.alerts.cli", "add_alerts_parser"),
     "uplink": ("upload to the provincial online-monitoring platform (with 补传)",
                "energymon.gateway.provincial.cli", "add_parser"),
