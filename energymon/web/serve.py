@@ -19,7 +19,7 @@ from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, 
 from energymon.errors import ConfigError, ConfigIssue, StoreError
 from energymon.web.overview import Overview, alerts_from_state_file
 from energymon.web.reader import SqliteReader, StoreReader, VictoriaMetricsReader
-from energymon.web.server import DEFAULT_PORT, WebServer
+from energymon.web.server import DEFAULT_PORT, ServerLimits, WebAuth, WebServer
 
 __all__ = ["open_reader", "serve"]
 
@@ -54,6 +54,8 @@ def serve(
     refresh_s: float = 1.0,
     duration_s: float | None = None,
     out: TextIO = sys.stdout,
+    limits: ServerLimits | None = None,
+    auth: WebAuth | None = None,
 ) -> int:
     """Serve the page until SIGINT/SIGTERM or ``duration_s``; returns the exit code.
 
@@ -72,7 +74,7 @@ def serve(
         alerts_from = str(data_dir / STATE_FILE)
         alerts = alerts_from_state_file(data_dir / STATE_FILE)
     overview = Overview(plant, reader, alerts=alerts, alerts_from=alerts_from)
-    server = WebServer(overview, host=host, port=port, refresh_s=refresh_s)
+    server = WebServer(overview, host=host, port=port, refresh_s=refresh_s, limits=limits, auth=auth)
     stop = threading.Event()
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,7 +82,9 @@ def serve(
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         server.start()
-        print(f"energymon: live page of {plant.enterprise.name} on {server.url} ({reader.describe()})", file=out)
+        login = f", login: {auth.mode}" if auth is not None else ""
+        print(f"energymon: live page of {plant.enterprise.name} on {server.url} ({reader.describe()}{login})",
+              file=out)
         out.flush()
         stop.wait(duration_s)
     finally:
