@@ -339,7 +339,13 @@ class ModbusRtuBus(Strict):
 
 
 class TlsConfig(Strict):
-    """TLS for an MQTT connection; paths are read when the connection starts."""
+    """TLS for an MQTT connection; paths are read when the connection starts.
+
+    By default the broker's certificate chain is verified against ``ca_file`` (or the system's CA store) and
+    its name against the host in the URL. ``check_hostname: false`` keeps the chain check and skips only the
+    name; ``insecure_disable_verification: true`` verifies nothing (anyone on the path can pose as the broker)
+    and is logged as a warning at every start.
+    """
 
     ca_file: Path | None = None
     """CA certificate (PEM) that signed the broker's certificate"""
@@ -347,8 +353,27 @@ class TlsConfig(Strict):
     """client certificate (PEM)"""
     key_file: Path | None = None
     """client private key (PEM)"""
-    insecure_skip_verify: bool = False
-    """skip verifying the broker's host name (test set-ups only)"""
+    check_hostname: bool = True
+    """check that the broker's certificate names the host in the URL (false: the chain is still verified)"""
+    insecure_disable_verification: bool = False
+    """verify neither the certificate chain nor the host name (test set-ups only; logged as a warning)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_skip_verify(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "insecure_skip_verify" in data:
+            raise ValueError(
+                "insecure_skip_verify is no longer accepted (it disabled all certificate checks, not only the "
+                "host name): use check_hostname: false to skip only the host-name check (the chain is still "
+                "verified), or insecure_disable_verification: true to verify nothing"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsConfig:
+        if self.insecure_disable_verification and self.ca_file is not None:
+            raise ValueError("insecure_disable_verification: true ignores ca_file: remove one of them")
+        return self
 
 
 def _check_mqtt_url(value: str) -> str:
