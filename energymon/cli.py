@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from energymon import __version__
-from energymon.errors import ConfigError, EnergymonError
+from energymon.errors import ConfigError, EnergymonError, InputError
 
 __all__ = ["main"]
 
@@ -287,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve(args))
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except EnergymonError as exc:
         print(f"error: {exc}", file=sys.stderr)

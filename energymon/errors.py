@@ -13,6 +13,7 @@ that will never parse)::
     │   └── DecodeError              the reply could not be decoded to a value
     ├── DataError                a payload or record is malformed; it is set aside, never retried
     │   └── SchemaError              a message does not match the wire schema
+    ├── InputError               a file or flag given on the command line is unusable; names it (exit 2)
     ├── TransportError           the broker could not be reached or refused us (retriable)
     ├── StoreError               the time-series store refused or failed a write (retriable)
     ├── NotifyError              a notifier could not deliver an alert (retriable)
@@ -34,6 +35,7 @@ __all__ = [
     "DeviceExceptionError",
     "DeviceTimeoutError",
     "EnergymonError",
+    "InputError",
     "NotifyError",
     "SchemaError",
     "SourceError",
@@ -127,6 +129,22 @@ class DataError(EnergymonError):
 
 class SchemaError(DataError):
     """A message does not match the energymon wire schema."""
+
+
+class InputError(EnergymonError, ValueError):
+    """A file or flag given on the command line cannot be used (the command exits with 2).
+
+    Args:
+        source: the file name or the flag (``--store-file``) at fault, always part of the message.
+        message: what is wrong and what is expected.
+        line: 1-based line in the file, when the problem is on one line.
+    """
+
+    def __init__(self, source: str, message: str, *, line: int | None = None) -> None:
+        self.source = source
+        self.line = line
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {message}")
 
 
 class TransportError(EnergymonError):
