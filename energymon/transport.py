@@ -320,6 +320,7 @@ class MqttTransport:
         self._ever_connected = False
         self._lost_logged = False
         self._last_cause: str | None = None  # why the latest connection attempt failed
+        self._socket_error: str | None = None  # paho's latest socket error message
         self._refused: TransportError | None = None
         self._generation = 0
         self._session_present = False
@@ -369,6 +370,7 @@ class MqttTransport:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
+        client.on_log = self._on_log
         return client
 
     def _configure_credentials(self) -> None:
@@ -709,6 +711,13 @@ class MqttTransport:
             log.error("MQTT TLS handshake with %s:%d failed for %r: %s; retrying in the background",
                       self.host, self.port, self.client_id, cause)
 
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        # paho reports socket and TLS read/write failures (e.g. the broker refusing our certificate after the
+        # handshake) only here; keep the latest as the cause of what follows
+        if level == mqtt.MQTT_LOG_ERR:
+            with self._lock:
+                self._socket_error = buf
+
     def _on_disconnect(
         self,
         client: mqtt.Client,
@@ -724,6 +733,15 @@ class MqttTransport:
             log_it = was_connected and not self._closed and not self._lost_logged
             if log_it:
                 self._lost_logged = True
+            cause, self._socket_error = self._socket_error, None
+            tls_cause = (not was_connected and not self._closed and self.use_tls and cause is not None
+                         and ("ssl" in cause.lower() or "tls" in cause.lower() or "certificate" in cause.lower()))
+            if tls_cause:
+                repeated = cause == self._last_cause
+                self._last_cause = cause
+        if tls_cause and not repeated:
+            log.error("MQTT TLS connection to %s:%d failed for %r before the broker accepted it: %s; retrying in "
+                      "the background", self.host, self.port, self.client_id, cause)
         if log_it:
             log.warning(
                 "MQTT connection of %r to %s:%d lost (%s); reconnecting in the background",

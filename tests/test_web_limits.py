@@ -148,10 +148,12 @@ def test_event_stream_cap(make_server: Callable[..., WebServer]) -> None:
     server = make_server(limits=ServerLimits(max_streams=1))
     with httpx.Client(base_url=server.url, timeout=WAIT_S) as http, http.stream("GET", "/api/stream") as first:
         assert first.status_code == 200
-        next(first.iter_lines())
+        lines = first.iter_lines()  # keep the iterator: dropping it closes the stream
+        assert next(lines) == "retry: 2000"
         second = httpx.get(server.url + "api/stream", timeout=WAIT_S)
         assert second.status_code == 503 and second.headers["retry-after"] == "5"
         assert http.get("/api/overview").status_code == 200
+        assert next(lines).startswith("event: ")  # the first viewer is still served
     # the slot is free again once the first viewer leaves
     def second_stream_ok() -> bool:
         with httpx.stream("GET", server.url + "api/stream", timeout=WAIT_S) as again:
