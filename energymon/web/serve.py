@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
-from energymon.errors import ConfigError, ConfigIssue, StoreError
+from energymon.errors import ConfigError, ConfigIssue, InputError
 from energymon.web.overview import Overview, alerts_from_state_file
 from energymon.web.reader import SqliteReader, StoreReader, VictoriaMetricsReader
 from energymon.web.server import DEFAULT_PORT, ServerLimits, WebAuth, WebServer
@@ -29,7 +29,8 @@ def open_reader(plant: PlantConfig, *, source: Path | None = None) -> StoreReade
 
     Raises:
         ConfigError: the plant file names no store.
-        StoreError: the SQLite file does not exist or cannot be opened.
+        InputError: the SQLite file does not exist.
+        StoreError: the SQLite file cannot be opened.
     """
     cfg = plant.processor.store
     where = f"{source}: processor.store" if source is not None else "processor.store"
@@ -38,8 +39,9 @@ def open_reader(plant: PlantConfig, *, source: Path | None = None) -> StoreReade
     if isinstance(cfg, InfluxStoreConfig):
         return VictoriaMetricsReader(cfg.url, timeout_s=cfg.timeout_ms / 1000)
     assert isinstance(cfg, SqliteStoreConfig)
-    if not Path(cfg.path).exists():
-        raise StoreError(f"SQLite store {cfg.path} ({where}.path) does not exist; has the processor run?")
+    if not Path(cfg.path).is_file():
+        raise InputError(f"{where}.path", f"SQLite store {cfg.path} does not exist; has the processor run? (the page "
+                                          "never creates a store)")
     from energymon.processors.store import SqliteStore
 
     return SqliteReader(SqliteStore(cfg), owns=True)
