@@ -75,7 +75,8 @@ def check_plant(plant: PlantConfig, *, extra_ids: Iterable[str] = ()) -> list[Is
     return [(path, _suggest(plant, message, extra)) for path, message in issues]
 
 
-_UNKNOWN = re.compile(r"unknown (process|bus|poll group|meter|product|notifier|rule|gateway|energy carrier) '([^']*)'")
+_UNKNOWN = re.compile(
+    r"unknown (process|bus|poll group|meter|product|notifier|rule|gateway|energy carrier|register map) '([^']*)'")
 
 
 def _suggest(plant: PlantConfig, message: str, extra: list[str]) -> str:
@@ -85,7 +86,11 @@ def _suggest(plant: PlantConfig, message: str, extra: list[str]) -> str:
         return message
     kind, word = m.groups()
     known: list[str]
-    if kind == "energy carrier":
+    if kind == "register map":
+        from energymon.collectors.library import library_names
+
+        known = [*plant.register_maps, *library_names()]
+    elif kind == "energy carrier":
         try:
             from energymon.refdata import load_reference_data
 
