@@ -11,7 +11,7 @@ What does not fit is counted and set aside, never guessed:
 ==================  ==========================================================  ==============================
 reason              cause                                                       points dropped
 ==================  ==========================================================  ==============================
-``bad_payload``     not UTF-8 JSON                                              every field of the meter
+``bad_payload``     not UTF-8 JSON (or nested too deeply to parse)              every field of the meter
 ``bad_timestamp``   timestamp missing, null, of the wrong type, naive, or       every field of the meter
                     outside 2000..2100
 ``missing_field``   a field's path is absent                                    that field
@@ -238,8 +238,10 @@ class MqttJsonCollector:
         parse_error = ""
         try:
             doc = json.loads(message.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, or an integer of > 4300 digits
             parse_error = f"payload is not JSON: {exc}"
+        except RecursionError:
+            parse_error = "payload is not usable JSON: nested too deeply to parse"
         points: list[Point] = []
         for meter, source in served:
             self._metrics.received(len(source.fields))

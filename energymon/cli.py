@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from energymon import __version__, lifecycle
-from energymon.errors import ConfigError, EnergymonError, UnreadableStoreError
+from energymon.errors import ConfigError, EnergymonError, InputError, UnreadableStoreError
 
 if TYPE_CHECKING:
     import asyncio  # imported where a command runs an event loop: --help and validate start without it
@@ -23,9 +23,22 @@ log = logging.getLogger("energymon")
 
 
 def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
@@ -98,6 +111,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                    help="the processor's data directory, to show its active alerts (alerts.sqlite)")
     p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="snapshot interval")
     p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--auth", choices=["token", "basic"], default=None,
+                   help="require a login: a token (Bearer, or as basic-auth password) or basic user:password")
+    p.add_argument("--auth-env", default="ENERGYMON_WEB_SECRET", metavar="VAR",
+                   help="environment variable holding the token or user:password (default ENERGYMON_WEB_SECRET)")
+    p.add_argument("--request-timeout", type=_positive, default=10.0, metavar="SECONDS",
+                   help="time a connection has to send its request; idle keep-alive and blocked sends (default 10)")
+    p.add_argument("--max-connections", type=_positive_int, default=64, metavar="N",
+                   help="connections served at once; more get 503 (default 64)")
+    p.add_argument("--max-streams", type=_positive_int, default=32, metavar="N",
+                   help="event streams (/api/stream) at once; more get 503 (default 32)")
 
     p = sub.add_parser("simulate", help="serve simulated meters for a plant file (Modbus servers, MQTT meters)")
     p.add_argument("--config", type=Path, required=True, help="plant file")
@@ -310,9 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "serve":
             from energymon.web.serve import serve
+            from energymon.web.server import ServerLimits, WebAuth
 
+            auth = WebAuth.from_env(args.auth, args.auth_env) if args.auth else None
+            limits = ServerLimits(request_timeout_s=args.request_timeout, max_connections=args.max_connections,
+                                  max_streams=args.max_streams)
             return serve(args.plant, host=args.host, port=args.port, data_dir=args.data_dir,
-                         refresh_s=args.refresh, duration_s=args.duration)
+                         refresh_s=args.refresh, duration_s=args.duration, limits=limits, auth=auth)
         if args.command == "simulate":
             return asyncio.run(_simulate(args))
         if args.command == "history":
@@ -345,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)
         return 2
-    except UnreadableStoreError as exc:
+    except (InputError, UnreadableStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except EnergymonError as exc:

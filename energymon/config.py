@@ -12,12 +12,16 @@ Loading opens no connection.
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
+import re
 from collections.abc import Iterator
 from datetime import date
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -92,6 +96,14 @@ def _known_unit(value: str) -> str:
 
 
 Unit = Annotated[str, Field(min_length=1)]
+
+
+def _check_scale(scale: float, kind: str) -> None:
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"scale must be a finite number other than 0, not {scale}")
+    if kind == "counter" and scale < 0:
+        raise ValueError(f"a counter's scale must be positive, not {scale}: a negative scale turns every rise of "
+                         "the counter into a fall")
 
 # --------------------------------------------------------------------------- enterprise and structure
 
@@ -264,8 +276,7 @@ class Register(Strict):
             raise ValueError("bit applies only to type bit on holding or input registers")
         if self.type is DataType.BIT and not bit_table and self.bit is None:
             raise ValueError("type bit on a register needs bit: 0..15")
-        if self.scale == 0:
-            raise ValueError("scale must not be 0")
+        _check_scale(self.scale, self.kind)
         if self.address + self.type.registers - 1 > 65535:
             raise ValueError("value runs past register 65535")
         return self
@@ -396,7 +407,13 @@ class ModbusRtuBus(Strict):
 
 
 class TlsConfig(Strict):
-    """TLS for an MQTT connection; paths are read when the connection starts."""
+    """TLS for an MQTT connection; paths are read when the connection starts.
+
+    By default the broker's certificate chain is verified against ``ca_file`` (or the system's CA store) and
+    its name against the host in the URL. ``check_hostname: false`` keeps the chain check and skips only the
+    name; ``insecure_disable_verification: true`` verifies nothing (anyone on the path can pose as the broker)
+    and is logged as a warning at every start.
+    """
 
     ca_file: Path | None = None
     """CA certificate (PEM) that signed the broker's certificate"""
@@ -404,8 +421,27 @@ class TlsConfig(Strict):
     """client certificate (PEM)"""
     key_file: Path | None = None
     """client private key (PEM)"""
-    insecure_skip_verify: bool = False
-    """skip verifying the broker's host name (test set-ups only)"""
+    check_hostname: bool = True
+    """check that the broker's certificate names the host in the URL (false: the chain is still verified)"""
+    insecure_disable_verification: bool = False
+    """verify neither the certificate chain nor the host name (test set-ups only; logged as a warning)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_skip_verify(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "insecure_skip_verify" in data:
+            raise ValueError(
+                "insecure_skip_verify is no longer accepted (it disabled all certificate checks, not only the "
+                "host name): use check_hostname: false to skip only the host-name check (the chain is still "
+                "verified), or insecure_disable_verification: true to verify nothing"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsConfig:
+        if self.insecure_disable_verification and self.ca_file is not None:
+            raise ValueError("insecure_disable_verification: true ignores ca_file: remove one of them")
+        return self
 
 
 def _check_mqtt_url(value: str) -> str:
@@ -535,6 +571,11 @@ class MqttJsonField(Strict):
 
     _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
 
+    @model_validator(mode="after")
+    def _scale_ok(self) -> MqttJsonField:
+        _check_scale(self.scale, self.kind)
+        return self
+
 
 class MqttJsonSource(Strict):
     """A meter that publishes JSON on an MQTT topic."""
@@ -574,6 +615,11 @@ class Dlt645Item(Strict):
     """value after which the counter rolls over"""
 
     _check_unit = field_validator("unit")(classmethod(lambda cls, v: _known_unit(v)))
+
+    @model_validator(mode="after")
+    def _scale_ok(self) -> Dlt645Item:
+        _check_scale(self.scale, self.kind)
+        return self
 
 
 class Dlt645Source(Strict):
@@ -769,6 +815,20 @@ class SqliteStoreConfig(Strict):
     path: Path
     """database file"""
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _a_file(cls, value: Any) -> Any:
+        if not isinstance(value, str | Path):
+            return value
+        text = str(value)
+        path = Path(text)
+        if not text.strip():
+            raise ValueError("path is empty: give the database file, e.g. /var/lib/energymon/energymon.sqlite")
+        if text.endswith(("/", "\\")) or path.name in ("", ".", "..") or path.is_dir():
+            raise ValueError(f"path {text!r} is a directory, not a database file: give e.g. "
+                             "/var/lib/energymon/energymon.sqlite")
+        return value
+
 
 Store = Annotated[InfluxStoreConfig | SqliteStoreConfig, Field(discriminator="type")]
 
@@ -940,31 +1000,174 @@ def _render_loc(loc: tuple[int | str, ...], data: Any) -> str:
     return out
 
 
-def _issues_from_validation(exc: ValidationError, data: Any, index: _LineIndex) -> list[ConfigIssue]:
+def _strip_type(tp: Any) -> Any:
+    """``Annotated[X, ...]`` → X; ``X | None`` → X."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, UnionType):
+            members = [a for a in get_args(tp) if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
+
+
+def _type_at(loc: tuple[int | str, ...]) -> Any:
+    """The model (or type) a pydantic loc points into, for "did you mean" on unknown keys; None if unknown."""
+    tp: Any = PlantConfig
+    for part in loc:
+        tp = _strip_type(tp)
+        origin = get_origin(tp)
+        if origin in (Union, UnionType):  # a tagged union: the loc names the member by its tag
+            match = None
+            for member in get_args(tp):
+                member = _strip_type(member)
+                tagged = isinstance(member, type) and issubclass(member, BaseModel) and "type" in member.model_fields
+                if tagged and part in get_args(member.model_fields["type"].annotation):
+                    match = member
+            if match is None:
+                return None
+            tp = match
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return None
+            tp = field.annotation
+        elif origin is list and isinstance(part, int):
+            tp = get_args(tp)[0]
+        elif origin is dict:
+            tp = get_args(tp)[1]
+        else:
+            return None
+    return _strip_type(tp)
+
+
+def _did_you_mean(word: str, candidates: Iterator[str] | list[str]) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _issues_from_validation(errors: list[Any], data: Any, index: _LineIndex) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    for err in exc.errors(include_url=False):
+    for err in errors:
         loc = tuple(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            parent = _type_at(loc[:-1])
+            known = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+            msg = "unknown key" + _did_you_mean(str(loc[-1]), known)
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         elif err["type"] == "union_tag_invalid":
-            msg = f"{msg}"
+            ctx = err.get("ctx") or {}
+            tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+            msg = f"{msg}{_did_you_mean(str(ctx.get('tag', '')), tags)}"
         issues.append(ConfigIssue(_render_loc(loc, data), msg, index.line(loc)))
     return issues
 
 
-def parse_plant(text: str, file: str = "<plant>", *, check_references: bool = True) -> PlantConfig:
-    """Parse and validate plant YAML text.
+#: Nesting deeper than this is refused before anything recurses into it (a plant file needs about 8).
+MAX_YAML_DEPTH = 64
+#: Nodes after expanding aliases, at most (a plant file of 10,000 meters has about 200,000).
+MAX_YAML_NODES = 2_000_000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: libyaml's loader when PyYAML was built with it (same results, several times faster).
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Stand-ins for invalid required enterprise fields, so the cross-reference checks still run.
+_STAND_INS: dict[tuple[str, str], str] = {
+    ("enterprise", "uscc"): "91530102MA6K7LQ8RH", ("enterprise", "name"): "-",
+    ("enterprise", "industry_code"): "C3011", ("enterprise", "timezone"): "Asia/Shanghai",
+}
 
-    Raises:
-        ConfigError: listing every problem with ``file:line: key.path: why``.
-    """
+
+def _depth_issue(text: str) -> ConfigIssue | None:
+    """Nesting deeper than :data:`MAX_YAML_DEPTH`, found from the event stream (no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                mark = event.start_mark
+                return ConfigIssue("", f"nested deeper than {MAX_YAML_DEPTH} levels: not a plant file",
+                                   mark.line + 1 if mark is not None else None)
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+    return None
+
+
+def _node_issues(root: yaml.Node) -> list[ConfigIssue]:
+    """Duplicate keys (naming both lines), control characters in any text, alias bombs and recursive aliases."""
+    issues: list[ConfigIssue] = []
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    while stack:
+        node, path, done = stack.pop()
+        key = id(node)
+        children: list[tuple[yaml.Node, str]] = []
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                children.append((k, path))
+                children.append((v, f"{path}.{name}" if path else str(name)))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+        if done:
+            busy.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(c), 1) for c, _ in children)
+            if sizes[key] > MAX_YAML_NODES:
+                return [ConfigIssue(path, f"expands to more than {MAX_YAML_NODES:,} values through aliases",
+                                    node.start_mark.line + 1)]
+            continue
+        if key in sizes:
+            continue
+        if key in busy:
+            return [ConfigIssue(path, "an alias refers to its own anchor (a recursive structure)",
+                                node.start_mark.line + 1)]
+        busy.add(key)
+        stack.append((node, path, True))
+        if isinstance(node, yaml.ScalarNode):
+            bad = _CONTROL.search(node.value)
+            if bad:
+                issues.append(ConfigIssue(path, f"contains the control character U+{ord(bad.group()):04X}",
+                                          node.start_mark.line + 1))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for k, _ in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.value == "<<":
+                    continue
+                line = k.start_mark.line + 1
+                if k.value in first:
+                    where = f"{path}.{k.value}" if path else k.value
+                    issues.append(ConfigIssue(where, f"key {k.value!r} appears twice (lines {first[k.value]} and "
+                                                     f"{line}): keep one", line))
+                else:
+                    first[k.value] = line
+        for child, child_path in children:
+            if id(child) not in sizes:
+                stack.append((child, child_path, False))
+    return issues
+
+
+def _compose(text: str, file: str) -> tuple[yaml.Node | None, Any, list[ConfigIssue]]:
+    """The YAML node tree, the plain data of ``text`` and its structural issues (duplicate keys, control
+    characters); what cannot be loaded safely at all (bad YAML, too deep, alias bombs) raises ConfigError."""
+    issues: list[ConfigIssue] = []
     try:
-        loader = yaml.SafeLoader(text)  # parsed once: the node tree gives the lines, the data come from it
+        deep = _depth_issue(text)
+        if deep is not None:
+            raise ConfigError(file, [deep])
+        loader = _Loader(text)
         try:
             root = loader.get_single_node()
+            if root is not None:
+                issues = _node_issues(root)
+                fatal = [i for i in issues if "alias" in i.message]
+                if fatal:
+                    raise ConfigError(file, fatal)
             data = loader.construct_document(root) if root is not None else None
         finally:
             loader.dispose()
@@ -972,19 +1175,170 @@ def parse_plant(text: str, file: str = "<plant>", *, check_references: bool = Tr
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(file, [ConfigIssue("", f"not valid YAML: {getattr(exc, 'problem', exc)}", line)]) from None
+    except RecursionError:  # pragma: no cover - the depth check comes first
+        raise ConfigError(file, [ConfigIssue("", "nested too deeply: not a plant file")]) from None
+    return root, data, issues
+
+
+def _data_path(data: Any, loc: tuple[int | str, ...]) -> list[int | str]:
+    """The keys of ``loc`` that exist in ``data`` (union tags pydantic adds are left out)."""
+    out: list[int | str] = []
+    node = data
+    for part in loc:
+        found = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if found:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict | list):
+            continue
+        else:
+            break
+    return out
+
+
+class _Pruner:
+    """Takes invalid parts out of a copy of the data so the rest can be validated and cross-checked.
+
+    An element of a list is removed whole (its original index is remembered, so later paths are renumbered and
+    references to its id are not reported as dangling); an invalid key elsewhere is removed (or, for required
+    enterprise fields, given a stand-in), and issues inside removed parts are not reported again.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        import copy
+
+        self.data = copy.deepcopy(data)
+        self.alive: dict[tuple[int | str, ...], list[int]] = {}
+        self.removed_ids: set[str] = set()
+        self.removed_paths: list[str] = []
+
+    def prune(self, locs: list[tuple[int | str, ...]]) -> bool:
+        """Remove what ``locs`` point at; False when nothing could be removed."""
+        by_list: dict[tuple[int | str, ...], set[int]] = {}
+        keys: list[list[int | str]] = []
+        for loc in locs:
+            path = _data_path(self.data, loc)
+            k = next((i for i, part in enumerate(path) if isinstance(part, int)), None)
+            if k is not None:
+                by_list.setdefault(tuple(path[:k]), set()).add(int(path[k]))
+            elif path:
+                keys.append(path)
+        changed = False
+        for prefix, indices in by_list.items():
+            container = self._get(list(prefix))
+            if not isinstance(container, list):
+                continue
+            alive = self.alive.setdefault(prefix, list(range(len(container))))
+            for i in sorted(indices, reverse=True):
+                item = container.pop(i)
+                for name in ("id", "quantity"):  # what others refer to it by
+                    if isinstance(item, dict) and isinstance(item.get(name), str):
+                        self.removed_ids.add(item[name])
+                self.removed_paths.append(_render_loc((*prefix, alive.pop(i)), {}))
+                changed = True
+        for path in keys:
+            parent = self._get(path[:-1])
+            stand_in = _STAND_INS.get((str(path[0]), str(path[-1]))) if len(path) == 2 else None
+            if isinstance(parent, dict) and path[-1] in parent:
+                if stand_in is not None and parent[path[-1]] != stand_in:
+                    parent[path[-1]] = stand_in
+                elif stand_in is None:
+                    del parent[path[-1]]
+                else:
+                    continue
+                self.removed_paths.append(self.original(_render_loc(tuple(path), {})))
+                changed = True
+        return changed
+
+    def missing(self, locs: list[tuple[int | str, ...]]) -> list[tuple[int | str, ...]]:
+        """For "missing" errors: the container that lacks the key (removing it is the next step)."""
+        out = []
+        for loc in locs:
+            path = _data_path(self.data, loc)
+            stand_in = _STAND_INS.get((str(loc[0]), str(loc[1]))) if len(loc) == 2 else None
+            parent = self._get(path)
+            if stand_in is not None and isinstance(parent, dict):
+                parent[str(loc[1])] = stand_in
+                continue
+            if path:
+                out.append(tuple(path))
+        return out
+
+    def _get(self, path: list[int | str]) -> Any:
+        node: Any = self.data
+        for part in path:
+            node = node[part]
+        return node
+
+    def original(self, path: str) -> str:
+        """``path`` (of the pruned data) with list indices as in the file."""
+        for prefix, alive in self.alive.items():
+            head = _render_loc(prefix, {})
+            m = re.match(rf"^{re.escape(head)}\[(\d+)\]", path)
+            if m and int(m.group(1)) < len(alive):
+                path = f"{head}[{alive[int(m.group(1))]}]{path[m.end():]}"
+        return path
+
+    def hides(self, issue: ConfigIssue) -> bool:
+        """True for an issue inside a removed part, or one about the id of a removed element."""
+        if any(issue.path == p or issue.path.startswith((p + ".", p + "[")) for p in self.removed_paths):
+            return True
+        own = issue.message.split("; did you mean", 1)[0]
+        return any(f"{i!r}" in own for i in self.removed_ids)
+
+
+def parse_plant(text: str, file: str = "<plant>", *, check_references: bool = True) -> PlantConfig:
+    """Parse and validate plant YAML text.
+
+    Every problem is reported in one pass: the YAML structure (duplicate keys naming both lines, control
+    characters, nesting depth, alias bombs), each field, and the cross-object checks of
+    :mod:`energymon.validators`, which still run over the valid part of a file with field errors. Issues are
+    sorted by line; unknown keys and ids get a "did you mean" when one is close.
+
+    Raises:
+        ConfigError: listing every problem with ``file:line: key.path: why``.
+    """
+    root, data, issues = _compose(text, file)
     index = _LineIndex(root)
     if not isinstance(data, dict):
-        raise ConfigError(file, [ConfigIssue("", "a plant file is a YAML mapping", 1)])
-    try:
-        plant = PlantConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(file, _issues_from_validation(exc, data, index)) from None
-    if check_references:
+        raise ConfigError(file, [*issues, ConfigIssue("", "a plant file is a YAML mapping", 1)])
+    pruner: _Pruner | None = None
+    plant: PlantConfig | None = None
+    work: Any = data
+    for _round in range(12):
+        try:
+            plant = PlantConfig.model_validate(work)
+            break
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if pruner is not None:  # a key missing now is one taken out: its own issue is already listed
+                errors = [e for e in errors if e["type"] != "missing"]
+            found = _issues_from_validation(errors, work, index if pruner is None else _LineIndex(None))
+            if pruner is not None:  # renumber to the file's indices; lines from the paths
+                found = [ConfigIssue(pruner.original(i.path), i.message,
+                                     index.line(_parse_path(pruner.original(i.path)))) for i in found]
+                found = [i for i in found if not pruner.hides(i)]
+            issues += found
+            if pruner is None:
+                pruner = _Pruner(data)
+            locs = [tuple(e["loc"]) for e in exc.errors() if e["type"] != "missing"]
+            locs += pruner.missing([tuple(e["loc"]) for e in exc.errors() if e["type"] == "missing"])
+            if not pruner.prune(locs):
+                break
+            work = pruner.data
+    if plant is not None and check_references:
         from energymon.validators import check_plant
 
-        issues = [ConfigIssue(path, message, index.line(_parse_path(path))) for path, message in check_plant(plant)]
-        if issues:
-            raise ConfigError(file, issues)
+        for path, message in check_plant(plant, extra_ids=pruner.removed_ids if pruner else ()):
+            if pruner is not None:
+                path = pruner.original(path)
+            issue = ConfigIssue(path, message, index.line(_parse_path(path)))
+            if pruner is None or not pruner.hides(issue):
+                issues.append(issue)
+    if issues or plant is None:
+        unique = list(dict.fromkeys(issues))
+        raise ConfigError(file, sorted(unique, key=lambda i: (i.line if i.line is not None else 1 << 30, i.path)))
     return plant
 
 

@@ -14,6 +14,7 @@ that will never parse)::
     ├── DataError                a payload or record is malformed; it is set aside, never retried
     │   └── SchemaError              a message does not match the wire schema
     │       └── PayloadTooLargeError     beyond a configured size or point bound (nothing beyond it is allocated)
+    ├── InputError               a file or flag given on the command line is unusable; names it (exit 2)
     ├── TransportError           the broker could not be reached or refused us (retriable)
     ├── StoreError               the time-series store refused or failed a write (retriable)
     │   └── UnreadableStoreError the store answers but cannot be read back (exit 2)
@@ -36,6 +37,7 @@ __all__ = [
     "DeviceExceptionError",
     "DeviceTimeoutError",
     "EnergymonError",
+    "InputError",
     "NotifyError",
     "PayloadTooLargeError",
     "SchemaError",
@@ -135,6 +137,20 @@ class SchemaError(DataError):
 
 class PayloadTooLargeError(SchemaError):
     """A message is larger than the receiver takes in (as received, after decompression, or in points)."""
+class InputError(EnergymonError, ValueError):
+    """A file or flag given on the command line cannot be used (the command exits with 2).
+
+    Args:
+        source: the file name or the flag (``--store-file``) at fault, always part of the message.
+        message: what is wrong and what is expected.
+        line: 1-based line in the file, when the problem is on one line.
+    """
+
+    def __init__(self, source: str, message: str, *, line: int | None = None) -> None:
+        self.source = source
+        self.line = line
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {message}")
 
 
 class TransportError(EnergymonError):

@@ -320,12 +320,27 @@ class QualityGate(Strict):
     """withhold values outside an item's plausibility band"""
 
 
+def check_platform_url(url: str, *, allow_insecure_http: bool) -> None:
+    """Refuse a platform URL that would carry the password and token in clear text.
+
+    Raises:
+        ValueError: ``url`` is ``http://`` and ``allow_insecure_http`` is false.
+    """
+    if url.lower().startswith("http://") and not allow_insecure_http:
+        raise ValueError(
+            f"platform URL {url!r} is plain http://: the password, working key and token would be sent in clear "
+            "text; use https://, or set provincial.allow_insecure_http: true for a test platform"
+        )
+
+
 class ProvincialConfig(Strict):
     """Upload to the provincial online-monitoring platform (接入端), with 补传 of missing periods."""
 
     profile: str = Field(min_length=1, description="province profile: a shipped name (yunnan, sichuan) or a YAML path")
     base_url: str | None = Field(default=None, pattern=r"^https?://", description=(
         "the platform's base URL, e.g. https://host/YNEnergy/ (overrides the profile's)"))
+    allow_insecure_http: bool = False
+    """accept an `http://` platform URL; password, working key and token then travel in clear text (test only)"""
     device_id: str = Field(min_length=1, description="端设备 id sent with every data upload")
     password_env: str = Field(default="ENERGYMON_PROVINCIAL_PASSWORD", pattern=_ENV, description=(
         "environment variable holding the platform password"))
@@ -369,6 +384,12 @@ class ProvincialConfig(Strict):
     """data items uploaded"""
     gate: QualityGate = Field(default_factory=QualityGate)
     """quality gate before upload"""
+
+    @model_validator(mode="after")
+    def _clear_text(self) -> ProvincialConfig:
+        if self.base_url is not None and not self.allow_insecure_http:
+            check_platform_url(self.base_url, allow_insecure_http=False)
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> ProvincialConfig:

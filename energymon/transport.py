@@ -42,6 +42,7 @@ import logging
 import os
 import queue
 import ssl
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -148,6 +149,17 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 
 # --------------------------------------------------------------------------- helpers for both transports
+
+
+def _failure_cause(exc: BaseException) -> str:
+    """Why a connection attempt failed, in words: the certificate check's own reason for TLS failures."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate rejected: {exc.verify_message or exc.reason or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, ssl.CertificateError):
+        return f"certificate rejected: {exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -307,6 +319,8 @@ class MqttTransport:
         self._connected = False
         self._ever_connected = False
         self._lost_logged = False
+        self._last_cause: str | None = None  # why the latest connection attempt failed
+        self._socket_error: str | None = None  # paho's latest socket error message
         self._refused: TransportError | None = None
         self._generation = 0
         self._session_present = False
@@ -356,6 +370,7 @@ class MqttTransport:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
+        client.on_log = self._on_log
         return client
 
     def _configure_credentials(self) -> None:
@@ -379,17 +394,27 @@ class MqttTransport:
                 raise TransportError(f"MQTT TLS {name} {str(path)!r} does not exist or is not a file")
         if (tls.cert_file is None) != (tls.key_file is None):
             raise TransportError("MQTT TLS needs both cert_file and key_file for a client certificate")
+        off = tls.insecure_disable_verification
         try:
             self._client.tls_set(
                 ca_certs=str(tls.ca_file) if tls.ca_file else None,
                 certfile=str(tls.cert_file) if tls.cert_file else None,
                 keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
+                cert_reqs=ssl.CERT_NONE if off else ssl.CERT_REQUIRED,
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise TransportError(f"MQTT TLS set-up failed: {exc}") from exc
-        if tls.insecure_skip_verify:
+        if off:
+            log.warning(
+                "MQTT TLS to %s:%d for %r: insecure_disable_verification is set, the broker's certificate is "
+                "NOT verified (neither chain nor host name); anyone on the network path can pose as the broker",
+                self.host, self.port, self.client_id,
+            )
             self._client.tls_insecure_set(True)
+        elif not tls.check_hostname:
+            log.info("MQTT TLS to %s:%d for %r: the certificate chain is verified, the host name is not",
+                     self.host, self.port, self.client_id)
+            self._client.tls_insecure_set(True)  # paho: no host-name check; verify_mode stays CERT_REQUIRED
         self._tls_configured = True
 
     def _connect_properties(self) -> Properties | None:
@@ -458,12 +483,15 @@ class MqttTransport:
                 if waiter in self._conn_waiters:
                     self._conn_waiters.remove(waiter)
         if not done:
+            with self._lock:
+                cause = self._last_cause
             log.warning(
-                "MQTT broker %s:%d not reachable within %.1f s for %r; retrying in the background",
+                "MQTT broker %s:%d not reachable within %.1f s for %r (%s); retrying in the background",
                 self.host,
                 self.port,
                 self.connect_timeout_secs,
                 self.client_id,
+                cause or "no answer",
             )
             with self._lock:
                 self._lost_logged = True  # the next successful connect logs "connected"; no repeat warning
@@ -645,6 +673,7 @@ class MqttTransport:
             available = getattr(properties, "SubscriptionIdentifierAvailable", 1)
             self._sub_ids = self.protocol == "v5" and available != 0
             self._refused = None
+            self._last_cause = None
             subs = list(self._subs)
             was_lost, self._lost_logged = self._lost_logged, False
             first = not self._ever_connected
@@ -669,7 +698,25 @@ class MqttTransport:
             _resolve_threadsafe(fut)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` around the connect: the failure is the active exception
         self._connect_failures += 1
+        exc = sys.exc_info()[1]
+        if exc is None:
+            return
+        cause = _failure_cause(exc)
+        with self._lock:
+            repeated = cause == self._last_cause
+            self._last_cause = cause
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError) and not repeated:
+            log.error("MQTT TLS handshake with %s:%d failed for %r: %s; retrying in the background",
+                      self.host, self.port, self.client_id, cause)
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        # paho reports socket and TLS read/write failures (e.g. the broker refusing our certificate after the
+        # handshake) only here; keep the latest as the cause of what follows
+        if level == mqtt.MQTT_LOG_ERR:
+            with self._lock:
+                self._socket_error = buf
 
     def _on_disconnect(
         self,
@@ -686,6 +733,15 @@ class MqttTransport:
             log_it = was_connected and not self._closed and not self._lost_logged
             if log_it:
                 self._lost_logged = True
+            cause, self._socket_error = self._socket_error, None
+            tls_cause = (not was_connected and not self._closed and self.use_tls and cause is not None
+                         and ("ssl" in cause.lower() or "tls" in cause.lower() or "certificate" in cause.lower()))
+            if tls_cause:
+                repeated = cause == self._last_cause
+                self._last_cause = cause
+        if tls_cause and not repeated:
+            log.error("MQTT TLS connection to %s:%d failed for %r before the broker accepted it: %s; retrying in "
+                      "the background", self.host, self.port, self.client_id, cause)
         if log_it:
             log.warning(
                 "MQTT connection of %r to %s:%d lost (%s); reconnecting in the background",

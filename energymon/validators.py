@@ -9,6 +9,8 @@ Each check yields ``(key path, message)``; :func:`energymon.config.parse_plant` 
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Iterable, Iterator
 from datetime import date
 
@@ -50,8 +52,14 @@ def _duplicates(kind: str, section: str, ids: Iterable[str]) -> Iterator[Issue]:
             seen[ident] = i
 
 
-def check_plant(plant: PlantConfig) -> list[Issue]:
-    """Return every cross-object problem of a plant, in file order."""
+def check_plant(plant: PlantConfig, *, extra_ids: Iterable[str] = ()) -> list[Issue]:
+    """Return every cross-object problem of a plant, in file order.
+
+    Args:
+        plant: the plant.
+        extra_ids: more ids to suggest for a misspelt reference (those of elements left out of ``plant`` for
+            their own errors).
+    """
     issues: list[Issue] = []
     issues += _duplicates("process", "processes", (p.id for p in plant.processes))
     issues += _duplicates("bus", "buses", (b.id for b in plant.buses))
@@ -73,7 +81,41 @@ def check_plant(plant: PlantConfig) -> list[Issue]:
     issues += _check_rules(plant)
     issues += check_accounting(plant)
     issues += check_building(plant)
-    return issues
+    extra = list(extra_ids)
+    return [(path, _suggest(plant, message, extra)) for path, message in issues]
+
+
+_UNKNOWN = re.compile(
+    r"unknown (process|bus|poll group|meter|product|notifier|rule|gateway|energy carrier|register map) '([^']*)'")
+
+
+def _suggest(plant: PlantConfig, message: str, extra: list[str]) -> str:
+    """Add "did you mean" to an "unknown <kind> 'id'" message when a known id is close."""
+    m = _UNKNOWN.search(message)
+    if m is None or "did you mean" in message:
+        return message
+    kind, word = m.groups()
+    known: list[str]
+    if kind == "register map":
+        from energymon.collectors.library import library_names
+
+        known = [*plant.register_maps, *library_names()]
+    elif kind == "energy carrier":
+        try:
+            from energymon.refdata import load_reference_data
+
+            known = list(load_reference_data().carriers())
+        except Exception:  # reference data problems are reported elsewhere
+            known = []
+    else:
+        known = {
+            "process": [p.id for p in plant.processes], "bus": [b.id for b in plant.buses],
+            "poll group": [g.id for g in plant.gateway.poll_groups], "meter": [x.id for x in plant.meters],
+            "product": [x.id for x in plant.products], "notifier": [n.id for n in plant.alerts.notifiers],
+            "rule": [r.id for r in plant.alerts.rules], "gateway": [plant.gateway.id],
+        }[kind]
+    match = difflib.get_close_matches(word, known + extra, n=1, cutoff=0.6)
+    return f"{message}; did you mean {match[0]!r}?" if match else message
 
 
 def plant_warnings(plant: PlantConfig) -> list[Issue]:

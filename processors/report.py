@@ -38,10 +38,11 @@ import pandas as pd
 
 from energymon import units
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
+from energymon.errors import InputError
 from energymon.interfaces import ReadingsSource, Row, series_key
 from energymon.processors.accounting import period_start
 from energymon.processors.grading import LEVEL_NAMES
-from energymon.processors.recompute import FLAG_NAMES, MeterReadings, Recomputation, readings_from_frame, recompute
+from energymon.processors.recompute import FLAG_NAMES, MeterReadings, Recomputation, recompute
 from energymon.processors.report_cli import add_arguments
 from energymon.processors.rules import PlantRules
 
@@ -161,31 +162,15 @@ def load_readings_csv(path: Path | str | io.TextIOBase, plant: PlantConfig) -> d
     """Read ``ts,meter_id,value`` (optional ``quality``, ``quantity``) into readings per meter.
 
     Rows of unknown meters, of a quantity other than the meter's counter, and of quality other than ``good`` are
-    left out.
+    left out; of conflicting duplicate rows the last in the file is used (see
+    :mod:`energymon.processors.readings_csv`, which also reports them).
 
     Raises:
-        ValueError: a required column is missing or a timestamp does not parse.
+        InputError: the file, a line or a cell is unusable; the message names the file and the line.
     """
-    frame = pd.read_csv(path, dtype={"meter_id": "string", "meter": "string"}, keep_default_na=False,
-                        na_values={"value": ["", "nan", "NaN", "null"]})
-    meter_col = "meter_id" if "meter_id" in frame.columns else "meter"
-    missing = {"ts", meter_col, "value"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"readings CSV lacks column(s) {', '.join(sorted(missing))} (needs ts,meter_id,value)")
-    if "quantity" in frame.columns:
-        counters = {m.id: m.counter for m in plant.meters if m.counter}
-        frame = frame[[counters.get(str(m)) == str(q) for m, q in zip(frame[meter_col], frame["quantity"],
-                                                                            strict=True)]]
-    frame = frame.rename(columns={meter_col: "meter_id"})
-    ts = frame["ts"]
-    if ts.dtype == object or str(ts.dtype).startswith("string"):
-        numeric = pd.to_numeric(ts, errors="coerce")
-        if numeric.notna().all():
-            frame = frame.assign(ts=numeric.astype("int64"))
-    frame = frame.assign(value=pd.to_numeric(frame["value"], errors="coerce"))
-    known = {m.id for m in plant.meters if m.counter}
-    frame = frame[frame["meter_id"].isin(known)]
-    return readings_from_frame(frame, tz=plant.enterprise.tz)
+    from energymon.processors.readings_csv import read_readings_csv
+
+    return read_readings_csv(path, plant).readings
 
 
 def load_readings_store(
@@ -1005,14 +990,24 @@ def run_report(
 
 def _period_from_args(args: argparse.Namespace) -> ReportPeriod:
     if args.day:
-        return ReportPeriod.parse("day", args.day)
-    if args.month:
-        return ReportPeriod.parse("month", args.month)
-    if args.year:
-        return ReportPeriod.parse("year", args.year)
-    if not args.date_to:
-        raise ValueError("--from needs --to")
-    return ReportPeriod.days(args.date_from, args.date_to)
+        flag, kind, text, end = "--day", "day", args.day, None
+    elif args.month:
+        flag, kind, text, end = "--month", "month", args.month, None
+    elif args.year:
+        flag, kind, text, end = "--year", "year", args.year, None
+    else:
+        if not args.date_to:
+            raise InputError("--from", "needs --to (the last day, included)")
+        flag, kind, text, end = "--from/--to", "range", args.date_from, args.date_to
+    shown = f"{flag} {text}" + (f" {end}" if end else "")
+    try:
+        period = ReportPeriod.days(text, end) if kind == "range" and end else ReportPeriod.parse(kind, text)
+    except ValueError as exc:
+        forms = {"day": "YYYY-MM-DD", "month": "YYYY-MM", "year": "YYYY", "range": "YYYY-MM-DD YYYY-MM-DD"}
+        raise InputError(shown, f"not a valid {kind} ({exc}); expected {forms[kind]}") from None
+    if not (period.start.year >= 2000 and period.end.year <= 2100):
+        raise InputError(shown, "the period must lie within 2000-2099")
+    return period
 
 
 #: What ``--format`` accepts.
@@ -1023,31 +1018,55 @@ def parse_formats(text: str) -> set[str]:
     """``json,csv,xlsx`` → the set of formats.
 
     Raises:
-        ValueError: an unknown format, or none at all.
+        InputError: an unknown format, or none at all.
     """
     formats = {f.strip().lower() for f in text.split(",") if f.strip()}
     unknown = sorted(formats - set(FORMATS))
     if unknown:
-        raise ValueError(f"unknown --format {', '.join(unknown)} (one or more of {', '.join(FORMATS)}, "
+        raise InputError("--format", f"unknown format {', '.join(unknown)} (one or more of {', '.join(FORMATS)}, "
                          "comma-separated)")
     if not formats:
-        raise ValueError(f"--format names no format (one or more of {', '.join(FORMATS)})")
+        raise InputError("--format", f"names no format (one or more of {', '.join(FORMATS)})")
     return formats
 
 
-def _open_source_store(args: argparse.Namespace, plant: PlantConfig) -> Any:
+def _existing_sqlite(path: Path, source: str) -> Path:
+    """``path`` if it is an SQLite file; a reading command never creates an empty store by a typo."""
+    if not path.exists():
+        raise InputError(source, f"SQLite store {str(path)!r} does not exist (a reading command creates no store)")
+    if not path.is_file():
+        raise InputError(source, f"{str(path)!r} is not a file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(16)
+    except OSError as exc:
+        raise InputError(source, f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    if magic != b"SQLite format 3\x00":
+        raise InputError(source, f"{str(path)!r} is not an SQLite database")
+    return path
+
+
+def _open_source_store(args: argparse.Namespace, plant: PlantConfig, *, reading: bool = True) -> Any:
     from energymon.processors.store import InfluxStore, SqliteStore
 
     if args.store_file is not None:
-        return SqliteStore(SqliteStoreConfig(type="sqlite", path=args.store_file))
+        path = _existing_sqlite(args.store_file, f"--store-file {args.store_file}")
+        return SqliteStore(SqliteStoreConfig(type="sqlite", path=path))
     cfg = plant.processor.store
     if args.store_url is not None:
         # the plant's InfluxDB settings (database, token, api) apply to another URL too
-        base = cfg if isinstance(cfg, InfluxStoreConfig) else InfluxStoreConfig(type="influxdb", url=args.store_url)
-        store = InfluxStore(base.model_copy(update={"url": args.store_url}))
+        try:
+            base = (cfg if isinstance(cfg, InfluxStoreConfig)
+                    else InfluxStoreConfig(type="influxdb", url=args.store_url))
+            store = InfluxStore(base.model_copy(update={"url": args.store_url}))
+        except ValueError as exc:
+            raise InputError(f"--store-url {args.store_url}", str(exc).splitlines()[-1]) from None
     elif cfg is None:
-        raise ValueError("no readings source: give --readings, --store-file or --store-url (the plant has no store)")
+        raise InputError("--readings", "no readings source: give --readings, --store-file or --store-url (the "
+                                       "plant has no processor.store)")
     elif isinstance(cfg, SqliteStoreConfig):
+        if reading:
+            _existing_sqlite(Path(cfg.path), f"processor.store.path of {args.config}")
         return SqliteStore(cfg)
     else:
         store = InfluxStore(cfg)
@@ -1059,6 +1078,16 @@ def _open_source_store(args: argparse.Namespace, plant: PlantConfig) -> Any:
     return store
 
 
+def _check_lookback(args: argparse.Namespace) -> None:
+    hours = args.lookback_hours
+    if not (isinstance(hours, float | int) and 0 <= hours <= 24 * 366):
+        raise InputError("--lookback-hours", f"must be between 0 and {24 * 366} hours, got {hours}")
+
+
+def _readings_in(readings: Mapping[str, MeterReadings], lo: int, hi: int) -> bool:
+    return any(bool(((r.ts >= lo) & (r.ts < hi)).any()) for r in readings.values())
+
+
 def main_report(args: argparse.Namespace, out: Any = None) -> int:
     """Run ``energymon report`` with parsed arguments; print where the files went. Returns the exit code."""
     stream = out or sys.stdout
@@ -1066,7 +1095,8 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
     try:
         period = _period_from_args(args)
         parse_formats(args.format)
-    except ValueError as exc:
+        _check_lookback(args)
+    except InputError as exc:
         print(f"energymon report: {exc}", file=sys.stderr)
         return 2
     tz = plant.enterprise.tz
@@ -1075,14 +1105,36 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
     pad = int(args.lookback_hours * 3_600_000)
     store = None
     try:
+        csv_file = None
         if args.readings is not None:
-            readings = load_readings_csv(args.readings, plant)
+            from energymon.processors.readings_csv import read_readings_csv
+
+            csv_file = read_readings_csv(args.readings, plant)
+            readings = csv_file.readings
+            if not _readings_in(readings, min(start_ms, ytd_start) - pad, end_ms + pad):
+                raise InputError(str(args.readings), f"no reading of the file falls in {period.label} (with "
+                                                     f"{args.lookback_hours:g} h around it): wrong period or file?")
         else:
             store = _open_source_store(args, plant)
             readings = load_readings_store(store, plant, min(start_ms, ytd_start) - pad, end_ms + pad)
         rc, report = run_report(plant, period, readings)
+        if csv_file is not None:
+            report["data_quality"]["readings_file"] = csv_file.quality(tz)
+            report["data_quality"]["summary"]["conflicting_readings"] = len(csv_file.conflicts)
+            if csv_file.conflicts:
+                first = csv_file.conflicts[0]
+                print(f"energymon report: warning: {args.readings}: {len(csv_file.conflicts)} conflicting "
+                      f"duplicate reading(s), e.g. meter {first.meter} lines {', '.join(map(str, first.lines))} "
+                      f"(values {', '.join(f'{v:g}' for v in first.values)}); the last row in the file is used "
+                      "(data_quality.readings_file.conflicts)", file=sys.stderr)
+            if csv_file.unknown_meters:
+                print(f"energymon report: warning: {args.readings}: rows of meter(s) not in the plant left out: "
+                      f"{', '.join(csv_file.unknown_meters[:10])}", file=sys.stderr)
         out_dir = args.out or Path(f"report-{period.label}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out {out_dir}", f"cannot create the output directory: {exc.strerror or exc}") from None
         formats = parse_formats(args.format)
         written: list[Path] = []
         if "json" in formats:
@@ -1114,7 +1166,7 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
                     (out_dir / "report.html").unlink()
         if args.write_store:
             target = store if store is not None else _open_source_store(
-                argparse.Namespace(store_file=None, store_url=None), plant)
+                argparse.Namespace(store_file=None, store_url=None, config=args.config), plant, reading=False)
             rows = report_rows(rc)
             target.write(rows)
             print(f"wrote {len(rows)} rows (acct_*) to the store", file=stream)

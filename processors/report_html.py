@@ -369,6 +369,16 @@ def _quality_section(report: Mapping[str, Any]) -> list[str]:
                             g["end"][:16].replace("T", " "), g["hours"], g["amount"], g["in_window"], g["unit"],
                             "按时间分摊 spread" if g["booked"] == "spread" else "计入结束时段 flag"] for g in gaps],
                           text_cols=(0, 1, 2, 6, 7)))
+    conflicts = (dq.get("readings_file") or {}).get("conflicts") or {}
+    if conflicts:
+        total = dq["readings_file"]["conflicting_readings"]
+        out.append("<h3>" + _h(f"冲突的重复读数 {total} 条（采用文件中最后一行）",
+                               "Conflicting duplicate readings (the last row in the file is used)") + "</h3>")
+        rows = [[meter_name(report, m), e["ts"], ", ".join(map(str, e["lines"])),
+                 ", ".join(f"{v:g}" for v in e["values"]), e["used"]]
+                for m, c in conflicts.items() for e in c["examples"]]
+        out.append(_table(["计量点", "时间", "行号", "读数", "采用值"], rows, ["red"] * len(rows),
+                          text_cols=(0, 1, 2, 3)))
     resets = dq.get("counter_resets") or {}
     if resets:
         out.append("<h3>" + _h("计数器复位或更换未登记", "Counter resets without a replacement record") + "</h3>")

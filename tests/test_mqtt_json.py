@@ -224,6 +224,8 @@ BAD_CASES = [
     # (topic, payload, reason, points dropped, fragment of the detail)
     ("kiln/gas", b"totalizer=5", "bad_payload", 2, "not JSON"),
     ("kiln/gas", b"\xff\xfe{", "bad_payload", 2, "not JSON"),
+    ("kiln/gas", b"[" * 200_000 + b"]" * 200_000, "bad_payload", 2, "nested too deeply"),
+    ("kiln/gas", b'{"ts": ' + b"9" * 5000 + b"}", "bad_payload", 2, "not JSON"),  # past int's digit limit
     ("kiln/gas", {"ts": EVENT_MS, "flow_nm3_h": 1.0}, "missing_field", 1, "totalizer_nm3"),
     ("kiln/gas", {"ts": EVENT_MS, "totalizer_nm3": "123.4", "flow_nm3_h": 1.0}, "not_numeric", 1, "'123.4'"),
     ("kiln/gas", {"ts": EVENT_MS, "totalizer_nm3": True, "flow_nm3_h": 1}, "not_numeric", 1, "totalizer_nm3"),
@@ -257,7 +259,7 @@ def test_bad_payload_is_counted_and_set_aside_while_a_good_meter_flows(
     assert len(rejected) == 2
     assert {(r.reason, r.topic) for r in rejected} == {(reason, f"plant/{topic}")}
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    assert rejected[0].payload == raw
+    assert rejected[0].payload == raw[:4096]  # kept truncated
     assert detail in rejected[0].detail
     assert rejected[0].received_ms == datetime_to_ms(ARRIVAL)
     # Every configured field of every message is accounted for.

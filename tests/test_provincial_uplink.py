@@ -41,6 +41,7 @@ PROVINCIAL = """
 provincial:
   profile: yunnan
   base_url: "{url}"
+  allow_insecure_http: true
   device_id: EDGE-0001
   password_env: ENERGYMON_TEST_PROVINCIAL_PASSWORD
   ledger_path: "{ledger}"

@@ -141,7 +141,7 @@ def test_open_transport_picks_by_scheme() -> None:
     assert isinstance(open_transport("mqtt://127.0.0.1", client_id="c"), MqttTransport)
     default = open_transport("mqtt://127.0.0.1", client_id="c")
     assert isinstance(default, MqttTransport) and default.port == 1883
-    secure = open_transport("mqtts://127.0.0.1", client_id="c", tls=TlsConfig(insecure_skip_verify=True))
+    secure = open_transport("mqtts://127.0.0.1", client_id="c", tls=TlsConfig(insecure_disable_verification=True))
     assert isinstance(secure, MqttTransport) and (secure.port, secure.use_tls) == (8883, True)
     inproc = open_transport("inproc://demo-bus", client_id="c")
     assert isinstance(inproc, InProcTransport) and inproc.name == "demo-bus"
@@ -913,7 +913,7 @@ def test_mqtt_over_tls(tls_broker: tuple[Mosquitto, int, Path]) -> None:
         await verified.publish("tls/a", b"encrypted")
         assert (await inbox.get()).payload == b"encrypted"
 
-        skip = open_transport(url, client_id="tls-skip", tls=TlsConfig(insecure_skip_verify=True))
+        skip = open_transport(url, client_id="tls-skip", tls=TlsConfig(insecure_disable_verification=True))
         await skip.connect()
         await skip.publish("tls/b", b"unverified but encrypted")
         assert (await inbox.get()).payload == b"unverified but encrypted"

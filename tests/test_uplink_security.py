@@ -9,6 +9,7 @@ substituted), so what is shipped is what is tested.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import subprocess
 import threading
@@ -242,7 +243,11 @@ def test_gateway_cannot_read_other_gateways(secure_broker: SecureBroker) -> None
     run(scenario())
 
 
-def test_client_without_certificate_cannot_connect(secure_broker: SecureBroker) -> None:
+def test_client_without_certificate_cannot_connect(
+    secure_broker: SecureBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="energymon.transport")
+
     async def scenario() -> None:
         anonymous = MqttTransport(
             "127.0.0.1",
@@ -263,6 +268,9 @@ def test_client_without_certificate_cannot_connect(secure_broker: SecureBroker) 
             await anonymous.close()
 
     run(scenario())
+    # the broker's refusal of the missing certificate is logged with its cause, once
+    causes = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "'no-cert'" in r.getMessage()]
+    assert len(causes) == 1 and "certificate" in causes[0].lower(), causes
 
 
 def test_every_forbidden_publish_is_refused(secure_broker: SecureBroker) -> None:

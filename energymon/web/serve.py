@@ -17,10 +17,10 @@ from typing import TextIO
 
 from energymon import lifecycle
 from energymon.config import InfluxStoreConfig, PlantConfig, SqliteStoreConfig, load_plant
-from energymon.errors import ConfigError, ConfigIssue, StoreError
+from energymon.errors import ConfigError, ConfigIssue, InputError
 from energymon.web.overview import Overview, alerts_from_state_file
 from energymon.web.reader import InfluxQLReader, SqliteReader, StoreReader, VictoriaMetricsReader
-from energymon.web.server import DEFAULT_PORT, WebServer
+from energymon.web.server import DEFAULT_PORT, ServerLimits, WebAuth, WebServer
 
 __all__ = ["open_reader", "serve"]
 
@@ -30,7 +30,8 @@ def open_reader(plant: PlantConfig, *, source: Path | None = None) -> StoreReade
 
     Raises:
         ConfigError: the plant file names no store.
-        StoreError: the SQLite file does not exist or cannot be opened, or the server cannot be reached.
+        InputError: the SQLite file does not exist.
+        StoreError: the SQLite file cannot be opened, or the server cannot be reached.
         UnreadableStoreError: the server is neither InfluxDB nor VictoriaMetrics.
     """
     cfg = plant.processor.store
@@ -51,8 +52,9 @@ def open_reader(plant: PlantConfig, *, source: Path | None = None) -> StoreReade
         store.close()
         return VictoriaMetricsReader(cfg.url, timeout_s=cfg.timeout_ms / 1000)
     assert isinstance(cfg, SqliteStoreConfig)
-    if not Path(cfg.path).exists():
-        raise StoreError(f"SQLite store {cfg.path} ({where}.path) does not exist; has the processor run?")
+    if not Path(cfg.path).is_file():
+        raise InputError(f"{where}.path", f"SQLite store {cfg.path} does not exist; has the processor run? (the page "
+                                          "never creates a store)")
     from energymon.processors.store import SqliteStore
 
     return SqliteReader(SqliteStore(cfg), owns=True)
@@ -67,6 +69,8 @@ def serve(
     refresh_s: float = 1.0,
     duration_s: float | None = None,
     out: TextIO = sys.stdout,
+    limits: ServerLimits | None = None,
+    auth: WebAuth | None = None,
 ) -> int:
     """Serve the page until SIGINT/SIGTERM or ``duration_s``; returns the exit code.
 
@@ -85,12 +89,13 @@ def serve(
         alerts_from = str(data_dir / STATE_FILE)
         alerts = alerts_from_state_file(data_dir / STATE_FILE)
     overview = Overview(plant, reader, alerts=alerts, alerts_from=alerts_from)
-    server = WebServer(overview, host=host, port=port, refresh_s=refresh_s)
+    server = WebServer(overview, host=host, port=port, refresh_s=refresh_s, limits=limits, auth=auth)
     stop = threading.Event()
     try:
         with lifecycle.threading_stop(stop):
             server.start()
-            print(f"energymon: live page of {plant.enterprise.name} on {server.url} ({reader.describe()})",
+            login = f", login: {auth.mode}" if auth is not None else ""
+            print(f"energymon: live page of {plant.enterprise.name} on {server.url} ({reader.describe()}{login})",
                   file=out)
             out.flush()
             stop.wait(duration_s)

@@ -7,7 +7,16 @@ Endpoints (GET only):
 * ``/api/overview``: the current snapshot as JSON;
 * ``/api/stream``: ``text/event-stream``; one ``overview`` event with the snapshot each time it is recomputed
   (every ``refresh_s`` while anyone watches), a comment line every 15 s to keep proxies from closing it;
-* ``/healthz``: ``ok``.
+* ``/healthz``: ``ok`` (never behind the login, so a health probe needs no secret).
+
+Bounds (see :class:`ServerLimits`): a connection must deliver its request line and headers within
+``request_timeout_s`` from its first byte wait (a trickle of bytes does not extend it), an idle keep-alive
+connection is closed after the same time, and a client that does not read what it is sent is dropped after it.
+At most ``max_connections`` connections are served at once and at most ``max_streams`` of them are event
+streams; beyond either the answer is ``503`` with ``Retry-After``, written by the accepting thread without
+starting a handler thread. With :class:`WebAuth` every path but ``/healthz`` needs a token (``Authorization:
+Bearer``, or as the password of HTTP basic auth so a browser can log in) or a user name and password; the
+secret comes from an environment variable. The ``Server`` header is ``energymon`` with no version.
 
 Snapshots are computed by one background thread, never per request, so many viewers cost the store one query set
 per refresh; the thread idles when nobody has asked for a minute. A store or alert-file failure becomes an
@@ -17,18 +26,26 @@ threads and never raises into the process that hosts it.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hmac
 import json
 import logging
+import os
+import select
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from energymon.errors import ConfigError, ConfigIssue
 from energymon.web.overview import Overview
 
-__all__ = ["DEFAULT_PORT", "LiveOverview", "WebServer"]
+__all__ = ["DEFAULT_PORT", "LiveOverview", "ServerLimits", "WebAuth", "WebServer"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +60,84 @@ _KEEPALIVE_S = 15.0
 _IDLE_AFTER_S = 60.0
 _SNAPSHOT_MARK = "<!--snapshot-->"
 _DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+_REAP_EVERY_S = 0.25
+_LINGER_S = 1.0
+_MAX_LINGERING = 256
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds of the live page's HTTP server.
+
+    Attributes:
+        request_timeout_s: seconds a connection has to send its whole request line and headers, an idle
+            keep-alive connection is kept, and a send to a client may block.
+        max_connections: connections served at once (event streams included); more get ``503``.
+        max_streams: ``/api/stream`` event streams at once; more get ``503``.
+    """
+
+    request_timeout_s: float = 10.0
+    max_connections: int = 64
+    max_streams: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.max_connections < 1 or self.max_streams < 1:
+            raise ValueError("max_connections and max_streams must be at least 1")
+
+
+@dataclass(frozen=True)
+class WebAuth:
+    """The login of the live page.
+
+    Attributes:
+        mode: ``token``: ``Authorization: Bearer <token>``, or the token as the password of basic auth (any user
+            name); ``basic``: basic auth with exactly ``user:password``.
+        secret: the token, or ``user:password``.
+    """
+
+    mode: str
+    secret: str
+
+    @staticmethod
+    def from_env(mode: str, env: str, *, flag: str = "--auth-env") -> WebAuth:
+        """The login whose secret is in environment variable ``env``.
+
+        Raises:
+            ConfigError: unknown mode, the variable is unset or empty, or a basic secret has no ``user:``.
+        """
+        if mode not in ("token", "basic"):
+            raise ConfigError(flag, [ConfigIssue("auth", f"unknown login mode {mode!r}; use token or basic")])
+        secret = os.environ.get(env, "")
+        if not secret:
+            raise ConfigError(flag, [ConfigIssue(env, "environment variable is not set or empty: the live "
+                                                      "page's login secret")])
+        if mode == "basic" and ":" not in secret[1:]:
+            raise ConfigError(flag, [ConfigIssue(env, "basic login needs user:password in the variable")])
+        return WebAuth(mode, secret)
+
+    def allows(self, header: str | None) -> bool:
+        """True when the ``Authorization`` header carries the secret."""
+        if not header:
+            return False
+        scheme, _, value = header.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and self.mode == "token":
+            try:
+                raw = value.encode("latin-1")  # http.server decodes header bytes as latin-1; the secret is UTF-8
+            except UnicodeEncodeError:
+                raw = value.encode()
+            return hmac.compare_digest(raw, self.secret.encode())
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if self.mode == "token":
+            return hmac.compare_digest(decoded.partition(":")[2].encode(), self.secret.encode())
+        return hmac.compare_digest(decoded.encode(), self.secret.encode())
 
 
 class LiveOverview:
@@ -122,31 +217,199 @@ class LiveOverview:
 
 
 class _HttpServer(ThreadingHTTPServer):
+    """Thread per connection, with a cap, a deadline on reading each request and a reaper that enforces it."""
+
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # listen backlog: a burst of browsers is accepted, not left in SYN retries
     live: LiveOverview
     static: dict[str, bytes]
+    limits: ServerLimits
+    auth: WebAuth | None
+
+    def __init__(self, address: tuple[str, int], limits: ServerLimits, auth: WebAuth | None) -> None:
+        self.limits = limits
+        self.auth = auth
+        self._guard = threading.Lock()
+        self._deadlines: dict[socket.socket, float] = {}  # connection -> end of its request read (inf: busy)
+        self._streams = 0
+        self._lingering: list[tuple[socket.socket, float]] = []
+        self._reaper_stop = threading.Event()
+        self.refused_total = 0
+        super().__init__(address, _Handler)
+        self._reaper = threading.Thread(target=self._reap, name="energymon-web-reaper", daemon=True)
+        self._reaper.start()
+
+    # -- connection accounting (the accepting thread and the handler threads)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._guard:
+            full = len(self._deadlines) >= self.limits.max_connections
+            if not full:
+                self._deadlines[request] = time.monotonic() + self.limits.request_timeout_s
+        if full:
+            self.refused_total += 1
+            log.debug("web page: %d connections open, refusing %s", self.limits.max_connections, client_address)
+            self._refuse(request, b"too many connections\n")
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            with self._guard:
+                self._deadlines.pop(request, None)
+            raise
+
+    def _refuse(self, sock: socket.socket, body: bytes) -> None:
+        """Answer 503 from the accepting thread, without blocking it; the socket lingers a moment so the answer
+        is not cut by a reset."""
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nServer: energymon\r\nRetry-After: 5\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n").encode()
+        try:
+            sock.setblocking(False)
+            sock.send(head + body)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.shutdown_request(sock)
+            return
+        with self._guard:
+            if len(self._lingering) < _MAX_LINGERING:
+                self._lingering.append((sock, time.monotonic() + _LINGER_S))
+                return
+        self.shutdown_request(sock)
+
+    def close_request(self, request: Any) -> None:
+        with self._guard:
+            self._deadlines.pop(request, None)
+        super().close_request(request)
+
+    def reading(self, sock: socket.socket) -> None:
+        """The connection waits for a (next) request: it has ``request_timeout_s`` to send it."""
+        with self._guard:
+            if sock in self._deadlines:
+                self._deadlines[sock] = time.monotonic() + self.limits.request_timeout_s
+
+    def busy(self, sock: socket.socket) -> None:
+        """The request is read; the handler's own socket timeout bounds what follows."""
+        with self._guard:
+            if sock in self._deadlines:
+                self._deadlines[sock] = float("inf")
+
+    def open_stream(self) -> bool:
+        """Take an event-stream slot; False when all are taken."""
+        with self._guard:
+            if self._streams >= self.limits.max_streams:
+                return False
+            self._streams += 1
+            return True
+
+    def close_stream(self) -> None:
+        with self._guard:
+            self._streams -= 1
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now."""
+        with self._guard:
+            return len(self._deadlines)
+
+    # -- the reaper
+
+    def _reap(self) -> None:
+        while not self._reaper_stop.wait(_REAP_EVERY_S):
+            now = time.monotonic()
+            with self._guard:
+                late = [s for s, d in self._deadlines.items() if d <= now]
+                for sock in late:
+                    self._deadlines[sock] = float("inf")  # shut down once; the handler thread closes it
+                done = [s for s, t in self._lingering if t <= now]
+                self._lingering = [(s, t) for s, t in self._lingering if t > now]
+                waiting = [s for s, _ in self._lingering]
+            for sock in late:
+                log.debug("web page: connection sent no complete request within %.1f s; closing",
+                          self.limits.request_timeout_s)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            for sock in waiting:
+                _drain(sock)
+            for sock in done:
+                _drain(sock)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def server_close(self) -> None:
+        self._reaper_stop.set()
+        self._reaper.join(timeout=5)
+        with self._guard:
+            lingering, self._lingering = self._lingering, []
+        for sock, _ in lingering:
+            with contextlib.suppress(OSError):
+                sock.close()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
 
         exc = sys.exc_info()[1]
-        if isinstance(exc, _DISCONNECTED):
+        if isinstance(exc, _DISCONNECTED | OSError):
             return
         log.warning("web page request from %s failed", client_address, exc_info=exc)
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read what a refused client sent, so closing its socket sends FIN, not a reset that hides the 503."""
+    try:
+        while select.select([sock], [], [], 0)[0]:
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
     server_version = "energymon"
     protocol_version = "HTTP/1.1"
+    connection: socket.socket
+
+    def setup(self) -> None:
+        self.timeout = self.server.limits.request_timeout_s  # type: ignore[misc]  # per connection: every recv, send
+        super().setup()
+
+    def version_string(self) -> str:
+        return "energymon"  # no version of energymon or Python for a scanner to match
+
+    def handle_one_request(self) -> None:
+        self.server.reading(self.connection)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.busy(self.connection)
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
+    def _authorized(self) -> bool:
+        auth = self.server.auth
+        if auth is None or auth.allows(self.headers.get("Authorization")):
+            return True
+        body = "需要登录 login required\n".encode()
+        self.send_response(HTTPStatus.UNAUTHORIZED)
+        self.send_header("WWW-Authenticate", 'Basic realm="energymon", charset="UTF-8"')
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return False
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
+            if path != "/healthz" and not self._authorized():
+                return
             if path in ("/", "/index.html"):
                 self._page()
             elif path == "/api/overview":
@@ -184,6 +447,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _stream(self) -> None:
+        if not self.server.open_stream():
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            self.send_header("Retry-After", "5")
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            body = b"too many event streams\n"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        try:
+            self._stream_events()
+        finally:
+            self.server.close_stream()
+
+    def _stream_events(self) -> None:
         live = self.server.live
         self._headers(HTTPStatus.OK, "text/event-stream; charset=utf-8")
         self.send_header("Connection", "close")
@@ -212,14 +490,19 @@ class WebServer:
         host: address to bind (default loopback only).
         port: TCP port; 0 picks a free one (see :attr:`port` after :meth:`start`).
         refresh_s: seconds between snapshots.
+        limits: timeouts and connection caps.
+        auth: the login; None serves without one.
     """
 
     def __init__(
-        self, overview: Overview, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 1.0
+        self, overview: Overview, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 1.0,
+        limits: ServerLimits | None = None, auth: WebAuth | None = None,
     ) -> None:
         self.live = LiveOverview(overview, refresh_s=refresh_s)
         self.host = host
         self.port = port
+        self.limits = limits or ServerLimits()
+        self.auth = auth
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -235,7 +518,7 @@ class WebServer:
         Raises:
             OSError: the address cannot be bound (port taken, no such interface).
         """
-        httpd = _HttpServer((self.host, self.port), _Handler)
+        httpd = _HttpServer((self.host, self.port), self.limits, self.auth)
         httpd.static = {p.name: p.read_bytes() for p in _STATIC.iterdir() if p.suffix in _TYPES}
         httpd.live = self.live
         self.port = int(httpd.server_address[1])

@@ -56,7 +56,7 @@ from energymon.metrics import PipelineMetrics, private_metrics
 from energymon.periods import next_period_start, period_start
 from energymon.processors.recompute import MeterReadings
 from energymon.processors.rules import PlantRules
-from energymon.provincial_config import ProvincialConfig
+from energymon.provincial_config import ProvincialConfig, check_platform_url
 
 __all__ = ["SendReport", "UplinkService", "open_store"]
 
@@ -130,6 +130,10 @@ class UplinkService:
         if not base_url:
             raise ConfigError("plant", [ConfigIssue("provincial.base_url",
                                                     f"profile {self.profile.name} has no public base URL: set one")])
+        try:
+            check_platform_url(base_url, allow_insecure_http=self.cfg.allow_insecure_http)
+        except ValueError as exc:  # the profile's URL (the plant file's is checked at load)
+            raise ConfigError("plant", [ConfigIssue("provincial.base_url", str(exc))]) from None
         if password is None:
             password = os.environ.get(self.cfg.password_env)
             if not password:
