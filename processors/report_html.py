@@ -373,7 +373,7 @@ def _quality_section(report: Mapping[str, Any]) -> list[str]:
     if conflicts:
         total = dq["readings_file"]["conflicting_readings"]
         out.append("<h3>" + _h(f"冲突的重复读数 {total} 条（采用文件中最后一行）",
-                               "Conflicting duplicate readings (the last row in the file is used)") + "</h3>")
+                               f"Conflicting duplicate readings: {total} (the last row in the file is used)") + "</h3>")
         rows = [[meter_name(report, m), e["ts"], ", ".join(map(str, e["lines"])),
                  ", ".join(f"{v:g}" for v in e["values"]), e["used"]]
                 for m, c in conflicts.items() for e in c["examples"]]

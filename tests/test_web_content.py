@@ -102,10 +102,13 @@ def test_live_page_explains_and_every_figure_is_the_stores(plant: PlantConfig, t
     assert labels.count("基准 / 限额 117") == 3 and "标杆 100" in labels
     assert not any(t in ("基准 117", "限额 117") for t in labels)
     # ---- the grade, with the GB quota grade (1级/2级/3级)
-    latest = max(store.query("indicator", "quota_grade", tags={"product": "clinker", "period": "hour"}),
-                 key=lambda r: r[1])
-    grade = page.classed("grade")[0]
-    assert grade["data-quota"] == str(int(latest[2])) and f"{int(latest[2])}级" in grade["_text"]
+    # the running hour is provisional (暂估, no grade); the last complete hour beside it carries the grades
+    hours = sorted(store.query("indicator", "quota_grade", tags={"product": "clinker", "period": "hour"}),
+                   key=lambda r: r[1])
+    grade, last_hour = page.classed("grade")[:2]
+    assert grade["data-quota"] == "" and "暂估" in grade["_text"]
+    before = hours[-2]
+    assert last_hour["data-quota"] == str(int(before[2])) and f"{int(before[2])}级" in last_hour["_text"]
     # ---- per process energy today: each top-level process's top meters, from the store
     energy = store.query("energy", "kgce")
     processes = _process_meters(plant)

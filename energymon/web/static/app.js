@@ -197,8 +197,10 @@ function renderIndicators() {
     if (ind.hour && last) {
       card.append(el("div", { class: "last-hour" },
         `上一小时 last hour ${last.start_local.slice(11, 16)}: ${fmt(last.value, 1)} ${ind.unit} `,
-        el("span", { class: `grade grade-${last.status ?? "none"}`, "data-status": last.status ?? "" },
-          last.grade ? `${last.grade} · ${last.grade_en}` : "无分级 not graded")));
+        el("span", { class: `grade grade-${last.status ?? "none"}`, "data-status": last.status ?? "",
+          "data-quota": last.quota_grade ?? "" },
+          [last.quota_label, last.grade ? `${last.grade} · ${last.grade_en}` : null].filter((t) => t).join(" · ")
+            || "无分级 not graded")));
     }
     const trend = (snap.trends || []).find((t) => t.product === ind.product);
     if (trend) {
