@@ -63,53 +63,58 @@ def add_alerts_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``alerts`` command (with its subcommands) to ``energymon``'s subparsers and return its parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=Path("energymon-data"),
-                        help="the processor's data directory (holds alerts.sqlite)")
-    common.add_argument("--json", action="store_true", help="one JSON object per line")
+                        help="处理器的数据目录，存放 alerts.sqlite (the processor's data directory)")
+    common.add_argument("--json", action="store_true", help="每行一个 JSON 对象 (one JSON object per line)")
     parser: argparse.ArgumentParser = sub.add_parser(
-        "alerts", help="list, acknowledge and silence alerts; deliveries and dead letters (state file in the data dir)")
+        "alerts", help="告警：列出、确认、静默；投递与死信（数据目录中的状态文件） "
+        "(list, acknowledge and silence alerts; deliveries and dead letters)")
     cmds = parser.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
 
-    p = cmds.add_parser("list", parents=[common], help="active alerts (default) or the history")
+    p = cmds.add_parser("list", parents=[common], help="当前告警（默认）或历史 (active alerts or the history)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--active", action="store_true", help="pending and firing alerts (default)")
-    which.add_argument("--history", action="store_true", help="every event: firing, escalated, resolved, acks...")
-    p.add_argument("--rule", help="only this rule id")
-    p.add_argument("--source", help="only this source (meter, product, gateway...)")
-    p.add_argument("--since", type=_since, metavar="ISO", help="only from this time on (with its UTC offset)")
-    p.add_argument("--limit", type=int, default=1000, help="history rows at most (newest kept)")
+    which.add_argument("--active", action="store_true", help="待触发和已触发的告警，默认 (pending and firing alerts)")
+    which.add_argument("--history", action="store_true", help="全部事件：触发、升级、恢复、确认等 (every event)")
+    p.add_argument("--rule", help="只看此规则编号 (only this rule id)")
+    p.add_argument("--source", help="只看此来源：计量点、产品、网关等 (only this source)")
+    p.add_argument("--since", type=_since, metavar="ISO", help="只看此时刻之后，须带 UTC 偏移 (only from this time on)")
+    p.add_argument("--limit", type=int, default=1000, help="历史最多行数，保留最新 (history rows at most)")
 
-    p = cmds.add_parser("ack", parents=[common], help="acknowledge a firing alert: no more reminders")
-    p.add_argument("id", help="alert id, {rule}:{source}")
-    p.add_argument("--by", default="", help="who acknowledges")
-    p.add_argument("--comment", default="", help="why, what is being done")
+    p = cmds.add_parser("ack", parents=[common], help="确认已触发的告警，不再提醒 (acknowledge a firing alert)")
+    p.add_argument("id", help="告警编号 {rule}:{source} (alert id)")
+    p.add_argument("--by", default="", help="确认人 (who acknowledges)")
+    p.add_argument("--comment", default="", help="原因及处理措施 (why, what is being done)")
 
-    p = cmds.add_parser("silence", parents=[common], help="do not notify alerts of a rule (and source) for a while")
-    p.add_argument("--rule", required=True, help="rule id")
-    p.add_argument("--source", default=None, help="only this source (default: every source of the rule)")
-    p.add_argument("--for-secs", type=_positive, required=True, help="duration in seconds from now")
-    p.add_argument("--comment", required=True, help="why (kept with the silence)")
-    p.add_argument("--by", default="", help="who silences")
+    p = cmds.add_parser("silence", parents=[common],
+                        help="静默：一段时间内不通知某规则（及来源）的告警 (silence a rule for a while)")
+    p.add_argument("--rule", required=True, help="规则编号 (rule id)")
+    p.add_argument("--source", default=None, help="只静默此来源，默认该规则的全部来源 (only this source)")
+    p.add_argument("--for-secs", type=_positive, required=True,
+                   help="从现在起的时长，秒 (duration in seconds from now)")
+    p.add_argument("--comment", required=True, help="原因，随静默保存 (why, kept with the silence)")
+    p.add_argument("--by", default="", help="静默操作人 (who silences)")
 
-    p = cmds.add_parser("silences", parents=[common], help="silences in force (or all with --all)")
-    p.add_argument("--all", action="store_true", help="include ended silences")
+    p = cmds.add_parser("silences", parents=[common], help="生效中的静默，--all 列出全部 (silences in force)")
+    p.add_argument("--all", action="store_true", help="包括已结束的静默 (include ended silences)")
 
-    p = cmds.add_parser("unsilence", parents=[common], help="end a silence now")
-    p.add_argument("silence_id", type=int, help="silence id (see 'alerts silences')")
+    p = cmds.add_parser("unsilence", parents=[common], help="立即结束静默 (end a silence now)")
+    p.add_argument("silence_id", type=int, help="静默编号，见 'alerts silences' (silence id)")
 
     p = cmds.add_parser("deliveries", parents=[common],
-                        help="records waiting for their receiver, and dead letters (--dead)")
-    p.add_argument("--notifier", help="only this notifier id")
-    p.add_argument("--dead", action="store_true", help="only dead letters")
+                        help="等待投递的记录及死信 --dead (records waiting for delivery, and dead letters)")
+    p.add_argument("--notifier", help="只看此通知器编号 (only this notifier id)")
+    p.add_argument("--dead", action="store_true", help="只看死信 (only dead letters)")
 
     p = cmds.add_parser("replay", parents=[common],
-                        help="send dead-lettered records again (the running processor picks them up)")
-    p.add_argument("--notifier", help="only this notifier id")
-    p.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID", help="only these deliveries (default: all)")
+                        help="重新投递死信，由运行中的处理器发送 (send dead letters again)")
+    p.add_argument("--notifier", help="只看此通知器编号 (only this notifier id)")
+    p.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID",
+                   help="只处理这些投递，默认全部 (only these deliveries)")
 
     p = cmds.add_parser("drop", parents=[common],
-                        help="forget dead letters (the dead-letter file keeps them)")
-    p.add_argument("--notifier", help="only this notifier id")
-    p.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID", help="only these deliveries (default: all)")
+                        help="丢弃死信，死信文件仍保留 (forget dead letters)")
+    p.add_argument("--notifier", help="只看此通知器编号 (only this notifier id)")
+    p.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID",
+                   help="只处理这些投递，默认全部 (only these deliveries)")
     return parser
 
 
@@ -122,9 +127,13 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         print("  ".join(cells).rstrip(), file=out)
 
 
+_WHAT_ZH = {"alert rule": "告警规则", "source (meter, item, product, gateway)": "来源（计量点、计量项、产品、网关）",
+            "notifier": "通知器"}
+
+
 def _refuse(what: str, name: str, known: Sequence[str]) -> str:
     hint = get_close_matches(name, list(known), n=1)
-    text = f"error: no {what} {name!r} in the plant"
+    text = f"错误：厂区配置中没有该{_WHAT_ZH.get(what, what)}；error: no {what} {name!r} in the plant"
     if hint:
         text += f" (did you mean {hint[0]!r}?)"
     elif known:
@@ -151,8 +160,9 @@ def _check_names(args: argparse.Namespace, info: dict[str, Any] | None,
     if notifier is not None and notifier not in notifiers:
         if notifier in outbox_notifiers:
             if args.alerts_command == "replay":
-                return (f"error: notifier {notifier!r} is no longer in the plant file, so nothing would send its "
-                        f"records; put it back and restart the processor, then replay, or forget them with "
+                return (f"错误：通知器已不在厂区配置文件中，无人发送其记录；error: notifier {notifier!r} is no longer "
+                        f"in the plant file, so nothing would send its records; put it back and restart the processor, "
+                        f"then replay, or forget them with "
                         f"'energymon alerts drop --notifier {notifier}'")
             return None
         return _refuse("notifier", notifier, notifiers)
@@ -160,7 +170,8 @@ def _check_names(args: argparse.Namespace, info: dict[str, Any] | None,
     if isinstance(alert_id, str):
         a_rule, sep, a_source = alert_id.partition(":")
         if not sep:
-            return f"error: {alert_id!r} is not an alert id; write {{rule}}:{{source}}, e.g. meter_offline:kiln_drive"
+            return (f"错误：告警编号格式应为 {{rule}}:{{source}}；error: {alert_id!r} is not an alert id; write "
+                    "{rule}:{source}, e.g. meter_offline:kiln_drive")
         if a_rule not in rules:
             return _refuse("alert rule", a_rule, rules)
         if a_source not in sources:
@@ -177,8 +188,8 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     command = args.alerts_command
     if not path.is_file():
         why = "does not exist" if not data_dir.exists() else f"has no alert state file {STATE_FILE}"
-        print(f"error: data directory {data_dir} {why} (is it the one the processor runs with, --data-dir?); "
-              "nothing was changed", file=sys.stderr)
+        print(f"错误：数据目录中没有告警状态文件，未做任何更改；error: data directory {data_dir} {why} "
+              "(is it the one the processor runs with, --data-dir?); nothing was changed", file=sys.stderr)
         return 2
     now = WallClock().now_ms()
     store = AlertStore(path)
@@ -200,7 +211,7 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             try:
                 record = store.ack(args.id, by=args.by, comment=args.comment, at_ms=now)
             except KeyError:
-                print(f"error: no firing alert {args.id!r}", file=sys.stderr)
+                print(f"错误：没有此已触发的告警 (error: no firing alert {args.id!r})", file=sys.stderr)
                 return 1
             if args.json:
                 print(json.dumps({"acknowledged": record["id"], "by": args.by, "at_ms": now}, ensure_ascii=False),
@@ -232,7 +243,7 @@ def alerts_main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             return 0
         if command == "unsilence":
             if not store.expire_silence(args.silence_id, now):
-                print(f"error: no silence {args.silence_id} in force", file=sys.stderr)
+                print(f"错误：没有生效中的此静默 (error: no silence {args.silence_id} in force)", file=sys.stderr)
                 return 1
             print(f"silence {args.silence_id} ended", file=out)
             return 0
@@ -268,18 +279,19 @@ def _deliveries(path: Path, args: argparse.Namespace, out: TextIO, now: int,
                                 if r.notifier not in known and (not wanted or r.delivery_id in wanted)]
                     removed = [r.delivery_id for r in stranded]
                     for r in stranded if wanted else ():
-                        print(f"error: dead letter {r.delivery_id} is for notifier {r.notifier!r}, which is no "
-                              "longer in the plant file; put it back and restart the processor to replay it, "
-                              "or drop it", file=sys.stderr)
+                        print(f"错误：此死信的通知器已不在厂区配置文件中；error: dead letter {r.delivery_id} is for "
+                              f"notifier {r.notifier!r}, which is no longer in the plant file; put it back and "
+                              "restart the processor to replay it, or drop it", file=sys.stderr)
                     if stranded and not wanted:
-                        print(f"{len(stranded)} dead letter(s) of notifiers no longer in the plant file not replayed "
+                        print(f"{len(stranded)} 条死信的通知器已不在厂区配置文件中，未重新投递；"
+                              f"{len(stranded)} dead letter(s) of notifiers no longer in the plant file not replayed "
                               "(see 'energymon alerts deliveries --dead'; drop them or put the notifier back)",
                               file=sys.stderr)
             else:
                 rows = outbox.drop(notifier=args.notifier, delivery_ids=args.delivery_ids)
             missing = set(args.delivery_ids) - {r.delivery_id for r in rows} - set(removed)
             for did in sorted(missing):
-                print(f"error: no dead letter {did}", file=sys.stderr)
+                print(f"错误：没有此死信 (error: no dead letter {did})", file=sys.stderr)
             for r in rows:
                 if args.json:
                     print(json.dumps({"replayed" if replay else "dropped": r.delivery_id, "notifier": r.notifier,
@@ -289,7 +301,7 @@ def _deliveries(path: Path, args: argparse.Namespace, out: TextIO, now: int,
                     print(f"{'replaying' if replay else 'dropped'} {r.delivery_id}: {r.notifier} {r.alert_id} "
                           f"{r.event} v{r.version}", file=out)
             if not rows:
-                print(f"nothing to {args.alerts_command}: no dead letters"
+                print(f"没有死信；nothing to {args.alerts_command}: no dead letters"
                       + (f" for {args.notifier}" if args.notifier else ""), file=sys.stderr)
                 return 1
             return 1 if missing or (removed and args.delivery_ids) else 0

@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import importlib
 import logging
+import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from energymon import __version__, lifecycle
 from energymon.errors import ConfigError, EnergymonError, InputError, UnreadableStoreError
@@ -42,19 +44,67 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _columns(text: str) -> int:
+    """Terminal columns ``text`` takes: Chinese characters and full-width punctuation take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+_WIDE = r"\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6"  # CJK, full-width forms
+#: A space, one wide character (a line may break before or after it), or a run of other characters (a word).
+_TOKEN = re.compile(rf"\s+|[{_WIDE}]|[^\s{_WIDE}]+")
+#: Punctuation that never starts a line (it stays with the character before it).
+_NO_LINE_START = frozenset("，。、；：！？）」』】》")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, wrapping by terminal columns and between Chinese characters (help text is Chinese
+    first; the standard one counts a Chinese character as one column and breaks only at spaces)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        lines: list[str] = []
+        line, used, space = "", 0, False
+        for token in _TOKEN.findall(text.strip()):
+            if token.isspace():
+                space = bool(line)
+                continue
+            gap = " " if space else ""
+            cols = _columns(gap + token)
+            if line and used + cols > width and token not in _NO_LINE_START:
+                lines.append(line)
+                line, used = token, _columns(token)
+            else:
+                line, used = line + gap + token, used + cols
+            space = False
+        if line:
+            lines.append(line)
+        return lines
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(indent + line for line in self._split_lines(text, width - len(indent)))
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser using :class:`_HelpFormatter`; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 #: Commands whose arguments are defined by their stage, in modules that import much (pandas, the provincial
 #: uplink): name → (help, module, function adding the command to the subparsers). Only the command being run
 #: is built from its module; the others are listed with their help, so ``energymon --help`` and the light
 #: commands start without those imports. tests/test_cli_startup.py checks the help texts against the modules.
 _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "alerts": ("list, acknowledge and silence alerts; deliveries and dead letters (state file in the data dir)",
+    "alerts": ("告警：列出、确认、静默；投递与死信（数据目录中的状态文件） "
+               "(list, acknowledge and silence alerts; deliveries and dead letters)",
                "energymon.alerts.cli", "add_alerts_parser"),
-    "uplink": ("upload to the provincial online-monitoring platform (with 补传)",
+    "uplink": ("上传到省级能耗在线监测平台，含补传 (upload to the provincial online-monitoring platform)",
                "energymon.gateway.provincial.cli", "add_parser"),
-    "simulate-platform": ("run a simulated provincial online-monitoring platform over HTTP",
+    "simulate-platform": ("运行模拟的省级在线监测平台 HTTP 服务 (run a simulated provincial platform over HTTP)",
                           "energymon.simulators.provincial_platform", "add_parser"),
-    "probe": ("read one meter (or every meter of a bus) once: values, units, quality, raw registers or frames, "
-              "the request plan", "energymon.probe", "add_parser"),
+    "probe": ("读一次表计（或一条总线上的所有表计）：数值、单位、质量、原始寄存器或报文、请求计划 "
+              "(read one meter or every meter of a bus once)", "energymon.probe", "add_parser"),
 }
 
 
@@ -76,91 +126,107 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     module, the others are listed by name and help. None builds every command in full.
     """
     selected = None if argv is None else _command_of(argv)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="energymon",
-        description="Energy-monitoring pipeline for key energy-consuming units (重点用能单位).",
+        description="重点用能单位能耗在线监测：采集、计算、存储、告警与省级上传 "
+        "(energy-monitoring pipeline for key energy-consuming units).",
     )
     parser.add_argument("--version", action="version", version=f"energymon {__version__}")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check a plant file and report every problem with file, line and key")
-    p.add_argument("plant", type=Path, help="plant YAML file")
+    p = sub.add_parser("validate", help="检查厂区配置文件，逐条列出问题所在的文件、行和键 (check a plant file)")
+    p.add_argument("plant", type=Path, help="厂区配置文件 (plant YAML file)")
 
-    p = sub.add_parser("schema", help="print the plant file's JSON Schema (for editors' YAML completion and checks)")
-    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="write it to FILE instead of stdout")
+    p = sub.add_parser("schema",
+                       help="输出厂区配置文件的 JSON Schema，供编辑器补全和检查 (print the plant file's JSON Schema)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="写入 FILE 而非标准输出 (write to FILE instead of stdout)")
 
-    p = sub.add_parser("demo", help="run a simulated cement plant through the whole pipeline, no server needed")
-    p.add_argument("--speed", type=_positive, default=60.0, help="simulated seconds per real second (default 60)")
+    p = sub.add_parser("demo",
+                       help="演示：模拟水泥厂走完整个流程，无需服务器 (run a simulated plant end to end)")
+    p.add_argument("--speed", type=_positive, default=60.0,
+                   help="每实际秒模拟的秒数，默认 60 (simulated seconds per real second)")
     p.add_argument(
-        "--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many real seconds"
+        "--duration", type=_positive, default=None, metavar="SECONDS",
+        help="运行这么多实际秒后停止 (stop after this many real seconds)"
     )
-    p.add_argument("--config", type=Path, default=None, help="plant file (default: the shipped cement plant)")
-    p.add_argument("--data-dir", type=Path, default=None, help="keep the store and outbox here (default: a temp dir)")
-    p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="summary refresh interval")
+    p.add_argument("--config", type=Path, default=None, help="厂区配置文件，默认自带的水泥厂 (plant file)")
+    p.add_argument("--data-dir", type=Path, default=None, help="存储和发件箱放在此目录，默认临时目录 (data directory)")
+    p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS",
+                   help="摘要刷新间隔，秒 (summary refresh interval)")
     p.add_argument("--web-port", type=int, default=8787, metavar="PORT",
-                   help="serve the live page on this port (default 8787; 0 picks a free one)")
-    p.add_argument("--web-host", default="127.0.0.1", help="address for the live page (default 127.0.0.1)")
-    p.add_argument("--no-web", action="store_true", help="do not serve the live page")
+                   help="实时网页端口，默认 8787，0 自动选择 (live page port)")
+    p.add_argument("--web-host", default="127.0.0.1", help="实时网页地址，默认 127.0.0.1 (live page address)")
+    p.add_argument("--no-web", action="store_true", help="不提供实时网页 (do not serve the live page)")
 
-    p = sub.add_parser("serve", help="serve the live web page (plant overview) over a plant's store")
-    p.add_argument("plant", type=Path, help="plant YAML file (processor.store names the store to read)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0 picks a free one)")
+    p = sub.add_parser("serve",
+                       help="提供实时网页（厂区总览），读取厂区的存储 (serve the live web page over a plant's store)")
+    p.add_argument("plant", type=Path, help="厂区配置文件，processor.store 指定读取的存储 (plant YAML file)")
+    p.add_argument("--host", default="127.0.0.1", help="监听地址，默认 127.0.0.1 (address to listen on)")
+    p.add_argument("--port", type=int, default=8787, help="监听端口，默认 8787，0 自动选择 (port to listen on)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="the processor's data directory, to show its active alerts (alerts.sqlite)")
-    p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="snapshot interval")
-    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this long")
+                   help="处理器的数据目录，用于显示当前告警 alerts.sqlite (the processor's data directory)")
+    p.add_argument("--refresh", type=_positive, default=1.0, metavar="SECONDS", help="快照间隔，秒 (snapshot interval)")
+    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS",
+                   help="运行这么久后停止，秒 (stop after this long)")
     p.add_argument("--auth", choices=["token", "basic"], default=None,
-                   help="require a login: a token (Bearer, or as basic-auth password) or basic user:password")
+                   help="要求登录：令牌（Bearer 或作为 basic 密码）或 user:password (require a login)")
     p.add_argument("--auth-env", default="ENERGYMON_WEB_SECRET", metavar="VAR",
-                   help="environment variable holding the token or user:password (default ENERGYMON_WEB_SECRET)")
+                   help="存放令牌或 user:password 的环境变量，默认 ENERGYMON_WEB_SECRET (environment variable)")
     p.add_argument("--request-timeout", type=_positive, default=10.0, metavar="SECONDS",
-                   help="time a connection has to send its request; idle keep-alive and blocked sends (default 10)")
+                   help="连接发送请求、空闲保持和阻塞发送的时限，秒，默认 10 (request timeout)")
     p.add_argument("--max-connections", type=_positive_int, default=64, metavar="N",
-                   help="connections served at once; more get 503 (default 64)")
+                   help="同时服务的连接数上限，超出返回 503，默认 64 (max connections)")
     p.add_argument("--max-streams", type=_positive_int, default=32, metavar="N",
-                   help="event streams (/api/stream) at once; more get 503 (default 32)")
+                   help="同时打开的事件流 /api/stream 上限，超出返回 503，默认 32 (max event streams)")
 
-    p = sub.add_parser("simulate", help="serve simulated meters for a plant file (Modbus servers, MQTT meters)")
-    p.add_argument("--config", type=Path, required=True, help="plant file")
-    p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per real second")
+    p = sub.add_parser("simulate",
+                       help="按厂区配置文件提供模拟表计（Modbus 服务器、MQTT 表计） (serve simulated meters)")
+    p.add_argument("--config", type=Path, required=True, help="厂区配置文件 (plant file)")
+    p.add_argument("--speed", type=_positive, default=1.0,
+                   help="每实际秒模拟的秒数 (simulated seconds per real second)")
     p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS")
 
     for name, text in (
-        ("gateway", "run the edge gateway: poll meters, keep the outbox, publish to the uplink broker"),
-        ("processor", "run the processor: subscribe, derive energy and indicators, write the store, alert"),
-        ("run", "run gateway and processor in one process"),
+        ("gateway", "运行边缘网关：轮询表计、保存发件箱、发布到上行代理 (run the edge gateway)"),
+        ("processor", "运行处理器：订阅、计算能耗与指标、写入存储、告警 (run the processor)"),
+        ("run", "在一个进程中运行网关和处理器 (run gateway and processor in one process)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", type=Path, required=True, help="plant file")
-        p.add_argument("--data-dir", type=Path, default=Path("energymon-data"), help="outbox, dead letters")
-        p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
-        p.add_argument("--metrics-host", default="127.0.0.1", help="address for the metrics endpoint")
+        p.add_argument("--config", type=Path, required=True, help="厂区配置文件 (plant file)")
+        p.add_argument("--data-dir", type=Path, default=Path("energymon-data"),
+                       help="数据目录：发件箱、死信 (data directory: outbox, dead letters)")
+        p.add_argument("--metrics-port", type=int, default=None,
+                       help="在此端口提供 Prometheus 指标 (serve Prometheus metrics on PORT)")
+        p.add_argument("--metrics-host", default="127.0.0.1", help="指标端点地址 (address for the metrics endpoint)")
         p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS")
 
     p = sub.add_parser(
         "history",
-        help="print the gateway's edge history of one item: 15-minute, hourly, daily or monthly values "
-        "(also `energymon gateway history`)",
+        help="显示网关上某一计量项的边缘历史：15 分钟、小时、日或月值 "
+        "(print the gateway's edge history of one item; also `energymon gateway history`)",
     )
-    p.add_argument("--config", type=Path, required=True, help="plant file")
-    p.add_argument("--data-dir", type=Path, default=Path("energymon-data"), help="the gateway's data directory")
-    p.add_argument("--meter", required=True, help="meter id")
-    p.add_argument("--quantity", required=True, help="quantity, e.g. energy_active_import")
-    p.add_argument("--period", choices=["15min", "hour", "day", "month"], default="day")
+    p.add_argument("--config", type=Path, required=True, help="厂区配置文件 (plant file)")
+    p.add_argument("--data-dir", type=Path, default=Path("energymon-data"),
+                   help="网关的数据目录 (the gateway's data directory)")
+    p.add_argument("--meter", required=True, help="计量点（表计）编号 (meter id)")
+    p.add_argument("--quantity", required=True, help="计量量，如 energy_active_import (quantity)")
+    p.add_argument("--period", choices=["15min", "hour", "day", "month"], default="day",
+                   help="统计周期，默认 day (period)")
     p.add_argument(
         "--from",
         dest="start",
         metavar="ISO",
         default=None,
-        help="first period shown, included: a day (YYYY-MM-DD) or a period start (YYYY-MM-DDTHH:MM); plant "
-        "local time unless it has an offset (default: 7 days back)",
+        help="显示的第一个周期（含）：某日 YYYY-MM-DD 或周期起点 YYYY-MM-DDTHH:MM；未带时区偏移时为厂区当地时间，"
+        "默认 7 天前 (first period shown, included)",
     )
     p.add_argument("--to", dest="end", metavar="ISO", default=None,
-                   help="last period shown, included: a day (its whole day) or a period start (that period); "
-                   "default: now")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+                   help="显示的最后一个周期（含）：某日（整日）或周期起点（该周期）；默认现在 "
+                   "(last period shown, included)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="输出格式：表格、CSV 或 JSON (output format)")
     from energymon.processors import report_cli  # the arguments only: the report's imports come with main()
 
     for name, (text, module, adder) in _STAGE_COMMANDS.items():
@@ -197,7 +263,7 @@ def _schema(out: Path | None) -> int:
         sys.stdout.write(text)
     else:
         out.write_text(text, encoding="utf-8")
-        print(f"wrote {out}", file=sys.stderr)
+        print(f"已写入 {out} (wrote {out})", file=sys.stderr)
     return 0
 
 
@@ -370,13 +436,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return provincial_platform.main(args, stop=stopped)
         return asyncio.run(_serve(args))
     except ConfigError as exc:
-        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        print(f"错误：配置无效 (error: invalid configuration)\n{exc}", file=sys.stderr)
         return 2
     except (InputError, UnreadableStoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"错误 (error): {exc}", file=sys.stderr)
         return 2
     except EnergymonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"错误 (error): {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

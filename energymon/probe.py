@@ -435,13 +435,13 @@ def render(probes: Sequence[MeterProbe], out: TextIO) -> None:
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``probe`` to ``energymon``'s subparsers."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "probe", help="read one meter (or every meter of a bus) once: values, units, quality, raw registers or "
-        "frames, the request plan")
-    p.add_argument("--config", type=Path, required=True, help="plant file")
+        "probe", help="读一次表计（或一条总线上的所有表计）：数值、单位、质量、原始寄存器或报文、请求计划 "
+        "(read one meter or every meter of a bus once)")
+    p.add_argument("--config", type=Path, required=True, help="厂区配置文件 (plant file)")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--meter", help="meter id")
-    which.add_argument("--bus", help="bus id: every meter on it, one after another")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    which.add_argument("--meter", help="计量点（表计）编号 (meter id)")
+    which.add_argument("--bus", help="总线编号：依次读取其上每块表计 (bus id: every meter on it)")
+    p.add_argument("--json", action="store_true", help="以 JSON 输出结果 (print the result as JSON)")
     return p
 
 
@@ -454,7 +454,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         probes = asyncio.run(probe_bus(plant, args.bus) if args.bus else _one(plant, args.meter))
     except ProbeTargetError as exc:
-        print(f"energymon probe: {exc}", file=sys.stderr)
+        print(f"energymon probe: 错误 (error): {exc}", file=sys.stderr)
         return 2
     if args.json:
         out.write(json.dumps([{**asdict(p), "ok": p.ok} for p in probes], ensure_ascii=False, indent=1) + "\n")

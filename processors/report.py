@@ -1097,7 +1097,7 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
         parse_formats(args.format)
         _check_lookback(args)
     except InputError as exc:
-        print(f"energymon report: {exc}", file=sys.stderr)
+        print(f"energymon report: 错误 (error): {exc}", file=sys.stderr)
         return 2
     tz = plant.enterprise.tz
     start_ms, end_ms = period.bounds_ms(tz)
@@ -1123,12 +1123,12 @@ def main_report(args: argparse.Namespace, out: Any = None) -> int:
             report["data_quality"]["summary"]["conflicting_readings"] = len(csv_file.conflicts)
             if csv_file.conflicts:
                 first = csv_file.conflicts[0]
-                print(f"energymon report: warning: {args.readings}: {len(csv_file.conflicts)} conflicting "
+                print(f"energymon report: 警告 (warning): {args.readings}: {len(csv_file.conflicts)} conflicting "
                       f"duplicate reading(s), e.g. meter {first.meter} lines {', '.join(map(str, first.lines))} "
                       f"(values {', '.join(f'{v:g}' for v in first.values)}); the last row in the file is used "
                       "(data_quality.readings_file.conflicts)", file=sys.stderr)
             if csv_file.unknown_meters:
-                print(f"energymon report: warning: {args.readings}: rows of meter(s) not in the plant left out: "
+                print(f"energymon report: 警告 (warning): {args.readings}: rows of meter(s) not in the plant left out: "
                       f"{', '.join(csv_file.unknown_meters[:10])}", file=sys.stderr)
         out_dir = args.out or Path(f"report-{period.label}")
         try:

@@ -473,7 +473,8 @@ class ProvincialPlatform:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``simulate-platform`` to an argparse subparsers object."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "simulate-platform", help="run a simulated provincial online-monitoring platform over HTTP",
+        "simulate-platform",
+        help="运行模拟的省级在线监测平台 HTTP 服务 (run a simulated provincial platform over HTTP)",
         description="A provincial platform speaking a province profile's protocol, with injectable failures.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=18080, help="TCP port (default 18080)")

@@ -46,35 +46,43 @@ class _FixedClock:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``uplink`` (with its sub-commands) to an argparse subparsers object."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "uplink", help="upload to the provincial online-monitoring platform (with 补传)",
-        description="Registration, configuration and data upload to the provincial 重点用能单位能耗在线监测 platform.")
+        "uplink", help="上传到省级能耗在线监测平台，含补传 (upload to the provincial online-monitoring platform)",
+        description="向省级重点用能单位能耗在线监测平台注册、上传配置和数据 "
+        "(registration, configuration and data upload to the provincial platform).")
     sub = p.add_subparsers(dest="uplink_command", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--config", required=True, help="plant file with a provincial section")
-        q.add_argument("--now", default=None, help="act as of this local time (ISO 8601; default: now)")
+        q.add_argument("--config", required=True,
+                       help="含 provincial 段的厂区配置文件 (plant file with a provincial section)")
+        q.add_argument("--now", default=None, help="按此当地时间执行，ISO 8601，默认现在 (act as of this local time)")
 
-    q = sub.add_parser("register", help="working key, registration, token, dictionaries and configuration uploads")
+    q = sub.add_parser("register",
+                       help="工作密钥、注册、令牌、字典和配置上传 (working key, registration, token, configuration)")
     common(q)
-    q = sub.add_parser("sync", help="upload the registration and configuration records that changed")
+    q = sub.add_parser("sync", help="上传有变化的注册和配置记录 (upload changed registration and configuration)")
     common(q)
-    q = sub.add_parser("send", help="upload a day, a range, or everything missing (补传)")
+    q = sub.add_parser("send",
+                       help="上传某日、某区间或全部缺失数据（补传） (upload a day, a range or everything missing)")
     common(q)
     which = q.add_mutually_exclusive_group(required=True)
-    which.add_argument("--day", help="local day YYYY-MM-DD")
-    which.add_argument("--from", dest="date_from", help="first local day YYYY-MM-DD (with --to)")
-    which.add_argument("--missing", action="store_true", help="every period not acknowledged within the horizon")
-    q.add_argument("--to", dest="date_to", help="last local day YYYY-MM-DD, inclusive")
-    q = sub.add_parser("status", help="per item and day: acknowledged, rejected, failed, blocked, missing")
+    which.add_argument("--day", help="当地日期 YYYY-MM-DD (local day)")
+    which.add_argument("--from", dest="date_from", help="第一天 YYYY-MM-DD，与 --to 配合 (first local day)")
+    which.add_argument("--missing", action="store_true",
+                       help="补传期限内所有未确认的时段 (every period not acknowledged within the horizon)")
+    q.add_argument("--to", dest="date_to", help="最后一天 YYYY-MM-DD（含） (last local day, inclusive)")
+    q = sub.add_parser("status",
+                       help="按数据项和日期：已确认、被拒、失败、拦截、缺失 (per item and day: upload status)")
     common(q)
-    q.add_argument("--from", dest="date_from", help="first local day (default: the 补传 horizon)")
-    q.add_argument("--to", dest="date_to", help="last local day, inclusive (default: today)")
-    q.add_argument("--json", action="store_true", help="print JSON rows")
-    q.add_argument("--problems", action="store_true", help="also list the quality gate's findings")
-    q = sub.add_parser("run", help="run the scheduler until interrupted")
+    q.add_argument("--from", dest="date_from", help="第一天，默认补传期限起点 (first local day)")
+    q.add_argument("--to", dest="date_to", help="最后一天（含），默认今天 (last local day, inclusive)")
+    q.add_argument("--json", action="store_true", help="输出 JSON 行 (print JSON rows)")
+    q.add_argument("--problems", action="store_true",
+                   help="同时列出质量检查发现的问题 (also list the quality gate's findings)")
+    q = sub.add_parser("run", help="运行上传调度，直到中断 (run the scheduler until interrupted)")
     common(q)
-    q.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus self-metrics on this port")
-    q.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    q.add_argument("--metrics-port", type=int, default=None,
+                   help="在此端口提供 Prometheus 自身指标 (Prometheus self-metrics port)")
+    q.add_argument("--metrics-host", default="127.0.0.1", help="--metrics-port 的地址 (address for --metrics-port)")
     return p
 
 
@@ -116,10 +124,10 @@ def main(args: argparse.Namespace, out: Any = None) -> int:
         with UplinkService(plant, clock=clock, metrics=metrics) as service:
             return _run(args, service, tz, stream)
     except EnergymonError as exc:
-        print(f"energymon uplink: {exc}", file=sys.stderr)
+        print(f"energymon uplink: 错误 (error): {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
-        print(f"energymon uplink: {exc}", file=sys.stderr)
+        print(f"energymon uplink: 错误 (error): {exc}", file=sys.stderr)
         return 2
 
 
