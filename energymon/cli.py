@@ -69,7 +69,12 @@ class _HelpFormatter(argparse.HelpFormatter):
                 continue
             gap = " " if space else ""
             cols = _columns(gap + token)
-            if line and used + cols > width and token not in _NO_LINE_START:
+            if line and used + cols > width:
+                if token in _NO_LINE_START and not gap:  # the character before it goes down with it
+                    if len(line) < 2 or _columns(line[-1]) < 2 or line[-1] in _NO_LINE_START:  # or it hangs
+                        line, used = line + token, used + cols
+                        continue
+                    line, token = line[:-1].rstrip(), line[-1] + token
                 lines.append(line)
                 line, used = token, _columns(token)
             else:

@@ -82,7 +82,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     common(q)
     q.add_argument("--metrics-port", type=int, default=None,
                    help="在此端口提供 Prometheus 自身指标 (Prometheus self-metrics port)")
-    q.add_argument("--metrics-host", default="127.0.0.1", help="--metrics-port 的地址 (address for --metrics-port)")
+    q.add_argument("--metrics-host", default="127.0.0.1",
+                   help="指标端点地址，配合 --metrics-port (address for --metrics-port)")
     return p
 
 
