@@ -19,7 +19,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[a
 
 
 def _chinese_first(text: str | None) -> bool:
-    return bool(text) and unicodedata.east_asian_width(text[0]) in "WF"  # type: ignore[index]
+    return text is not None and text != "" and unicodedata.east_asian_width(text[0]) in "WF"
 
 
 def _columns(line: str) -> int:
@@ -40,8 +40,9 @@ def test_every_command_and_the_programme_describe_themselves_in_chinese_first() 
     sub = _subparsers(parser)
     assert sub is not None
     for action in sub._choices_actions:
-        assert _chinese_first(action.help), action.dest
-        assert "(" in action.help or "；" in action.help, f"{action.dest}: no English beside the Chinese"  # type: ignore[operator]
+        text = action.help or ""
+        assert _chinese_first(text), action.dest
+        assert "(" in text or "；" in text, f"{action.dest}: no English beside the Chinese"
 
 
 @pytest.mark.parametrize("command", MANAGER_COMMANDS)
