@@ -14,6 +14,7 @@ each bench are recorded beside the figures, since on a shared machine only the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -156,10 +157,8 @@ def run_one(args: list[str], timeout: float) -> tuple[int, list[dict[str, Any]],
     for line in proc.stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
     return proc.returncode, lines, time.monotonic() - t0, proc.stderr[-2000:]
 
 
