@@ -219,6 +219,7 @@ def run(points: int, batch: int, meters: int, *, edge_intervals: bool = True, re
         mq.start()
         vm.start()
         proc = None
+        pub = None
         try:
             plant = Path(tmp) / "plant.yaml"
             plant.write_text(plant_yaml(meters, mq.url, vm.url, recompute_s), encoding="utf-8")
@@ -237,7 +238,8 @@ def run(points: int, batch: int, meters: int, *, edge_intervals: bool = True, re
             start_ms = int(time.time() * 1000) - points // (meters * len(QUANTITIES)) * 1000 - 60_000
             parent, child = mp.Pipe()
             pub = mp.get_context("spawn").Process(
-                target=publisher, args=(mq.host, mq.port, points, batch, meters, start_ms, child, edge_intervals)
+                target=publisher, args=(mq.host, mq.port, points, batch, meters, start_ms, child, edge_intervals),
+                daemon=True,
             )
             pub.start()
             assert parent.recv()[0] == "ready"
@@ -317,9 +319,16 @@ def run(points: int, batch: int, meters: int, *, edge_intervals: bool = True, re
             result["loadavg_end"] = loadavg()
             return result
         finally:
+            if pub is not None and pub.is_alive():
+                pub.terminate()
+                pub.join(10)
             if proc is not None:
                 proc.terminate()
-                proc.wait(30)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
             mq.stop()
             vm.stop()
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -121,11 +122,34 @@ def _recompute(lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _collector(lines: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    peers: dict[tuple[str, int], float] = {}
     for r in lines:
-        for key, value in r.items():
-            if "ratio" in key and isinstance(value, int | float):
-                out[f"{r.get('bench', r.get('name', 'collector'))}.{key}"] = value
+        if r.get("bench") == "peers_1s" and "cpu_s_per_10k_tags" in r:
+            peers[(r["tool"], r["devices"])] = r["cpu_s_per_10k_tags"]["median"]
+        elif r.get("bench") == "collector_max":
+            out[f"collector_max_{r['devices']}_tags_per_cpu_s"] = r["tags_per_collector_cpu_s"]["median"]
+    for (tool, devices), cpu in peers.items():
+        if tool == "energymon" and ("node-red", devices) in peers:
+            out[f"cpu_per_tag_vs_node_red_{devices}_devices"] = _figure(
+                cpu, peers[("node-red", devices)], "Node-RED CPU-s per 10k tags", target=0.5, lower_is_better=True)
     return out
+
+
+def _startup(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    r = lines[-1]
+    base = r["python_pass_min_s"]
+    return {name: _figure(r[name]["min_s"], r[name]["target_s"], f"{r[name]['target_s']} s limit", target=1.0,
+                          lower_is_better=True) | {"python_pass_min_s": base}
+            for name in ("help", "validate") if name in r}
+
+
+def _gateway(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    r = lines[-1]
+    return {"stored_points_per_s": _figure(r["stored_points_per_s"], r["peer_received_points_per_s"],
+                                           "points per s received by the processor"),
+            "drain_to_store_s": r["drain_to_store_s"], "backlog_points": r["backlog_points"],
+            "processor_cpu_s": r["processor_cpu_s"], "processor_peak_rss_mib": r["processor_peak_rss_mib"],
+            "gateway_peak_rss_mib": r["gateway_peak_rss_mib"]}
 
 
 def _generic(lines: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,26 +164,38 @@ def _generic(lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 EXTRACT: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
     "pipeline": _pipeline, "pipeline_10k_meters": _pipeline, "store": _store, "alert_latency": _alert,
-    "recompute": _recompute, "collector": _collector,
+    "recompute": _recompute, "collector": _collector, "startup": _startup, "gateway": _gateway,
 }
 
 
 def run_one(args: list[str], timeout: float) -> tuple[int, list[dict[str, Any]], float, str]:
-    """Run one bench; its exit code, the JSON lines it printed, its wall time, the tail of its stderr."""
+    """Run one bench; its exit code, the JSON lines it printed, its wall time, the tail of its stderr.
+
+    A bench over its time is interrupted (SIGINT, so its clean-up runs: services stopped, folders removed) and
+    killed with its process group only if it is still there a minute later.
+    """
     t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(BENCH / args[0]), *args[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    note = ""
     try:
-        proc = subprocess.run([sys.executable, str(BENCH / args[0]), *args[1:]], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        return -1, [], time.monotonic() - t0, f"timed out after {timeout:.0f} s\n{err[-2000:]}"
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        note = f"timed out after {timeout:.0f} s\n"
+        proc.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
     lines = []
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
             with contextlib.suppress(json.JSONDecodeError):
                 lines.append(json.loads(line))
-    return proc.returncode, lines, time.monotonic() - t0, proc.stderr[-2000:]
+    rc = proc.returncode if not note else -1
+    return rc, lines, time.monotonic() - t0, note + stderr[-2000:]
 
 
 def main() -> int:
