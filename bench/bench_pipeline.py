@@ -228,13 +228,16 @@ def run(points: int, batch: int, meters: int, *, edge_intervals: bool = True, re
                 [sys.executable, "-m", "energymon.cli", "--log-level", "WARNING", "processor", "--config", str(plant),
                  "--data-dir", tmp, "--metrics-port", str(mport)],
             )
-            for _ in range(200):
+            # a plant of 10,000 meters takes the processor a while to load: wait for its metrics endpoint
+            up_deadline = time.time() + 600
+            while True:
                 try:
                     scrape(mport, "energymon_received_total", "processor")
                     break
                 except httpx.HTTPError:
-                    time.sleep(0.05)
-            time.sleep(0.5)  # subscription settles
+                    if proc.poll() is not None or time.time() > up_deadline:
+                        raise RuntimeError(f"the processor did not start (exit code {proc.poll()})") from None
+                    time.sleep(0.2)
             start_ms = int(time.time() * 1000) - points // (meters * len(QUANTITIES)) * 1000 - 60_000
             parent, child = mp.Pipe()
             pub = mp.get_context("spawn").Process(

@@ -44,7 +44,7 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
         ["bench_alert_latency.py", "--transitions", "1000", "--meters", "500", "--switched", "200"],
     ),
     "recompute": (["bench_recompute.py", "--items", "1000"], ["bench_recompute.py", "--items", "100"]),
-    "collector": (["bench_collector.py"], ["bench_collector.py", "--quick"]),
+    "collector": (["bench_collector.py"], ["bench_collector.py", "--quick", "--max-wait", "20"]),
     "gateway": (["bench_gateway.py"], ["bench_gateway.py", "--meters", "500", "--hours", "2"]),
     "startup": (["bench_startup.py"], ["bench_startup.py", "--runs", "3"]),
 }
