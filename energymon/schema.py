@@ -290,17 +290,33 @@ def decode_wire(
     return batch
 
 
+_POINT_FIELDS = frozenset(Point.model_fields)
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
 def wire_to_point(p: WirePoint) -> Point:
-    """A wire dict as a :class:`Point` (already validated, so not validated again)."""
-    return Point.model_construct(
-        meter=p["meter"],
-        quantity=p["quantity"],
-        value=p["value"],
-        unit=p["unit"],
-        ts_ms=p["ts_ms"],
-        quality=Quality(p.get("quality", "good")),
-        interval=Interval.model_construct(**p["interval"]) if "interval" in p else None,
-    )
+    """A wire dict as a :class:`Point` (already validated, so not validated again).
+
+    The same object ``Point.model_construct`` builds with every field given, built directly: this runs for
+    every point the processor's alert rules read, and ``model_construct`` costs three times as much.
+    """
+    quality = p.get("quality")
+    interval = p.get("interval")
+    point = _new_object(Point)
+    _set_attribute(point, "__dict__", {
+        "meter": p["meter"],
+        "quantity": p["quantity"],
+        "value": p["value"],
+        "unit": p["unit"],
+        "ts_ms": p["ts_ms"],
+        "quality": Quality.GOOD if quality is None else Quality(quality),
+        "interval": None if interval is None else Interval.model_construct(**interval),
+    })
+    _set_attribute(point, "__pydantic_fields_set__", set(_POINT_FIELDS))
+    _set_attribute(point, "__pydantic_extra__", None)
+    _set_attribute(point, "__pydantic_private__", None)
+    return point
 
 
 def _raise_schema_error(exc: ValidationError) -> NoReturn:
