@@ -216,3 +216,17 @@ def test_serve_refuses_to_start_without_the_secret(
     with pytest.raises(SystemExit) as exc:
         cli.main(["serve", str(example_plant_path()), "--max-connections", "0"])
     assert exc.value.code == 2
+
+
+def test_a_client_that_resets_its_connection_is_no_error(make_server: Callable[..., WebServer]) -> None:
+    """A browser that closes its socket with a reset (RST) mid-request is simply gone: the server answers the
+    next client, and nothing escapes from the request thread (pytest fails a test on an unhandled thread error)."""
+    import struct
+
+    server = make_server()
+    for _ in range(5):
+        sock = half_open(server)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        sock.close()
+    wait_for(lambda: open_connections(server) == 0, "the reset connections to be closed")
+    assert httpx.get(f"{server.url}/healthz", timeout=WAIT_S).status_code == 200

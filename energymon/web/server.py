@@ -351,7 +351,7 @@ class _HttpServer(ThreadingHTTPServer):
         import sys
 
         exc = sys.exc_info()[1]
-        if isinstance(exc, _DISCONNECTED | OSError):
+        if isinstance(exc, OSError):  # a client that went away (reset, broken pipe, timeout): nothing to log
             return
         log.warning("web page request from %s failed", client_address, exc_info=exc)
 
