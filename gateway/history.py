@@ -469,8 +469,9 @@ def history_command(
     try:
         values = read_history(path, meter, quantity, period, from_ms, to_ms)
     except FileNotFoundError:
-        print(f"error: no edge history at {path} (is --data-dir the gateway's data directory?)", file=sys.stderr)
-        return 1
+        print(f"错误：没有边缘历史 (error: no edge history at {path}; is --data-dir the gateway's data directory?)",
+              file=sys.stderr)
+        return 2
     if not values:
         print(f"no {period} values of {meter}/{quantity} in that range", file=sys.stderr)
     print_history(values, tz, fmt, out)

@@ -256,7 +256,8 @@ def test_history_command_errors_name_what_is_wrong(
     base = ["history", "--config", str(plant_file), "--quantity", "power_active"]
     assert main([*base, "--data-dir", str(data_dir), "--meter", "nope"]) == 2
     assert "no meter 'nope'" in capsys.readouterr().err
-    assert main([*base, "--data-dir", str(tmp_path / "empty"), "--meter", "incoming"]) == 1
+    assert main([*base, "--data-dir", str(tmp_path / "empty"), "--meter", "incoming"]) == 2  # a flag at fault
+    assert not (tmp_path / "empty").exists()  # and nothing created
     assert "no edge history at" in capsys.readouterr().err
     assert main([*base, "--data-dir", str(data_dir), "--meter", "incoming", "--from", "yesterday"]) == 2
     assert "ISO 8601" in capsys.readouterr().err
