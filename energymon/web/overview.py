@@ -412,7 +412,10 @@ class Overview:
             "unavailable": unavailable,
             "silent": silent,
             "latest_reading_ms": newest,
-            "readings_last_5min": self.reader.count("reading", "value", start_ms=now - 300_000, end_ms=now),
+            # the 5 minutes up to the newest reading: how densely meters report, even when the store is a few real
+            # seconds behind a fast clock (the demo's --speed), where the 5 minutes before *now* would be empty
+            "readings_last_5min": 0 if newest is None else self.reader.count(
+                "reading", "value", start_ms=newest - 300_000 + 1, end_ms=newest + 1),
         }
 
 
